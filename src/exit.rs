@@ -1,0 +1,10 @@
+//! Process exit codes (from BSD sysexits), shared by every command.
+
+/// Success.
+pub const OK: u8 = 0;
+/// Bad command line or configuration.
+pub const USAGE: u8 = 64;
+/// Bad input data (a CDR buffer, a JSON document).
+pub const DATA: u8 = 65;
+/// A bug or an unexpected condition inside the agent.
+pub const SOFTWARE: u8 = 70;

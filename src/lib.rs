@@ -1,0 +1,8 @@
+//! edge-agent: the one process on a picking robot's industrial PC that talks to the
+//! cloud. It bridges ROS 2 topics and MQTT, serves object detection with a local
+//! fallback, and installs A/B updates.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod exit;
+pub mod ros;

@@ -1,0 +1,30 @@
+//! The `edge-agent` binary: parses the command line, runs the command, and turns its
+//! outcome into an exit code (0 ok, 64 usage/config, 65 bad data, 70 internal).
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use edge_agent::{cli, exit};
+
+fn main() -> ExitCode {
+    let parsed = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli::run(parsed) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(f) => {
+            eprintln!("edge-agent: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
