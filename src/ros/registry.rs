@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::msgdef::{self, ArrayKind, BaseType, DefinitionError, MessageDef, TypeRef};
+use super::msgdef::{self, BaseType, DefinitionError, MessageDef, TypeRef};
 use super::schema::{Elem, FieldSchema, MsgSchema, TypeSchema, MAX_DEPTH};
 
 mod bundled {
