@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's one test command: installs what the tests need, checks formatting and
+# lints, and runs every test against the real peers (mosquitto, Cyclone DDS, rosbags,
+# ONNX Runtime). See README.md, "Run the tests".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup-test-env.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "== installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+echo "== doc tests"
+cargo test --locked --doc
+echo "== tests"
+cargo nextest run --locked --profile ci
