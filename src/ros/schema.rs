@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::codec::json_out::JsonKey;
 use super::msgdef::{ArrayKind, ConstantDef, FieldType, Literal, Primitive};
 
 /// The deepest nesting of message types accepted; real interfaces stay far below it.
@@ -28,7 +29,7 @@ pub struct MsgSchema {
 pub struct FieldSchema {
     pub name: String,
     /// `"name":`, ready to copy into JSON output.
-    pub(crate) json_key: Box<[u8]>,
+    pub(crate) json_key: JsonKey,
     pub ty: TypeSchema,
     /// The type as written in the definition, for display.
     pub declared: FieldType,
@@ -133,13 +134,9 @@ impl FieldSchema {
         declared: FieldType,
         default: Option<&Literal>,
     ) -> Self {
-        let mut key = Vec::with_capacity(name.len() + 3);
-        key.push(b'"');
-        key.extend_from_slice(name.as_bytes());
-        key.extend_from_slice(b"\":");
         Self {
+            json_key: JsonKey::new(&name),
             name,
-            json_key: key.into_boxed_slice(),
             ty,
             declared,
             default: default.map(literal_to_json),

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use serde_json::Value;
 
 use super::error::{DecodeError, DecodeErrorKind, Segment};
-use super::json_out::{write_base64, write_f32, write_f64, write_int, write_str};
+use super::json_out::{write_base64, write_f32, write_f64, write_int, write_str, write_str_bytes};
 use super::{BigEndian, ByteOrder, LittleEndian};
 use crate::ros::msgdef::{ArrayKind, Primitive};
 use crate::ros::schema::{Elem, MsgSchema, TypeSchema};
@@ -156,7 +156,7 @@ impl<'a, 'o, O: ByteOrder> Decoder<'a, 'o, O> {
             if i > 0 {
                 self.out.push(b',');
             }
-            self.out.extend_from_slice(&field.json_key);
+            field.json_key.write_to(self.out);
             self.value(&field.ty)
                 .map_err(|e| e.within(Segment::Field(field.name.clone())))?;
         }
@@ -339,10 +339,7 @@ impl<'a, 'o, O: ByteOrder> Decoder<'a, 'o, O> {
             Some((0, head)) => head,
             _ => raw,
         };
-        match std::str::from_utf8(text) {
-            Ok(s) => write_str(self.out, s),
-            Err(_) => write_str(self.out, &String::from_utf8_lossy(text)),
-        }
+        write_str_bytes(self.out, text);
         Ok(())
     }
 
