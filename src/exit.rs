@@ -8,3 +8,9 @@ pub const USAGE: u8 = 64;
 pub const DATA: u8 = 65;
 /// A bug or an unexpected condition inside the agent.
 pub const SOFTWARE: u8 = 70;
+/// The broker (or another service) cannot be reached.
+pub const UNAVAILABLE: u8 = 69;
+/// A file or folder the agent needs cannot be created or written.
+pub const CANTCREAT: u8 = 73;
+/// Try again later (the outbox is in use by the running agent).
+pub const TEMPFAIL: u8 = 75;

@@ -3,6 +3,11 @@
 //! fallback, and installs A/B updates.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod cli;
+pub mod clock;
+pub mod config;
 pub mod exit;
+pub mod logging;
+pub mod mqtt;
 pub mod ros;

@@ -1,6 +1,8 @@
 //! The command line: what each command takes, and the error type that carries an exit
 //! code to `main`.
 
+pub mod agent;
+pub mod mqtt;
 pub mod msg;
 
 use std::path::PathBuf;
@@ -23,9 +25,24 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent (what systemd and `ros2 launch` start).
+    Run(agent::RunArgs),
+    /// Validate a configuration file without connecting anywhere, and summarize it.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print an example configuration with every section documented.
+    PrintDefaultConfig,
     /// Inspect ROS 2 message types and convert messages between CDR and JSON.
     #[command(subcommand)]
     Msg(msg::MsgCommand),
+    /// Test the cloud link.
+    #[command(subcommand)]
+    Mqtt(mqtt::MqttCommand),
+    /// See or deliver what the outbox holds.
+    #[command(subcommand)]
+    Outbox(mqtt::OutboxCommand),
 }
 
 /// Where message definitions are looked up, beside `AMENT_PREFIX_PATH` and the bundled ones.
@@ -69,6 +86,11 @@ impl Failure {
 
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Run(args) => agent::run(args),
+        Command::CheckConfig { file } => agent::check_config(file),
+        Command::PrintDefaultConfig => agent::print_default_config(),
         Command::Msg(cmd) => msg::run(cmd),
+        Command::Mqtt(cmd) => mqtt::run_mqtt(cmd),
+        Command::Outbox(cmd) => mqtt::run_outbox(cmd),
     }
 }

@@ -2,6 +2,8 @@
 //! virtualenv are, and a schema-aware comparison of decoded JSON.
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use std::path::PathBuf;
 use std::process::Command;
 

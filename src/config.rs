@@ -1,0 +1,262 @@
+//! The agent's configuration file (TOML): typed sections, defaults, and validation with
+//! errors that name the key and the value. Nothing here opens a socket; `check-config`
+//! runs exactly this.
+
+pub mod values;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::mqtt::config::{
+    DeviceLogConfig, DeviceLogSettings, LinkSettings, MqttConfig, OutboxConfig, OutboxSettings,
+};
+
+/// The example configuration for a laptop with a local mosquitto, printed by
+/// `edge-agent print-default-config`.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/local.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{key} = {value} is not valid: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// `[device]`: who this robot is on the cloud platform.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The product (device type) key on the platform: `${productKey}` in topics.
+    pub product_key: String,
+    /// This robot's name on the platform: `${deviceName}` in topics.
+    pub device_name: String,
+}
+
+/// `[log]`: the agent's own log on stderr (the journal under systemd).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// error, warn, info, debug or trace; RUST_LOG overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_level(),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the agent keeps its state (outbox, OTA slots); must be writable.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    pub device: DeviceConfig,
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub device_log: DeviceLogConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/edge-agent")
+}
+
+/// A configuration that passed every check, with secrets and certificates loaded.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub file: AgentConfig,
+    pub link: LinkSettings,
+    pub outbox: OutboxSettings,
+    pub device_log: DeviceLogSettings,
+}
+
+fn invalid(key: &str, value: impl std::fmt::Display, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl AgentConfig {
+    /// Parses TOML text; `path` names the source in errors.
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Every check that needs no network.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        for (key, value) in [
+            ("device.product_key", &self.device.product_key),
+            ("device.device_name", &self.device.device_name),
+        ] {
+            if value.is_empty() || value.contains(['/', '+', '#', '\0']) || value.len() > 64 {
+                return Err(invalid(
+                    key,
+                    format!("{value:?}"),
+                    "must be 1 to 64 characters without '/', '+' or '#'",
+                ));
+            }
+        }
+        if !matches!(
+            self.log.level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            return Err(invalid(
+                "log.level",
+                format!("{:?}", self.log.level),
+                "must be error, warn, info, debug or trace",
+            ));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(invalid("state_dir", "\"\"", "cannot be empty"));
+        }
+        let link = self.mqtt.resolve(&self.device)?;
+        let outbox = self.outbox.resolve(&self.state_dir)?;
+        let device_log = self.device_log.resolve(&self.device)?;
+        Ok(Settings {
+            file: self,
+            link,
+            outbox,
+            device_log,
+        })
+    }
+}
+
+/// Loads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    AgentConfig::load(path)?.validate()
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Settings, ConfigError> {
+        AgentConfig::parse(text, "test.toml")?.validate()
+    }
+
+    const BASE: &str =
+        "[device]\nproduct_key = \"pk\"\ndevice_name = \"robot-1\"\n[mqtt]\nhost = \"localhost\"\n";
+
+    #[test]
+    fn the_default_config_is_valid() {
+        let s = AgentConfig::parse(DEFAULT_CONFIG, "config/local.toml")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.link.host, "localhost");
+        assert_eq!(s.link.status_topic, "/a1EdgeDemo/picker-01/user/status");
+        assert!(s.outbox.classes.contains_key("telemetry"));
+    }
+
+    #[test]
+    fn errors_quote_key_and_value() {
+        let e = check(&format!("{BASE}keep_alive = \"0s\"\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "mqtt.keep_alive = 0ms is not valid: must be between 5s and 18h12m15s"
+        );
+        let e = check(&format!("{BASE}kepalive = \"10s\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("test.toml:6:1: unknown field `kepalive`"),
+            "{e}"
+        );
+        let e = check(&format!("{BASE}keep_alive = \"10 parsecs\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown unit 'parsecs'"), "{e}");
+        let e = check(&format!(
+            "{BASE}status_topic = \"/${{productKey}}/${{robot}}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("mqtt.status_topic = \"/${productKey}/${robot}\" is not valid: unknown placeholder ${robot}"), "{e}");
+        let e = check(&format!(
+            "{BASE}password = {{ env = \"EDGE_AGENT_NO_SUCH_VAR\" }}\nusername = \"u\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "mqtt.password = <secret from $EDGE_AGENT_NO_SUCH_VAR> is not valid: environment variable EDGE_AGENT_NO_SUCH_VAR is not set");
+        let e =
+            check("[device]\nproduct_key = \"a/b\"\ndevice_name = \"x\"\n[mqtt]\nhost = \"h\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.starts_with("device.product_key = \"a/b\" is not valid"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn aliyun_profile_derives_the_host() {
+        let s = check(
+            "[device]\nproduct_key = \"a1pk\"\ndevice_name = \"d1\"\n[mqtt]\nprofile = \"aliyun\"\n[mqtt.aliyun]\nregion = \"cn-shanghai\"\ndevice_secret = \"s3cr3t\"\ntls = false\n",
+        )
+        .unwrap();
+        assert_eq!(s.link.host, "a1pk.iot-as-mqtt.cn-shanghai.aliyuncs.com");
+        assert_eq!(s.link.port, 1883);
+        assert!(!format!("{:?}", s.link).contains("s3cr3t"));
+        let e = check(
+            "[device]\nproduct_key = \"a1pk\"\ndevice_name = \"d1\"\n[mqtt]\nprofile = \"aliyun\"\nkeep_alive = \"10s\"\n[mqtt.aliyun]\nregion = \"cn-shanghai\"\ndevice_secret = \"s\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("for the aliyun profile"), "{e}");
+    }
+}

@@ -1,0 +1,114 @@
+//! The agent's log: tracing to stderr, which systemd sends to the journal
+//! (`journalctl -fu edge-agent`). Under systemd the journal adds timestamps, so lines
+//! start with the level. Any configured secret that would appear in a line is replaced
+//! by `***` before it is written.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Replaces secrets in text.
+#[derive(Debug, Clone, Default)]
+pub struct Scrubber {
+    secrets: Arc<Vec<String>>,
+}
+
+impl Scrubber {
+    pub fn new(secrets: &[String]) -> Self {
+        // Very short values would mangle ordinary text; they are not real secrets.
+        let secrets = secrets.iter().filter(|s| s.len() >= 4).cloned().collect();
+        Self {
+            secrets: Arc::new(secrets),
+        }
+    }
+
+    pub fn scrub<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        for s in self.secrets.iter() {
+            if out.contains(s.as_str()) {
+                out = std::borrow::Cow::Owned(out.replace(s.as_str(), "***"));
+            }
+        }
+        out
+    }
+}
+
+struct ScrubbingWriter {
+    scrubber: Scrubber,
+    buf: Vec<u8>,
+}
+
+impl Write for ScrubbingWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ScrubbingWriter {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.buf);
+        let clean = self.scrubber.scrub(&text);
+        let _ = std::io::stderr().lock().write_all(clean.as_bytes());
+    }
+}
+
+#[derive(Clone)]
+struct MakeScrubbing(Scrubber);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MakeScrubbing {
+    type Writer = ScrubbingWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        ScrubbingWriter {
+            scrubber: self.0.clone(),
+            buf: Vec::with_capacity(256),
+        }
+    }
+}
+
+/// For [`init`] without an extra layer.
+pub type NoLayer = tracing_subscriber::layer::Identity;
+
+/// Installs the global subscriber. `level` is the configured level; `RUST_LOG`
+/// overrides it. `extra` receives every event too (the device log).
+pub fn init<L>(level: &str, scrubber: Scrubber, extra: Option<L>)
+where
+    L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,edge_agent={level}")));
+    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
+    let ansi = !under_systemd && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(MakeScrubbing(scrubber))
+        .with_ansi(ansi)
+        .with_target(false);
+    let fmt = if under_systemd {
+        fmt.without_time().boxed()
+    } else {
+        fmt.boxed()
+    };
+    let registry = tracing_subscriber::registry()
+        .with(extra)
+        .with(fmt.with_filter(filter));
+    let _ = registry.try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubs_secrets() {
+        let s = Scrubber::new(&["hunter22".into(), "ab".into()]);
+        assert_eq!(s.scrub("password hunter22 in ab"), "password *** in ab");
+    }
+}

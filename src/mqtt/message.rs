@@ -1,0 +1,118 @@
+//! Messages as the rest of the agent hands them to the cloud link, and as they arrive.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Delivery guarantee. QoS 1 messages go through the durable outbox; QoS 0 messages are
+/// sent only while the link is up and never written to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[repr(u8)]
+pub enum QoS {
+    #[serde(rename = "0")]
+    AtMostOnce = 0,
+    #[serde(rename = "1")]
+    AtLeastOnce = 1,
+}
+
+/// MQTT 5 properties the bridge uses; ignored on MQTT 3.1.1.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Props {
+    pub content_type: Option<String>,
+    pub user: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub props: Option<Box<Props>>,
+}
+
+impl Message {
+    pub fn new(topic: impl Into<Arc<str>>, payload: impl Into<Bytes>, qos: QoS) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            props: None,
+        }
+    }
+
+    pub fn retained(mut self) -> Self {
+        self.retain = true;
+        self
+    }
+
+    /// Size of the PUBLISH packet on the wire (fixed header, topic, packet id, payload),
+    /// compared with the broker's limit. MQTT 5 properties are counted generously.
+    pub fn packet_size(&self) -> usize {
+        let props = self.props.as_ref().map_or(0, |p| {
+            8 + p.content_type.as_ref().map_or(0, |c| c.len() + 3)
+                + p.user
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 5)
+                    .sum::<usize>()
+        });
+        let remaining = 2 + self.topic.len() + 2 + props + self.payload.len();
+        let len_bytes = match remaining {
+            0..=127 => 1,
+            128..=16_383 => 2,
+            16_384..=2_097_151 => 3,
+            _ => 4,
+        };
+        1 + len_bytes + remaining
+    }
+}
+
+/// A message that arrived from the broker on a subscription.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: Bytes,
+    pub props: Option<Props>,
+}
+
+/// Whether a topic matches an MQTT filter (`+` one level, `#` the rest).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters() {
+        assert!(topic_matches(
+            "/pk/dev/user/cmd/#",
+            "/pk/dev/user/cmd/arm/stop"
+        ));
+        assert!(topic_matches("a/+/c", "a/b/c"));
+        assert!(!topic_matches("a/+/c", "a/b/d"));
+        assert!(topic_matches("a/#", "a"));
+        assert!(!topic_matches("a/b", "a/b/c"));
+        assert!(topic_matches("#", "anything/at/all"));
+    }
+
+    #[test]
+    fn packet_size_counts_headers() {
+        let m = Message::new("t", vec![0u8; 100], QoS::AtLeastOnce);
+        assert_eq!(m.packet_size(), 1 + 1 + 2 + 1 + 2 + 100);
+        let m = Message::new("t", vec![0u8; 200], QoS::AtLeastOnce);
+        assert_eq!(m.packet_size(), 1 + 2 + 2 + 1 + 2 + 200);
+    }
+}
