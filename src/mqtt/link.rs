@@ -206,7 +206,13 @@ pub struct Link {
     ever_connected: bool,
     incoming_warned: bool,
     acks_since_sync: u32,
+    /// QoS 0 messages waiting for room in rumqttc's queue (only while connected).
+    qos0: VecDeque<Message>,
 }
+
+/// QoS 0 messages held in memory while the connection catches up; when full, the link
+/// stops taking new messages, which slows the producers instead of dropping.
+const QOS0_QUEUE: usize = 1024;
 
 /// Acknowledgements after which the delivery record is saved even before the sync
 /// interval: bounds what a kill -9 makes the agent send twice.
@@ -246,6 +252,7 @@ pub fn link(settings: LinkSettings, outbox: Outbox, sync_interval: Duration) -> 
         ever_connected: false,
         incoming_warned: false,
         acks_since_sync: 0,
+        qos0: VecDeque::new(),
     };
     (link, handle)
 }
@@ -326,7 +333,7 @@ impl Link {
                 _ = async { tokio::time::sleep_until(wait_until.unwrap_or_else(Instant::now)).await }, if wait_until.is_some() => {
                     phase = self.new_session();
                 }
-                cmd = self.rx.recv() => match cmd {
+                cmd = self.rx.recv(), if self.qos0.len() < QOS0_QUEUE => match cmd {
                     Some(cmd) => self.on_command(&mut phase, cmd),
                     None => break,
                 },
@@ -364,6 +371,16 @@ impl Link {
     fn feed(&mut self, c: &mut Connected) {
         let window = usize::from(self.settings.window);
         let cap = request_capacity(self.settings.window);
+        while c.queued.len() + c.queued_other < cap - 8 {
+            let Some(m) = self.qos0.pop_front() else {
+                break;
+            };
+            if c.session.try_publish(&m).is_ok() {
+                c.queued.push_back(Sent::Direct);
+                LinkStats::add(&self.stats.sent, 1);
+                LinkStats::add(&self.stats.bytes_sent, m.payload.len() as u64);
+            }
+        }
         while c.held_in_flight < window && c.queued.len() + c.queued_other < cap - 8 {
             let next = match self.outbox.next_to_send(now_ms()) {
                 Ok(Some(n)) => n,
@@ -488,6 +505,8 @@ impl Link {
 
     fn on_failure(&mut self, phase: &Phase, f: Failure) {
         let was_up = matches!(phase, Phase::Up(_));
+        LinkStats::add(&self.stats.dropped_qos0_offline, self.qos0.len() as u64);
+        self.qos0.clear();
         self.stats.connected.store(false, Ordering::Relaxed);
         let _ = self.state_tx.send(LinkState::Down);
         if was_up {
@@ -578,16 +597,9 @@ impl Link {
                 }
             },
             QoS::AtMostOnce => {
-                // Never written to disk: sent now or not at all.
-                let cap = request_capacity(self.settings.window);
+                // Never written to disk: sent while connected, or not at all.
                 match phase {
-                    Phase::Up(c) if c.queued.len() + c.queued_other < cap - 4 => {
-                        if c.session.try_publish(&msg).is_ok() {
-                            c.queued.push_back(Sent::Direct);
-                            LinkStats::add(&self.stats.sent, 1);
-                            LinkStats::add(&self.stats.bytes_sent, msg.payload.len() as u64);
-                        }
-                    }
+                    Phase::Up(_) => self.qos0.push_back(msg),
                     _ => LinkStats::add(&self.stats.dropped_qos0_offline, 1),
                 }
                 Ok(())
