@@ -6,6 +6,7 @@ pub mod codec;
 pub mod msgdef;
 pub mod registry;
 pub mod schema;
+pub mod transport;
 
 pub use registry::{Registry, RegistryError, TypeName};
 pub use schema::MsgSchema;

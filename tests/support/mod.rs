@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod ros_peer;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,0 +1,284 @@
+//! The default transport: ros2-client (pure-Rust DDS, RustDDS underneath), no ROS
+//! installation needed. The node joins the ROS graph under its configured name and
+//! namespace (`ros2 node list` shows it when the ROS distribution it was built for
+//! matches the robot's). Types are handled through [`RawCdrSeed`] and [`RawBody`], so
+//! no per-type code exists.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use ros2_client::dds::rustdds;
+use ros2_client::dds::{Context, Node, Publisher};
+use ros2_client::qos::{Durability as RDurability, History, QosProfile, WhenFull};
+use ros2_client::{MessageTypeName, Name, NodeName, NodeOptions};
+use tokio::sync::mpsc;
+
+use super::{
+    Durability, Qos, RawBody, RawCdr, RawCdrSeed, RawPublisher, Reliability, Sample, Transport,
+    TransportError,
+};
+use crate::ros::registry::TypeName;
+use crate::ros::schema::MsgSchema;
+
+/// Where and as whom the node joins the ROS graph.
+#[derive(Debug, Clone)]
+pub struct DdsOptions {
+    pub domain_id: u16,
+    pub node_name: String,
+    pub namespace: String,
+    /// Only these local addresses are used for DDS (empty: every interface).
+    pub only_networks: Vec<IpAddr>,
+}
+
+pub struct DdsTransport {
+    context: Context,
+    node: Mutex<Node>,
+    fq_name: String,
+    spinner: tokio::task::JoinHandle<()>,
+    readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for DdsTransport {
+    fn drop(&mut self) {
+        self.spinner.abort();
+        if let Ok(r) = self.readers.lock() {
+            for t in r.iter() {
+                t.abort();
+            }
+        }
+    }
+}
+
+fn to_profile(q: Qos) -> QosProfile {
+    let base = match q.reliability {
+        Reliability::Reliable => {
+            QosProfile::publisher_default().reliability_reliable(WhenFull::DEFAULT)
+        }
+        Reliability::BestEffort => QosProfile::publisher_default().reliability_best_effort(),
+    };
+    base.durability(match q.durability {
+        Durability::Volatile => RDurability::Volatile,
+        Durability::TransientLocal => RDurability::TransientLocal,
+    })
+    .history(History::KeepLast {
+        depth: q.depth.max(1),
+    })
+}
+
+fn message_type(t: &TypeName) -> MessageTypeName {
+    MessageTypeName::new(&t.package, &t.name)
+}
+
+fn topic_name(topic: &str) -> Result<Name, TransportError> {
+    Name::parse(topic).map_err(|e| TransportError::Name(topic.to_owned(), e.to_string()))
+}
+
+impl DdsTransport {
+    /// Joins the domain and starts the node. Needs a tokio runtime.
+    pub fn start(opts: &DdsOptions) -> Result<Self, TransportError> {
+        if let Ok(distro) = std::env::var("ROS_DISTRO") {
+            let built = ros2_client::COMPILED_ROS_DISTRO.as_str();
+            if !distro.is_empty() && distro != built {
+                tracing::warn!(built_for = built, ros_distro = %distro,
+                    "This agent was built for another ROS 2 distribution: data flows, but `ros2 node list` will not show it. Build with the matching feature.");
+            }
+        }
+        let mut builder = rustdds::DomainParticipantBuilder::new(opts.domain_id);
+        if !opts.only_networks.is_empty() {
+            builder = builder.with_only_networks(opts.only_networks.clone());
+        }
+        let dp = builder
+            .build()
+            .map_err(|e| TransportError::Start(e.to_string()))?;
+        let context = Context::from_domain_participant(dp)
+            .map_err(|e| TransportError::Start(e.to_string()))?;
+        let name = NodeName::new(&opts.namespace, &opts.node_name).map_err(|e| {
+            TransportError::Name(
+                format!("{}/{}", opts.namespace, opts.node_name),
+                e.to_string(),
+            )
+        })?;
+        let fq_name = name.fully_qualified_name();
+        let mut node = context
+            .new_node(name, NodeOptions::new().enable_rosout(true))
+            .map_err(|e| TransportError::Start(format!("{e:?}")))?;
+        let spinner = node
+            .spinner()
+            .map_err(|e| TransportError::Start(format!("{e:?}")))?;
+        let spinner = tokio::spawn(async move {
+            if let Err(e) = spinner.spin().await {
+                tracing::warn!(error = ?e, "The ROS 2 node's background task stopped.");
+            }
+        });
+        tracing::info!(node = %fq_name, domain = opts.domain_id, distro = ros2_client::COMPILED_ROS_DISTRO.as_str(),
+            "Joined the ROS 2 graph.");
+        Ok(Self {
+            context,
+            node: Mutex::new(node),
+            fq_name,
+            spinner,
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+struct DdsPublisher {
+    topic: String,
+    inner: Publisher<RawBody>,
+    context: Context,
+}
+
+impl RawPublisher for DdsPublisher {
+    fn publish(&self, cdr: &Bytes) -> Result<(), TransportError> {
+        self.inner
+            .publish(RawBody::from_cdr(cdr))
+            .map_err(|e| TransportError::Publish {
+                topic: self.topic.clone(),
+                reason: format!("{e:?}"),
+            })
+    }
+
+    fn subscription_count(&self) -> usize {
+        // Matched readers as DDS discovery knows them.
+        let guid = self.inner.guid();
+        self.context
+            .domain_participant()
+            .discovered_readers()
+            .iter()
+            .filter(|r| {
+                r.subscription_topic_data.topic_name() == &format!("rt{}", self.topic)
+                    && r.reader_proxy.remote_reader_guid != guid
+            })
+            .count()
+    }
+}
+
+impl Transport for DdsTransport {
+    fn subscribe(
+        &self,
+        topic: &str,
+        type_name: &TypeName,
+        schema: Arc<MsgSchema>,
+        qos: Qos,
+        sink: mpsc::Sender<Sample>,
+    ) -> Result<(), TransportError> {
+        let name = topic_name(topic)?;
+        let create = |what: &'static str, e: String| TransportError::Create {
+            what,
+            topic: topic.to_owned(),
+            reason: e,
+        };
+        let profile = to_profile(qos);
+        let sub = {
+            let mut node = self
+                .node
+                .lock()
+                .map_err(|_| create("a subscription", "node lock poisoned".into()))?;
+            let t = node
+                .create_topic(&name, message_type(type_name), &profile)
+                .map_err(|e| create("a topic", format!("{e:?}")))?;
+            node.create_subscription::<RawCdr>(&t, Some(profile))
+                .map_err(|e| create("a subscription", format!("{e:?}")))?
+        };
+        let topic = topic.to_owned();
+        let ty = type_name.to_string();
+        let task = tokio::spawn(async move {
+            let stream = sub.async_stream_seed(RawCdrSeed { schema });
+            futures::pin_mut!(stream);
+            let mut warned = false;
+            while let Some(r) = stream.next().await {
+                match r {
+                    Ok((raw, info)) => {
+                        let sample = Sample {
+                            cdr: raw.0,
+                            source_time_ns: info.source_timestamp().map(|t| t.to_nanos()),
+                        };
+                        if sink.send(sample).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        if !warned {
+                            warned = true;
+                            tracing::warn!(topic = %topic, type_name = %ty, error = ?e,
+                                "A message on this topic does not fit its configured type; such messages are skipped.");
+                        }
+                    }
+                }
+            }
+        });
+        if let Ok(mut r) = self.readers.lock() {
+            r.push(task);
+        }
+        Ok(())
+    }
+
+    fn publisher(
+        &self,
+        topic: &str,
+        type_name: &TypeName,
+        _schema: Arc<MsgSchema>,
+        qos: Qos,
+    ) -> Result<Arc<dyn RawPublisher>, TransportError> {
+        let name = topic_name(topic)?;
+        let create = |e: String| TransportError::Create {
+            what: "a publisher",
+            topic: topic.to_owned(),
+            reason: e,
+        };
+        let profile = to_profile(qos);
+        let mut node = self
+            .node
+            .lock()
+            .map_err(|_| create("node lock poisoned".into()))?;
+        let t = node
+            .create_topic(&name, message_type(type_name), &profile)
+            .map_err(|e| create(format!("{e:?}")))?;
+        let inner = node
+            .create_publisher::<RawBody>(&t, Some(profile))
+            .map_err(|e| create(format!("{e:?}")))?;
+        let resolved = if topic.starts_with('/') {
+            topic.to_owned()
+        } else {
+            format!("{}/{}", node.namespace().trim_end_matches('/'), topic)
+        };
+        Ok(Arc::new(DdsPublisher {
+            topic: resolved,
+            inner,
+            context: self.context.clone(),
+        }))
+    }
+
+    fn discovered_publisher_qos(&self, topic: &str) -> Option<Qos> {
+        let dds_name = format!(
+            "rt{}",
+            if topic.starts_with('/') {
+                topic.to_owned()
+            } else {
+                format!("/{topic}")
+            }
+        );
+        let writers = self.context.domain_participant().discovered_writers();
+        let w = writers
+            .iter()
+            .find(|w| w.publication_topic_data.topic_name == dds_name)?;
+        let d = &w.publication_topic_data;
+        Some(Qos {
+            reliability: match d.reliability {
+                Some(rustdds::policy::Reliability::BestEffort) => Reliability::BestEffort,
+                _ => Reliability::Reliable,
+            },
+            durability: match d.durability {
+                Some(rustdds::policy::Durability::Volatile) | None => Durability::Volatile,
+                Some(_) => Durability::TransientLocal,
+            },
+            depth: 10,
+        })
+    }
+
+    fn node_name(&self) -> String {
+        self.fq_name.clone()
+    }
+}

@@ -1,0 +1,122 @@
+//! Moving raw CDR on and off the ROS 2 graph, for types named at run time. The bridge
+//! and detection see only [`Transport`]; which middleware stack is behind it (the
+//! pure-Rust DDS one by default, rcl later) is decided here.
+
+mod cdr_serde;
+pub mod dds;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+pub use cdr_serde::{RawBody, RawCdr, RawCdrSeed};
+
+use super::registry::TypeName;
+use super::schema::MsgSchema;
+
+/// One message taken from a topic: its serialized form (encapsulation header
+/// included, little-endian) and the publisher's timestamp.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub cdr: Bytes,
+    /// Nanoseconds since the epoch, as stamped by the publisher's middleware.
+    pub source_time_ns: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reliability {
+    Reliable,
+    BestEffort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    Volatile,
+    TransientLocal,
+}
+
+/// The QoS of one subscription or publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Qos {
+    pub reliability: Reliability,
+    pub durability: Durability,
+    /// History depth (keep last N).
+    pub depth: usize,
+}
+
+impl Qos {
+    /// ROS 2's default: reliable, volatile, keep last 10.
+    pub const fn ros_default() -> Self {
+        Self {
+            reliability: Reliability::Reliable,
+            durability: Durability::Volatile,
+            depth: 10,
+        }
+    }
+
+    /// ROS 2's sensor data profile: best effort, volatile, keep last 5.
+    pub const fn sensor_data() -> Self {
+        Self {
+            reliability: Reliability::BestEffort,
+            durability: Durability::Volatile,
+            depth: 5,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("ROS 2 name '{0}' is not valid: {1}")]
+    Name(String, String),
+    #[error("cannot start the ROS 2 node: {0}")]
+    Start(String),
+    #[error("cannot create {what} for {topic}: {reason}")]
+    Create {
+        what: &'static str,
+        topic: String,
+        reason: String,
+    },
+    #[error("cannot publish on {topic}: {reason}")]
+    Publish { topic: String, reason: String },
+}
+
+/// A publisher of raw CDR on one topic.
+pub trait RawPublisher: Send + Sync {
+    /// `cdr` is a full serialized message (header included), as the codec makes it.
+    fn publish(&self, cdr: &Bytes) -> Result<(), TransportError>;
+    /// How many subscriptions on the graph match this publisher.
+    fn subscription_count(&self) -> usize;
+}
+
+/// The ROS 2 side of the agent.
+pub trait Transport: Send + Sync {
+    /// Samples of `topic` are sent to `sink` until the transport stops. When `sink` is
+    /// full the reader waits, and the middleware's history (QoS depth) decides what
+    /// is kept.
+    fn subscribe(
+        &self,
+        topic: &str,
+        type_name: &TypeName,
+        schema: Arc<MsgSchema>,
+        qos: Qos,
+        sink: mpsc::Sender<Sample>,
+    ) -> Result<(), TransportError>;
+
+    fn publisher(
+        &self,
+        topic: &str,
+        type_name: &TypeName,
+        schema: Arc<MsgSchema>,
+        qos: Qos,
+    ) -> Result<Arc<dyn RawPublisher>, TransportError>;
+
+    /// The QoS a discovered publisher of `topic` offers, if one is known.
+    fn discovered_publisher_qos(&self, topic: &str) -> Option<Qos>;
+
+    /// The node's fully qualified name, e.g. `/robot/edge_agent`.
+    fn node_name(&self) -> String;
+}

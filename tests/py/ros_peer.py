@@ -1,0 +1,278 @@
+"""A ROS 2 peer on Eclipse Cyclone DDS 0.10 (the DDS inside ROS 2 Humble and Jazzy),
+independent of edge-agent, that publishes and subscribes by ROS 2 conventions: topic
+"rt/<name>", type "pkg::msg::dds_::Type_", CDR. Message types are built at start from
+rosbags' standard definitions plus the .msg files of the given folders.
+
+It is driven over stdin/stdout, one JSON object per line. Commands:
+  {"op":"pub","id":ID,"topic":"/t","type":"pkg/msg/T","qos":{...}}     -> {"ok":ID}
+  {"op":"wait_matched","id":ID,"count":N,"timeout_ms":T}             -> {"ok":ID} or {"error":...}
+  {"op":"write","id":ID,"value":{...},"count":N,"interval_ms":M}      -> {"ok":ID,"written":N}
+  {"op":"sub","id":ID,"topic":"/t","type":"pkg/msg/T","qos":{...}}     -> {"ok":ID}
+  {"op":"nodes","id":ID}                                                -> {"ok":ID,"nodes":[...]}
+  {"op":"quit"}
+Events: {"event":"msg","id":ID,"value":{...},"cdr":"<hex of Cyclone's serialization>"}
+qos: {"reliability":"reliable"|"best-effort","durability":"volatile"|"transient-local","depth":N}
+Values are in edge-agent's JSON form (byte arrays as base64, NaN as "NaN").
+
+usage: ros_peer.py --domain N [--distro jazzy|humble] DIR [DIR ...]
+(--distro picks the standard definitions; ros_discovery_info's Gid differs between them.)
+"""
+
+import argparse
+import base64
+import json
+import math
+import os
+import sys
+import threading
+import time
+
+from cyclonedds.core import Listener, Policy, Qos
+from cyclonedds.domain import DomainParticipant
+from cyclonedds.idl import make_idl_struct
+from cyclonedds.pub import DataWriter
+from cyclonedds.sub import DataReader
+from cyclonedds.topic import Topic
+import cyclonedds.idl.types as T
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.base import Nodetype
+
+PRIM = {
+    "bool": bool, "byte": T.uint8, "char": T.uint8, "int8": T.int8, "uint8": T.uint8,
+    "int16": T.int16, "uint16": T.uint16, "int32": T.int32, "uint32": T.uint32,
+    "int64": T.int64, "uint64": T.uint64, "float32": T.float32, "float64": T.float64,
+}
+
+out_lock = threading.Lock()
+
+
+def emit(obj):
+    with out_lock:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+
+class Types:
+    def __init__(self, dirs, distro):
+        self.ts = get_typestore(Stores.ROS2_HUMBLE if distro == "humble" else Stores.ROS2_JAZZY)
+        extra = {}
+        for root in dirs:
+            for pkg in sorted(os.listdir(root)):
+                d = os.path.join(root, pkg, "msg")
+                if not os.path.isdir(d) or pkg == "rmw_dds_common":
+                    continue
+                for f in sorted(os.listdir(d)):
+                    name = f"{pkg}/msg/{f[:-4]}"
+                    if f.endswith(".msg") and name not in self.ts.fielddefs:
+                        with open(os.path.join(d, f), encoding="utf-8") as fh:
+                            extra.update(get_types_from_msg(fh.read(), name))
+        self.ts.register(extra)
+        self.classes = {}
+
+    def idl(self, name):
+        if name in self.classes:
+            return self.classes[name]
+        pkg, _, tname = name.split("/")
+        fields = {}
+        for fname, desc in self.ts.fielddefs[name][1]:
+            fields[fname] = self.annotation(desc)
+        cls = make_idl_struct(f"{pkg}_{tname}", f"{pkg}::msg::dds_::{tname}_", fields)
+        self.classes[name] = cls
+        return cls
+
+    def annotation(self, desc):
+        kind, rest = desc
+        if kind == Nodetype.BASE:
+            t, bound = rest
+            if t == "string":
+                return T.bounded_str[bound] if bound else str
+            return PRIM[t]
+        if kind == Nodetype.NAME:
+            return self.idl(rest)
+        elem, n = rest
+        inner = self.annotation(elem)
+        if kind == Nodetype.ARRAY:
+            return T.array[inner, n]
+        return T.sequence[inner, n] if n else T.sequence[inner]
+
+    # JSON form <-> Python values
+
+    def to_py(self, desc, v):
+        kind, rest = desc
+        if kind == Nodetype.BASE:
+            t = rest[0]
+            if t in ("float32", "float64"):
+                if isinstance(v, str):
+                    return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[v]
+                return float(v)
+            return v
+        if kind == Nodetype.NAME:
+            return self.make(rest, v or {})
+        elem = rest[0]
+        if elem[0] == Nodetype.BASE and elem[1][0] in ("uint8", "byte") and isinstance(v, str):
+            return list(base64.b64decode(v))
+        return [self.to_py(elem, x) for x in v]
+
+    def make(self, name, value):
+        cls = self.idl(name)
+        kwargs = {}
+        for fname, desc in self.ts.fielddefs[name][1]:
+            if fname == "structure_needs_at_least_one_member":
+                kwargs[fname] = 0
+            elif fname in value:
+                kwargs[fname] = self.to_py(desc, value[fname])
+            else:
+                kwargs[fname] = self.zero(desc)
+        return cls(**kwargs)
+
+    def zero(self, desc):
+        kind, rest = desc
+        if kind == Nodetype.BASE:
+            t = rest[0]
+            return "" if t == "string" else (False if t == "bool" else (0.0 if t.startswith("float") else 0))
+        if kind == Nodetype.NAME:
+            return self.make(rest, {})
+        elem, n = rest
+        return [self.zero(elem) for _ in range(n)] if kind == Nodetype.ARRAY else []
+
+    def to_json(self, desc, v):
+        kind, rest = desc
+        if kind == Nodetype.BASE:
+            t = rest[0]
+            if t in ("float32", "float64"):
+                v = float(v)
+                if math.isnan(v):
+                    return "NaN"
+                if math.isinf(v):
+                    return "Infinity" if v > 0 else "-Infinity"
+                return v
+            return v
+        if kind == Nodetype.NAME:
+            return {f: self.to_json(d, getattr(v, f)) for f, d in self.ts.fielddefs[rest][1]
+                    if f != "structure_needs_at_least_one_member"}
+        elem = rest[0]
+        if elem[0] == Nodetype.BASE and elem[1][0] in ("uint8", "byte"):
+            return base64.b64encode(bytes(v)).decode()
+        return [self.to_json(elem, x) for x in v]
+
+
+def make_qos(q):
+    q = q or {}
+    rel = Policy.Reliability.BestEffort if q.get("reliability") == "best-effort" \
+        else Policy.Reliability.Reliable(max_blocking_time=100_000_000)
+    dur = Policy.Durability.TransientLocal if q.get("durability") == "transient-local" \
+        else Policy.Durability.Volatile
+    return Qos(rel, dur, Policy.History.KeepLast(int(q.get("depth", 10))))
+
+
+def dds_topic(name):
+    return "rt" + (name if name.startswith("/") else "/" + name)
+
+
+class Matched(Listener):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def on_publication_matched(self, writer, status):
+        self.count = status.current_count
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--domain", type=int, required=True)
+    ap.add_argument("--distro", default="jazzy")
+    ap.add_argument("dirs", nargs="*")
+    args = ap.parse_args()
+    types = Types(args.dirs, args.distro)
+    dp = DomainParticipant(args.domain)
+    writers, readers, topics = {}, {}, {}
+    lock = threading.Lock()
+
+    def topic(name, tname, qos):
+        key = (name, tname)
+        if key not in topics:
+            topics[key] = Topic(dp, dds_topic(name), types.idl(tname), qos=qos)
+        return topics[key]
+
+    disc_type = types.idl("rmw_dds_common/msg/ParticipantEntitiesInfo")
+    disc_qos = Qos(Policy.Reliability.Reliable(max_blocking_time=100_000_000), Policy.Durability.TransientLocal,
+                   Policy.History.KeepLast(1))
+    disc_reader = DataReader(dp, Topic(dp, "ros_discovery_info", disc_type, qos=disc_qos), qos=disc_qos)
+    nodes = {}
+
+    stopping = threading.Event()
+
+    def poll():
+        try:
+            poll_loop()
+        except Exception as e:  # the peer is going away, or a real fault the test will see
+            if not stopping.is_set():
+                emit({"event": "peer-error", "id": "", "error": f"{type(e).__name__}: {e}"})
+
+    def poll_loop():
+        while not stopping.is_set():
+            with lock:
+                items = list(readers.items())
+            for rid, (reader, tname) in items:
+                for s in reader.take(64):
+                    desc = (Nodetype.NAME, tname)
+                    emit({"event": "msg", "id": rid, "value": types.to_json(desc, s),
+                          "cdr": s.serialize().hex()})
+            for s in disc_reader.take(64):
+                gid = bytes(s.gid.data).hex()
+                nodes[gid] = [{"name": n.node_name, "namespace": n.node_namespace} for n in s.node_entities_info_seq]
+            time.sleep(0.005)
+
+    threading.Thread(target=poll, daemon=True).start()
+    emit({"ready": True})
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        cmd = json.loads(line)
+        op = cmd.get("op")
+        try:
+            if op == "pub":
+                qos = make_qos(cmd.get("qos"))
+                listener = Matched()
+                w = DataWriter(dp, topic(cmd["topic"], cmd["type"], qos), qos=qos, listener=listener)
+                writers[cmd["id"]] = (w, cmd["type"], listener)
+                emit({"ok": cmd["id"]})
+            elif op == "wait_matched":
+                w, _, listener = writers[cmd["id"]]
+                end = time.time() + cmd.get("timeout_ms", 10000) / 1000
+                while listener.count < cmd.get("count", 1) and time.time() < end:
+                    time.sleep(0.01)
+                if listener.count >= cmd.get("count", 1):
+                    emit({"ok": cmd["id"], "matched": listener.count})
+                else:
+                    emit({"error": f"{cmd['id']}: {listener.count} subscriptions matched"})
+            elif op == "write":
+                w, tname, _ = writers[cmd["id"]]
+                value = types.make(tname, cmd.get("value", {}))
+                n = int(cmd.get("count", 1))
+                for i in range(n):
+                    w.write(value)
+                    if cmd.get("interval_ms"):
+                        time.sleep(cmd["interval_ms"] / 1000)
+                emit({"ok": cmd["id"], "written": n})
+            elif op == "sub":
+                qos = make_qos(cmd.get("qos"))
+                r = DataReader(dp, topic(cmd["topic"], cmd["type"], qos), qos=qos)
+                with lock:
+                    readers[cmd["id"]] = (r, cmd["type"])
+                emit({"ok": cmd["id"]})
+            elif op == "nodes":
+                emit({"ok": cmd["id"], "nodes": [n for v in nodes.values() for n in v]})
+            elif op == "quit":
+                stopping.set()
+                break
+            else:
+                emit({"error": f"unknown op {op}"})
+        except Exception as e:  # reported to the test, which fails with it
+            emit({"error": f"{op}: {type(e).__name__}: {e}"})
+
+
+if __name__ == "__main__":
+    main()

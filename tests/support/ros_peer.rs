@@ -1,0 +1,163 @@
+//! The Cyclone DDS 0.10 ROS 2 peer (tests/py/ros_peer.py) as a child process, restricted
+//! to the loopback interface, on a ROS domain of the test's own.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Cyclone on loopback only: nothing leaves the machine, and tests on other domains
+/// never see each other.
+pub const CYCLONE_LOOPBACK: &str = r#"<CycloneDDS><Domain><General><Interfaces><NetworkInterface name="lo" multicast="true"/></Interfaces><AllowMulticast>true</AllowMulticast></General></Domain></CycloneDDS>"#;
+
+pub struct RosPeer {
+    child: Child,
+    stdin: ChildStdin,
+    replies: Receiver<Value>,
+    msgs: Arc<Mutex<Vec<Value>>>,
+}
+
+impl RosPeer {
+    pub fn start(domain: u16) -> Self {
+        let repo = super::repo();
+        let mut child = Command::new(super::python())
+            .arg(repo.join("tests/py/ros_peer.py"))
+            .args(["--domain", &domain.to_string()])
+            .args([
+                "--distro",
+                if cfg!(feature = "humble") {
+                    "humble"
+                } else {
+                    "jazzy"
+                },
+            ])
+            .arg(repo.join("interfaces"))
+            .arg(repo.join("tests/fixtures/interfaces"))
+            .env("CYCLONEDDS_URI", CYCLONE_LOOPBACK)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the Cyclone DDS peer (tests/py/ros_peer.py)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, replies) = mpsc::channel();
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let m2 = msgs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if v.get("event").is_some() {
+                    m2.lock().unwrap().push(v);
+                } else if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut peer = RosPeer {
+            child,
+            stdin,
+            replies,
+            msgs,
+        };
+        let ready = peer.reply(Duration::from_secs(30));
+        assert_eq!(
+            ready["ready"], true,
+            "the Cyclone peer did not start: {ready}"
+        );
+        peer
+    }
+
+    fn reply(&mut self, timeout: Duration) -> Value {
+        self.replies
+            .recv_timeout(timeout)
+            .expect("the Cyclone peer did not answer (it may have crashed; see its stderr)")
+    }
+
+    /// Sends a command and returns its answer; fails the test on an error answer.
+    pub fn cmd(&mut self, cmd: Value) -> Value {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let r = self.reply(Duration::from_secs(60));
+        assert!(
+            r.get("error").is_none(),
+            "Cyclone peer: {} (command {cmd})",
+            r["error"]
+        );
+        r
+    }
+
+    pub fn publisher(&mut self, id: &str, topic: &str, ty: &str, qos: Value) {
+        self.cmd(json!({"op":"pub","id":id,"topic":topic,"type":ty,"qos":qos}));
+    }
+
+    pub fn subscriber(&mut self, id: &str, topic: &str, ty: &str, qos: Value) {
+        self.cmd(json!({"op":"sub","id":id,"topic":topic,"type":ty,"qos":qos}));
+    }
+
+    pub fn wait_matched(&mut self, id: &str) {
+        self.cmd(json!({"op":"wait_matched","id":id,"count":1,"timeout_ms":20000}));
+    }
+
+    pub fn write(&mut self, id: &str, value: Value) {
+        self.cmd(json!({"op":"write","id":id,"value":value}));
+    }
+
+    /// Messages received so far on subscription `id`.
+    pub fn received(&self, id: &str) -> Vec<Value> {
+        self.msgs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["id"] == id)
+            .cloned()
+            .collect()
+    }
+
+    pub fn wait_received(&self, id: &str, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.received(id);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Cyclone received {} of {n} messages on {id}",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Nodes announced on ros_discovery_info (what `ros2 node list` reads).
+    pub fn nodes(&mut self) -> Vec<(String, String)> {
+        let r = self.cmd(json!({"op":"nodes","id":"nodes"}));
+        r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["namespace"].as_str().unwrap().to_owned(),
+                    n["name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for RosPeer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", json!({"op":"quit"}));
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
