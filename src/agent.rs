@@ -1,30 +1,54 @@
-//! The running agent: opens the outbox, starts the cloud link and the device log, and
-//! stops them in order on shutdown. `main` parses and validates; this wires and runs.
+//! The running agent: opens the outbox, starts the cloud link, joins the ROS 2 graph,
+//! starts the bridge rules, the device log and the health reports, tells systemd, and
+//! stops everything in order. `main` parses and validates; this wires and runs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::bridge;
+use crate::clock::now_ms;
 use crate::config::Settings;
+use crate::health::Health;
+use crate::mqtt::config::Protocol;
 use crate::mqtt::devlog::{self, LogRecord};
 use crate::mqtt::outbox::Outbox;
-use crate::mqtt::{self, LinkHandle, ShutdownPolicy};
+use crate::mqtt::{self, LinkHandle, LinkState, ShutdownPolicy};
+use crate::ros::transport::dds::{DdsOptions, DdsTransport};
+use crate::ros::transport::Transport;
+use crate::systemd::{self, Notifier};
+
+/// How long the agent waits for the broker before telling systemd it is ready anyway
+/// (a robot without coverage must still bridge into the outbox).
+pub const READY_WAIT: Duration = Duration::from_secs(30);
 
 /// What the caller can watch while the agent runs.
 pub struct Running {
     pub link: LinkHandle,
+    pub transport: Option<Arc<dyn Transport>>,
+    pub rules: Vec<Arc<bridge::stats::RuleStats>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    link_task: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
     link_shutdown: CancellationToken,
+    notifier: Arc<Notifier>,
 }
 
-/// Starts every task. The returned value stops them with [`Running::stop`].
-pub fn start(
+/// Starts every task.
+pub async fn start(
     settings: &Settings,
     devlog_rx: Option<mpsc::Receiver<LogRecord>>,
 ) -> anyhow::Result<Running> {
+    let notifier = Arc::new(Notifier::from_env());
+    std::fs::create_dir_all(&settings.file.state_dir).with_context(|| {
+        format!(
+            "cannot create the state folder {}",
+            settings.file.state_dir.display()
+        )
+    })?;
     let outbox = Outbox::open(&settings.outbox).with_context(|| {
         format!(
             "cannot open the outbox in {}",
@@ -35,10 +59,35 @@ pub fn start(
     let shutdown = CancellationToken::new();
     // The link stops last, so whatever the other tasks flush on the way out is kept.
     let link_shutdown = CancellationToken::new();
+    let link_task = tokio::spawn(link.run(link_shutdown.clone(), ShutdownPolicy::default()));
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(
-        link.run(link_shutdown.clone(), ShutdownPolicy::default()),
-    ));
+
+    let mut transport: Option<Arc<dyn Transport>> = None;
+    let mut rule_stats = Vec::new();
+    if !settings.rules.outbound.is_empty() || !settings.rules.inbound.is_empty() {
+        let t: Arc<dyn Transport> = Arc::new(
+            DdsTransport::start(&DdsOptions {
+                domain_id: settings.ros.domain_id,
+                node_name: settings.ros.node_name.clone(),
+                namespace: settings.ros.namespace.clone(),
+                only_networks: settings.ros.only_networks.clone(),
+            })
+            .context("cannot join the ROS 2 graph")?,
+        );
+        let b = bridge::start(
+            &settings.rules,
+            t.clone(),
+            handle.clone(),
+            settings.link.protocol == Protocol::V5,
+            shutdown.clone(),
+        )
+        .await
+        .context("cannot start the bridge")?;
+        rule_stats = b.stats;
+        tasks.extend(b.tasks);
+        transport = Some(t);
+    }
+
     if let Some(rx) = devlog_rx {
         if settings.device_log.enabled {
             tasks.push(tokio::spawn(devlog::run_shipper(
@@ -49,34 +98,92 @@ pub fn start(
             )));
         }
     }
+
+    let health = Health {
+        link: handle.clone(),
+        rules: rule_stats.clone(),
+        interval: settings.health_interval,
+        topic: settings.health_topic.clone(),
+        status_file: settings.file.state_dir.join("status.json"),
+        node: transport.as_ref().map(|t| t.node_name()),
+        started_ms: now_ms(),
+    };
+    tasks.push(tokio::spawn(health.run(shutdown.clone())));
+
+    // systemd: READY once the broker is reached (or after READY_WAIT without it), then
+    // watchdog pings for as long as the runtime runs.
+    let n = notifier.clone();
+    let mut state = handle.state();
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let up = tokio::time::timeout(READY_WAIT, async {
+            loop {
+                if *state.borrow_and_update() == LinkState::Up {
+                    return;
+                }
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok();
+        if up {
+            n.notify("READY=1\nSTATUS=Bridging; MQTT link up");
+        } else {
+            tracing::warn!(waited_s = READY_WAIT.as_secs(), "The broker is not reachable yet; running anyway and holding messages in the outbox.");
+            n.notify("READY=1\nSTATUS=Bridging; MQTT link down, holding messages");
+        }
+    }));
+    if let Some(period) = systemd::watchdog_interval() {
+        let n = notifier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => n.notify("WATCHDOG=1"),
+                }
+            }
+        }));
+    }
     Ok(Running {
         link: handle,
+        transport,
+        rules: rule_stats,
         tasks,
+        link_task,
         shutdown,
         link_shutdown,
+        notifier,
     })
 }
 
 impl Running {
-    /// Stops the tasks in order, waiting at most `grace` in all.
+    /// Stops the tasks in order: producers first (they hand what they hold to the
+    /// outbox), then the link (clean offline status and DISCONNECT), then the ROS node.
     pub async fn stop(self, grace: Duration) {
+        self.notifier.notify("STOPPING=1\nSTATUS=Stopping");
         self.shutdown.cancel();
-        // Give producers a moment to hand over what they hold.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let producers = async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(grace / 2, producers).await.is_err() {
+            tracing::warn!("Some tasks did not stop in time.");
+        }
         self.link_shutdown.cancel();
-        let all = futures_join(self.tasks);
-        if tokio::time::timeout(grace, all).await.is_err() {
+        if tokio::time::timeout(grace / 2, self.link_task)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 grace_ms = grace.as_millis() as u64,
-                "Shutdown took too long; stopping anyway."
+                "The cloud link did not close in time."
             );
         }
-    }
-}
-
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
+        drop(self.transport);
     }
 }
 

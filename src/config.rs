@@ -8,9 +8,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::bridge::rules::{self, RuleError, Rules};
+use crate::bridge::BridgeConfig;
 use crate::mqtt::config::{
-    DeviceLogConfig, DeviceLogSettings, LinkSettings, MqttConfig, OutboxConfig, OutboxSettings,
+    device_topic, DeviceLogConfig, DeviceLogSettings, LinkSettings, MqttConfig, OutboxConfig,
+    OutboxSettings, Protocol,
 };
+use crate::ros::config::{RosConfig, RosSettings};
+use crate::ros::Registry;
 
 /// The example configuration for a laptop with a local mosquitto, printed by
 /// `edge-agent print-default-config`.
@@ -37,6 +42,8 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error(transparent)]
+    Rule(#[from] RuleError),
 }
 
 /// `[device]`: who this robot is on the cloud platform.
@@ -85,6 +92,13 @@ pub struct AgentConfig {
     pub device_log: DeviceLogConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub ros: RosConfig,
+    #[serde(default)]
+    pub bridge: BridgeConfig,
+    /// The folder relative paths in the file are relative to (the file's own).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -98,6 +112,11 @@ pub struct Settings {
     pub link: LinkSettings,
     pub outbox: OutboxSettings,
     pub device_log: DeviceLogSettings,
+    pub ros: RosSettings,
+    pub registry: std::sync::Arc<Registry>,
+    pub rules: Rules,
+    pub health_interval: std::time::Duration,
+    pub health_topic: String,
 }
 
 fn invalid(key: &str, value: impl std::fmt::Display, reason: impl Into<String>) -> ConfigError {
@@ -127,7 +146,13 @@ impl AgentConfig {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut c = Self::parse(&text, &path.display().to_string())?;
+        c.base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(c)
     }
 
     /// Every check that needs no network.
@@ -160,11 +185,51 @@ impl AgentConfig {
         let link = self.mqtt.resolve(&self.device)?;
         let outbox = self.outbox.resolve(&self.state_dir)?;
         let device_log = self.device_log.resolve(&self.device)?;
+        let base = if self.base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            self.base_dir.clone()
+        };
+        let ros = self.ros.resolve(&base)?;
+        let registry = Registry::standard(&ros.interfaces).map_err(|e| {
+            invalid(
+                "ros.interfaces",
+                format!("{:?}", self.ros.interfaces),
+                e.to_string(),
+            )
+        })?;
+        let classes = outbox.classes.keys().cloned().collect();
+        let mappings: Vec<PathBuf> = self.bridge.mappings.iter().map(|p| base.join(p)).collect();
+        let rules = rules::load(
+            &mappings,
+            &self.device,
+            &registry,
+            link.protocol == Protocol::V5,
+            &classes,
+        )?;
+        let hi = self.bridge.health_interval.0;
+        if hi < std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                "bridge.health_interval",
+                format!("{:?}", self.bridge.health_interval),
+                "must be at least 1s",
+            ));
+        }
+        let health_topic = device_topic(
+            "bridge.health_topic",
+            &self.bridge.health_topic,
+            &self.device,
+        )?;
         Ok(Settings {
             file: self,
             link,
             outbox,
             device_log,
+            ros,
+            registry: std::sync::Arc::new(registry),
+            rules,
+            health_interval: hi,
+            health_topic,
         })
     }
 }

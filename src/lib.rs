@@ -4,10 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod bridge;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod exit;
+pub mod health;
 pub mod logging;
 pub mod mqtt;
 pub mod ros;
+pub mod systemd;

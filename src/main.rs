@@ -8,7 +8,12 @@ use clap::Parser as _;
 use edge_agent::{cli, exit};
 
 fn main() -> ExitCode {
-    let parsed = match cli::Cli::try_parse() {
+    let (mut args, ros) = cli::rosargs::split(std::env::args_os().collect());
+    // `ros2 run`/`ros2 launch` start the executable with only ROS arguments: run.
+    if args.len() == 1 && !ros.is_empty() {
+        args.push("run".into());
+    }
+    let parsed = match cli::Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -20,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match cli::run(parsed) {
+    match cli::run(parsed, ros) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(f) => {
             eprintln!("edge-agent: {}", f.message);

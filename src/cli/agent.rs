@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::rosargs::RosArgs;
 use super::Failure;
 use crate::config::{self, Settings};
 use crate::logging::{self, Scrubber};
@@ -10,17 +11,38 @@ use crate::mqtt::devlog;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The configuration file (TOML).
+    /// The configuration file (TOML). Under `ros2 launch`, the ROS parameter
+    /// `config_file` gives it instead.
     #[arg(long, short = 'c', value_name = "FILE", env = "EDGE_AGENT_CONFIG")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
 }
 
 pub fn load(path: &std::path::Path) -> Result<Settings, Failure> {
     config::load(path).map_err(|e| Failure::usage(e.to_string()))
 }
 
-pub fn run(args: RunArgs) -> Result<(), Failure> {
-    let settings = load(&args.config)?;
+pub fn run(args: RunArgs, ros: RosArgs) -> Result<(), Failure> {
+    let from_ros = ros.param("config_file").map_err(Failure::usage)?;
+    let config = match (args.config, from_ros) {
+        (Some(c), _) => c,
+        (None, Some(c)) => PathBuf::from(c),
+        (None, None) => {
+            return Err(Failure::usage(
+                "no configuration: give --config FILE, EDGE_AGENT_CONFIG, or the ROS parameter config_file",
+            ))
+        }
+    };
+    let mut file = config::AgentConfig::load(&config).map_err(|e| Failure::usage(e.to_string()))?;
+    if let Some(n) = &ros.node_name {
+        file.ros.node_name = Some(n.clone());
+    }
+    if let Some(ns) = &ros.namespace {
+        file.ros.namespace = Some(ns.clone());
+    }
+    let settings = file.validate().map_err(|e| Failure::usage(e.to_string()))?;
+    let args = RunArgs {
+        config: Some(config),
+    };
     let scrubber = Scrubber::new(&settings.link.secrets);
     let (layer, devlog_rx) = devlog::channel(settings.device_log.info, scrubber.clone());
     logging::init(&settings.file.log.level, scrubber, Some(layer));
@@ -30,9 +52,13 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::internal(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async {
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %args.config.display(),
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %args.config.as_deref().unwrap_or(std::path::Path::new("-")).display(),
             device = %settings.file.device.device_name, "edge-agent starting.");
+        if !ros.ignored.is_empty() {
+            tracing::debug!(ignored = ?ros.ignored, "ROS arguments not used by the agent.");
+        }
         let running = crate::agent::start(&settings, Some(devlog_rx))
+            .await
             .map_err(|e| Failure::internal(format!("{e:#}")))?;
         crate::agent::termination().await;
         tracing::info!("Stopping on request.");
@@ -81,8 +107,77 @@ pub fn check_config(file: PathBuf) -> Result<(), Failure> {
             "off"
         }
     ));
+    out.push_str(&format!(
+        "  ros        node {}{}{}, domain {}\n",
+        s.ros.namespace.trim_end_matches('/'),
+        "/",
+        s.ros.node_name,
+        s.ros.domain_id
+    ));
+    for r in &s.rules.outbound {
+        out.push_str(&format!(
+            "  rule {:<14} {} ({}) -> {}{}\n",
+            r.name,
+            r.ros_topic,
+            r.type_name,
+            r.mqtt_topic,
+            r.min_interval
+                .map(|i| format!(" at most {:.1} Hz", 1.0 / i.as_secs_f64()))
+                .unwrap_or_default()
+        ));
+    }
+    for r in &s.rules.inbound {
+        out.push_str(&format!(
+            "  rule {:<14} {} -> {} ({})\n",
+            r.name, r.mqtt_filter, r.ros_topic, r.type_name
+        ));
+    }
     print!("{out}");
     Ok(())
+}
+
+/// `edge-agent status`: the running agent's last status report.
+pub fn status(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<(), Failure> {
+    let dir = match (state_dir, config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => {
+            config::AgentConfig::load(&c)
+                .map_err(|e| Failure::usage(e.to_string()))?
+                .state_dir
+        }
+        (None, None) => PathBuf::from("/var/lib/edge-agent"),
+    };
+    let file = dir.join("status.json");
+    let text = std::fs::read_to_string(&file).map_err(|e| Failure {
+        code: crate::exit::UNAVAILABLE,
+        message: format!(
+            "no status in {}: {e} (is the agent running with this state_dir?)",
+            file.display()
+        ),
+    })?;
+    let mut v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Failure::data(format!("{}: {e}", file.display())))?;
+    let age_s = std::fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map_or(0, |d| d.as_secs());
+    let interval = v["health_interval_s"].as_u64().unwrap_or(60);
+    let running = v["state"] == "running" && age_s <= interval * 3 + 5;
+    v["age_s"] = serde_json::Value::from(age_s);
+    v["running"] = serde_json::Value::from(running);
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    if running {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: crate::exit::UNAVAILABLE,
+            message: format!(
+                "the agent is not running (last report {age_s}s ago, state {})",
+                v["state"]
+            ),
+        })
+    }
 }
 
 pub fn print_default_config() -> Result<(), Failure> {

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod mqtt;
 pub mod msg;
+pub mod rosargs;
 
 use std::path::PathBuf;
 
@@ -34,6 +35,13 @@ pub enum Command {
     },
     /// Print an example configuration with every section documented.
     PrintDefaultConfig,
+    /// What the running agent reports: link, outbox, rules (from its status file).
+    Status {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Inspect ROS 2 message types and convert messages between CDR and JSON.
     #[command(subcommand)]
     Msg(msg::MsgCommand),
@@ -84,9 +92,10 @@ impl Failure {
     }
 }
 
-pub fn run(cli: Cli) -> Result<(), Failure> {
+pub fn run(cli: Cli, ros: rosargs::RosArgs) -> Result<(), Failure> {
     match cli.command {
-        Command::Run(args) => agent::run(args),
+        Command::Run(args) => agent::run(args, ros),
+        Command::Status { config, state_dir } => agent::status(config, state_dir),
         Command::CheckConfig { file } => agent::check_config(file),
         Command::PrintDefaultConfig => agent::print_default_config(),
         Command::Msg(cmd) => msg::run(cmd),

@@ -3,6 +3,7 @@
 //! lays out bytes.
 
 pub mod codec;
+pub mod config;
 pub mod msgdef;
 pub mod registry;
 pub mod schema;

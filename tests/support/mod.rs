@@ -2,6 +2,7 @@
 //! virtualenv are, and a schema-aware comparison of decoded JSON.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod mosquitto;
 pub mod ros_peer;
 

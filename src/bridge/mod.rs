@@ -1,0 +1,171 @@
+//! The bridge: configured ROS 2 topics to MQTT as JSON (or images), and cloud commands
+//! back onto ROS 2, for any message type, following the rules in `msg_mappings/`.
+
+pub mod image;
+pub mod inbound;
+pub mod outbound;
+pub mod rules;
+pub mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::rules::{QosChoice, Rules};
+use self::stats::RuleStats;
+use crate::config::values::Dur;
+use crate::mqtt::{LinkHandle, QoS};
+use crate::ros::transport::{Qos, Transport, TransportError};
+
+/// `[bridge]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// Rule files, or folders of `*.toml` rule files. Relative paths are relative to
+    /// the configuration file's folder.
+    #[serde(default)]
+    pub mappings: Vec<PathBuf>,
+    /// How often the health message is sent and the one-line summary logged.
+    #[serde(default = "default_health_interval")]
+    pub health_interval: Dur,
+    #[serde(default = "default_health_topic")]
+    pub health_topic: String,
+}
+
+const fn default_health_interval() -> Dur {
+    Dur::secs(60)
+}
+
+fn default_health_topic() -> String {
+    "/${productKey}/${deviceName}/user/health".into()
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            mappings: Vec::new(),
+            health_interval: default_health_interval(),
+            health_topic: default_health_topic(),
+        }
+    }
+}
+
+/// The running bridge.
+pub struct Bridge {
+    pub stats: Vec<Arc<RuleStats>>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How long an `auto` QoS rule waits to discover the publisher.
+const AUTO_QOS_WAIT: Duration = Duration::from_secs(3);
+
+async fn auto_qos(transport: &Arc<dyn Transport>, topic: &str, fallback: Qos) -> Qos {
+    let deadline = tokio::time::Instant::now() + AUTO_QOS_WAIT;
+    loop {
+        if let Some(q) = transport.discovered_publisher_qos(topic) {
+            tracing::debug!(topic, qos = ?q, "Using the discovered publisher's QoS.");
+            return q;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            // Best effort + volatile matches every publisher, reliable or not.
+            let q = Qos {
+                reliability: crate::ros::transport::Reliability::BestEffort,
+                ..fallback
+            };
+            tracing::warn!(topic, "No publisher of this topic discovered yet; subscribing best-effort, which matches any publisher but does not ask for retransmission.");
+            return q;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts every rule. Subscriptions with `auto` QoS start once the publisher is known
+/// (or after a short wait).
+pub async fn start(
+    rules: &Rules,
+    transport: Arc<dyn Transport>,
+    link: LinkHandle,
+    v5: bool,
+    shutdown: CancellationToken,
+) -> Result<Bridge, TransportError> {
+    let mut stats = Vec::new();
+    let mut tasks = Vec::new();
+    for rule in &rules.outbound {
+        let rule = Arc::new(rule.clone());
+        let st = Arc::new(RuleStats::new(
+            &rule.name,
+            "ros_to_mqtt",
+            &rule.ros_topic,
+            &rule.mqtt_topic,
+        ));
+        stats.push(st.clone());
+        let (tx, rx) = mpsc::channel(1024);
+        match rule.qos {
+            QosChoice::Fixed(q) => {
+                transport.subscribe(
+                    &rule.ros_topic,
+                    &rule.type_name,
+                    rule.schema.clone(),
+                    q,
+                    tx,
+                )?;
+            }
+            QosChoice::Auto(fallback) => {
+                let t = transport.clone();
+                let r = rule.clone();
+                tasks.push(tokio::spawn(async move {
+                    let q = auto_qos(&t, &r.ros_topic, fallback).await;
+                    if let Err(e) = t.subscribe(&r.ros_topic, &r.type_name, r.schema.clone(), q, tx) {
+                        tracing::error!(rule = %r.name, error = %e, "Cannot subscribe; this rule does nothing.");
+                    }
+                }));
+            }
+        }
+        tasks.push(tokio::spawn(outbound::run(
+            rule,
+            rx,
+            link.clone(),
+            st,
+            v5,
+            shutdown.clone(),
+        )));
+    }
+    for rule in &rules.inbound {
+        let rule = Arc::new(rule.clone());
+        let st = Arc::new(RuleStats::new(
+            &rule.name,
+            "mqtt_to_ros",
+            &rule.ros_topic,
+            &rule.mqtt_filter,
+        ));
+        stats.push(st.clone());
+        let qos = match rule.qos {
+            QosChoice::Fixed(q) | QosChoice::Auto(q) => q,
+        };
+        let publisher =
+            transport.publisher(&rule.ros_topic, &rule.type_name, rule.schema.clone(), qos)?;
+        let rx = link
+            .subscribe(&rule.mqtt_filter, QoS::AtLeastOnce, 256)
+            .await
+            .map_err(|e| TransportError::Start(e.to_string()))?;
+        tasks.push(tokio::spawn(inbound::run(
+            rule,
+            rx,
+            publisher,
+            link.clone(),
+            st,
+            shutdown.clone(),
+        )));
+    }
+    tracing::info!(
+        to_cloud = rules.outbound.len(),
+        from_cloud = rules.inbound.len(),
+        files = rules.files.len(),
+        "Bridge rules started."
+    );
+    Ok(Bridge { stats, tasks })
+}

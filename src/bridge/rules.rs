@@ -1,0 +1,722 @@
+//! Mapping rules: which ROS 2 topics go to which MQTT topics and how, and which cloud
+//! commands go back onto ROS 2. Rules live in TOML files (one per concern) under
+//! `msg_mappings/`; they are checked when the agent starts, with errors that name the
+//! file, the rule and the key.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::values::TopicTemplate;
+use crate::config::DeviceConfig;
+use crate::mqtt::QoS;
+use crate::ros::msgdef::ArrayKind;
+use crate::ros::schema::{Elem, MsgSchema};
+use crate::ros::transport::{Durability, Qos, Reliability};
+use crate::ros::{Registry, TypeName};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: rule '{rule}': {key}: {message}")]
+pub struct RuleError {
+    pub file: String,
+    pub rule: String,
+    pub key: String,
+    pub message: String,
+}
+
+/// QoS as written in a rule: a profile name, or the three policies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum QosSetting {
+    /// "default", "sensor-data" or "auto" (copy the discovered publisher's).
+    Named(String),
+    Explicit {
+        reliability: Reliability,
+        #[serde(default = "volatile")]
+        durability: Durability,
+        #[serde(default = "ten")]
+        depth: usize,
+    },
+}
+
+const fn volatile() -> Durability {
+    Durability::Volatile
+}
+const fn ten() -> usize {
+    10
+}
+
+impl Default for QosSetting {
+    fn default() -> Self {
+        QosSetting::Named("default".into())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Envelope {
+    /// The message JSON as it is.
+    #[default]
+    Raw,
+    /// Alibaba Cloud property post: `{"id","version":"1.0","params":{…},"method":"thing.event.property.post"}`.
+    Alink,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetaPlacement {
+    #[default]
+    None,
+    /// Added to the JSON payload (`_ts` in ms, `_type`).
+    Field,
+    /// As MQTT 5 user properties (`ts`, `ros_type`); ignored on MQTT 3.1.1.
+    Property,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageFormat {
+    Jpeg,
+    Png,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImagePayload {
+    /// Binary on MQTT 5 (with a content type), base64 in JSON on MQTT 3.1.1.
+    #[default]
+    Auto,
+    Binary,
+    Json,
+}
+
+/// `image = { … }` in a ros_to_mqtt rule for `sensor_msgs/Image` or `CompressedImage`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSettings {
+    /// `jpeg` for rgb8/bgr8/mono8; `png` for 16UC1 depth (and any of those).
+    pub format: Option<ImageFormat>,
+    #[serde(default = "default_quality")]
+    pub quality: u8,
+    /// Scale down to at most this width (keeping the aspect ratio).
+    pub max_width: Option<u32>,
+    #[serde(default)]
+    pub payload: ImagePayload,
+}
+
+const fn default_quality() -> u8 {
+    80
+}
+
+/// `[[ros_to_mqtt]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RosToMqttRaw {
+    pub name: String,
+    pub ros_topic: String,
+    pub ros_type: String,
+    #[serde(default)]
+    pub qos: QosSetting,
+    /// Template: `${productKey}`, `${deviceName}`, `${ros_topic}` (without the leading
+    /// slash), `${name}`.
+    pub mqtt_topic: String,
+    #[serde(default = "qos1")]
+    pub mqtt_qos: u8,
+    #[serde(default)]
+    pub retain: bool,
+    #[serde(default = "telemetry")]
+    pub class: String,
+    /// At most this many messages per second; the newest value is kept in between.
+    pub max_rate_hz: Option<f64>,
+    #[serde(default)]
+    pub envelope: Envelope,
+    /// With the alink envelope: put the message under this property name.
+    pub params_key: Option<String>,
+    /// Only these fields (dot paths, e.g. `pose.position`).
+    pub fields: Option<Vec<String>>,
+    /// New names for fields (path -> name).
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub timestamp: MetaPlacement,
+    #[serde(default)]
+    pub type_name: MetaPlacement,
+    pub image: Option<ImageSettings>,
+}
+
+const fn qos1() -> u8 {
+    1
+}
+fn telemetry() -> String {
+    "telemetry".into()
+}
+
+/// `[[mqtt_to_ros]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttToRosRaw {
+    pub name: String,
+    /// Template; may end in a wildcard (`+`, `#`).
+    pub mqtt_topic: String,
+    pub ros_topic: String,
+    pub ros_type: String,
+    #[serde(default)]
+    pub qos: QosSetting,
+    /// Missing fields are an error instead of taking defaults.
+    #[serde(default)]
+    pub strict: bool,
+    /// `alink`: the message is the `params` member of an Alink request.
+    #[serde(default)]
+    pub envelope: Envelope,
+    /// Where errors about bad commands go.
+    #[serde(default = "default_error_topic")]
+    pub error_topic: String,
+}
+
+fn default_error_topic() -> String {
+    "/${productKey}/${deviceName}/user/cmd/error".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    #[serde(default)]
+    ros_to_mqtt: Vec<RosToMqttRaw>,
+    #[serde(default)]
+    mqtt_to_ros: Vec<MqttToRosRaw>,
+}
+
+/// How a rule's ROS QoS is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QosChoice {
+    Fixed(Qos),
+    /// Copy the discovered publisher's, else this.
+    Auto(Qos),
+}
+
+/// A field selected for the payload: its path in the message and its output name.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub path: Vec<String>,
+    pub output: String,
+}
+
+/// What the image step does with a message.
+#[derive(Debug, Clone)]
+pub struct ImagePlan {
+    pub format: ImageFormat,
+    pub quality: u8,
+    pub max_width: Option<u32>,
+    pub payload: ImagePayload,
+    /// The message is `sensor_msgs/CompressedImage`: pass it through.
+    pub compressed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RosToMqtt {
+    pub name: String,
+    pub file: String,
+    pub ros_topic: String,
+    pub type_name: TypeName,
+    pub schema: Arc<MsgSchema>,
+    pub qos: QosChoice,
+    pub mqtt_topic: String,
+    pub mqtt_qos: QoS,
+    pub retain: bool,
+    pub class: String,
+    pub min_interval: Option<Duration>,
+    pub envelope: Envelope,
+    pub params_key: Option<String>,
+    pub fields: Option<Vec<Selected>>,
+    /// Top-level renames when `fields` is not used.
+    pub rename: std::collections::BTreeMap<String, String>,
+    pub timestamp: MetaPlacement,
+    pub type_meta: MetaPlacement,
+    pub image: Option<ImagePlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttToRos {
+    pub name: String,
+    pub file: String,
+    pub mqtt_filter: String,
+    pub ros_topic: String,
+    pub type_name: TypeName,
+    pub schema: Arc<MsgSchema>,
+    pub qos: QosChoice,
+    pub strict: bool,
+    pub envelope: Envelope,
+    pub error_topic: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    pub outbound: Vec<RosToMqtt>,
+    pub inbound: Vec<MqttToRos>,
+    pub files: Vec<PathBuf>,
+}
+
+/// The `.toml` files of the given files and folders, sorted.
+pub fn rule_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, RuleError> {
+    let mut out = Vec::new();
+    for p in paths {
+        let err = |m: String| RuleError {
+            file: p.display().to_string(),
+            rule: "-".into(),
+            key: "-".into(),
+            message: m,
+        };
+        let meta = std::fs::metadata(p).map_err(|e| err(format!("cannot read: {e}")))?;
+        if meta.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| err(format!("cannot read: {e}")))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| f.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+struct Ctx<'a> {
+    file: String,
+    device: &'a DeviceConfig,
+    registry: &'a Registry,
+    mqtt_v5: bool,
+    classes: &'a HashSet<String>,
+}
+
+impl Ctx<'_> {
+    fn err(&self, rule: &str, key: &str, message: impl Into<String>) -> RuleError {
+        RuleError {
+            file: self.file.clone(),
+            rule: rule.to_owned(),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn template(
+        &self,
+        rule: &str,
+        key: &str,
+        text: &str,
+        extra: &[(&str, &str)],
+        wildcards: bool,
+    ) -> Result<String, RuleError> {
+        let mut vars = vec!["productKey", "deviceName"];
+        vars.extend(extra.iter().map(|(k, _)| *k));
+        // Filters may end in + or #; check the template with those taken out.
+        let checked = if wildcards {
+            text.split('/')
+                .map(|level| {
+                    if level == "+" || level == "#" {
+                        "w"
+                    } else {
+                        level
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        } else {
+            text.to_owned()
+        };
+        TopicTemplate::parse(&checked, &vars).map_err(|e| self.err(rule, key, e))?;
+        if wildcards {
+            let levels: Vec<&str> = text.split('/').collect();
+            if let Some(i) = levels.iter().position(|l| *l == "#") {
+                if i + 1 != levels.len() {
+                    return Err(self.err(
+                        rule,
+                        key,
+                        format!("'#' must be the last level in '{text}'"),
+                    ));
+                }
+            }
+        }
+        let t = TopicTemplate::parse(&checked, &vars).map_err(|e| self.err(rule, key, e))?;
+        let rendered = t.render(|v| match v {
+            "productKey" => Some(self.device.product_key.clone()),
+            "deviceName" => Some(self.device.device_name.clone()),
+            other => extra
+                .iter()
+                .find(|(k, _)| *k == other)
+                .map(|(_, val)| (*val).to_owned()),
+        });
+        if !wildcards {
+            return Ok(rendered);
+        }
+        // Put the wildcards back.
+        let orig: Vec<&str> = text.split('/').collect();
+        Ok(rendered
+            .split('/')
+            .zip(orig.iter())
+            .map(|(r, o)| if *o == "+" || *o == "#" { *o } else { r })
+            .collect::<Vec<_>>()
+            .join("/"))
+    }
+
+    fn ros_topic(&self, rule: &str, key: &str, topic: &str) -> Result<String, RuleError> {
+        let ok = !topic.is_empty()
+            && !topic.ends_with('/')
+            && !topic.contains("//")
+            && topic.trim_start_matches('/').split('/').all(|l| {
+                !l.is_empty()
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && !l.as_bytes()[0].is_ascii_digit()
+            });
+        if !ok {
+            return Err(self.err(
+                rule,
+                key,
+                format!("'{topic}' is not a valid ROS 2 topic name (letters, digits and '_' between single '/', not starting with a digit)"),
+            ));
+        }
+        Ok(topic.to_owned())
+    }
+
+    fn ros_type(
+        &self,
+        rule: &str,
+        key: &str,
+        ty: &str,
+    ) -> Result<(TypeName, Arc<MsgSchema>), RuleError> {
+        let t = TypeName::parse(ty).map_err(|e| self.err(rule, key, e.to_string()))?;
+        let schema = self
+            .registry
+            .schema(ty)
+            .map_err(|e| self.err(rule, key, e.to_string()))?;
+        Ok((t, schema))
+    }
+
+    fn qos(&self, rule: &str, q: &QosSetting) -> Result<QosChoice, RuleError> {
+        Ok(match q {
+            QosSetting::Named(n) => match n.as_str() {
+                "default" => QosChoice::Fixed(Qos::ros_default()),
+                "sensor-data" => QosChoice::Fixed(Qos::sensor_data()),
+                "auto" => QosChoice::Auto(Qos::ros_default()),
+                other => {
+                    return Err(self.err(
+                        rule,
+                        "qos",
+                        format!("'{other}' is not a QoS profile: use \"default\", \"sensor-data\", \"auto\" or {{ reliability, durability, depth }}"),
+                    ))
+                }
+            },
+            QosSetting::Explicit {
+                reliability,
+                durability,
+                depth,
+            } => {
+                if *depth == 0 || *depth > 10_000 {
+                    return Err(self.err(rule, "qos.depth", format!("{depth} is not between 1 and 10000")));
+                }
+                QosChoice::Fixed(Qos {
+                    reliability: *reliability,
+                    durability: *durability,
+                    depth: *depth,
+                })
+            }
+        })
+    }
+}
+
+fn resolve_path(schema: &MsgSchema, path: &[String]) -> Option<()> {
+    let mut s = schema;
+    for (i, part) in path.iter().enumerate() {
+        let f = s.field(part)?;
+        if i + 1 < path.len() {
+            match (&f.ty.elem, f.ty.array) {
+                (Elem::Msg(m), ArrayKind::Single) => s = m,
+                _ => return None,
+            }
+        }
+    }
+    Some(())
+}
+
+impl RosToMqtt {
+    fn compile(raw: RosToMqttRaw, ctx: &Ctx<'_>) -> Result<Self, RuleError> {
+        let r = raw.name.as_str();
+        let ros_topic = ctx.ros_topic(r, "ros_topic", &raw.ros_topic)?;
+        let (type_name, schema) = ctx.ros_type(r, "ros_type", &raw.ros_type)?;
+        let short = ros_topic.trim_start_matches('/').to_owned();
+        let mqtt_topic = ctx.template(
+            r,
+            "mqtt_topic",
+            &raw.mqtt_topic,
+            &[("ros_topic", &short), ("name", r)],
+            false,
+        )?;
+        let mqtt_qos = match raw.mqtt_qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            q => return Err(ctx.err(r, "mqtt_qos", format!("{q} is not supported: use 0 or 1"))),
+        };
+        if !ctx.classes.contains(&raw.class) {
+            let mut known: Vec<_> = ctx.classes.iter().cloned().collect();
+            known.sort();
+            return Err(ctx.err(
+                r,
+                "class",
+                format!(
+                    "unknown outbox class '{}': known are {}",
+                    raw.class,
+                    known.join(", ")
+                ),
+            ));
+        }
+        let min_interval = match raw.max_rate_hz {
+            None => None,
+            Some(hz) if hz.is_finite() && hz > 0.0 && hz <= 10_000.0 => {
+                Some(Duration::from_secs_f64(1.0 / hz))
+            }
+            Some(hz) => {
+                return Err(ctx.err(r, "max_rate_hz", format!("{hz} is not between 0 and 10000")))
+            }
+        };
+        if raw.params_key.is_some() && raw.envelope != Envelope::Alink {
+            return Err(ctx.err(r, "params_key", "is only used with envelope = \"alink\""));
+        }
+        let fields = match &raw.fields {
+            None => None,
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(ctx.err(r, "fields", "is empty; remove it to send every field"));
+                }
+                let mut sel = Vec::new();
+                for f in list {
+                    let path: Vec<String> = f.split('.').map(str::to_owned).collect();
+                    if resolve_path(&schema, &path).is_none() {
+                        return Err(ctx.err(r, "fields", format!("'{f}' is not a field of {} (nested fields are written a.b.c, through messages only)", schema.name)));
+                    }
+                    let output = raw
+                        .rename
+                        .get(f)
+                        .cloned()
+                        .unwrap_or_else(|| f.replace('.', "_"));
+                    sel.push(Selected { path, output });
+                }
+                Some(sel)
+            }
+        };
+        if fields.is_none() {
+            for k in raw.rename.keys() {
+                if k.contains('.') || schema.field(k).is_none() {
+                    return Err(ctx.err(r, "rename", format!("'{k}' is not a top-level field of {} (rename nested fields through `fields`)", schema.name)));
+                }
+            }
+        } else {
+            for k in raw.rename.keys() {
+                if !raw.fields.as_ref().is_some_and(|l| l.contains(k)) {
+                    return Err(ctx.err(r, "rename", format!("'{k}' is not in `fields`")));
+                }
+            }
+        }
+        let image = match (&raw.image, type_name.to_string().as_str()) {
+            (None, _) => None,
+            (Some(i), "sensor_msgs/msg/Image") => {
+                if i.quality == 0 || i.quality > 100 {
+                    return Err(ctx.err(
+                        r,
+                        "image.quality",
+                        format!("{} is not between 1 and 100", i.quality),
+                    ));
+                }
+                if i.max_width == Some(0) {
+                    return Err(ctx.err(r, "image.max_width", "must be at least 1"));
+                }
+                Some(ImagePlan {
+                    format: i.format.unwrap_or(ImageFormat::Jpeg),
+                    quality: i.quality,
+                    max_width: i.max_width,
+                    payload: i.payload,
+                    compressed: false,
+                })
+            }
+            (Some(i), "sensor_msgs/msg/CompressedImage") => Some(ImagePlan {
+                format: i.format.unwrap_or(ImageFormat::Jpeg),
+                quality: i.quality,
+                max_width: None,
+                payload: i.payload,
+                compressed: true,
+            }),
+            (Some(_), other) => {
+                return Err(ctx.err(
+                    r,
+                    "image",
+                    format!("is for sensor_msgs/msg/Image and CompressedImage, not {other}"),
+                ))
+            }
+        };
+        if image.is_some() && (raw.fields.is_some() || raw.envelope == Envelope::Alink) {
+            return Err(ctx.err(
+                r,
+                "image",
+                "cannot be combined with `fields` or the alink envelope",
+            ));
+        }
+        if image
+            .as_ref()
+            .is_some_and(|i| i.payload == ImagePayload::Binary)
+            && !ctx.mqtt_v5
+        {
+            return Err(ctx.err(
+                r,
+                "image.payload",
+                "\"binary\" needs mqtt.protocol = \"5\" (content type); use \"json\" or \"auto\"",
+            ));
+        }
+        if (raw.timestamp == MetaPlacement::Property || raw.type_name == MetaPlacement::Property)
+            && !ctx.mqtt_v5
+        {
+            {
+                return Err(ctx.err(
+                    r,
+                    "timestamp",
+                    "\"property\" needs mqtt.protocol = \"5\"; use \"field\"",
+                ));
+            }
+        }
+        Ok(RosToMqtt {
+            qos: ctx.qos(r, &raw.qos)?,
+            name: raw.name,
+            file: ctx.file.clone(),
+            ros_topic,
+            type_name,
+            schema,
+            mqtt_topic,
+            mqtt_qos,
+            retain: raw.retain,
+            class: raw.class,
+            min_interval,
+            envelope: raw.envelope,
+            params_key: raw.params_key,
+            rename: if fields.is_none() {
+                raw.rename
+            } else {
+                Default::default()
+            },
+            fields,
+            timestamp: raw.timestamp,
+            type_meta: raw.type_name,
+            image,
+        })
+    }
+}
+
+impl MqttToRos {
+    fn compile(raw: MqttToRosRaw, ctx: &Ctx<'_>) -> Result<Self, RuleError> {
+        let r = raw.name.as_str();
+        let ros_topic = ctx.ros_topic(r, "ros_topic", &raw.ros_topic)?;
+        let (type_name, schema) = ctx.ros_type(r, "ros_type", &raw.ros_type)?;
+        let short = ros_topic.trim_start_matches('/').to_owned();
+        let mqtt_filter = ctx.template(
+            r,
+            "mqtt_topic",
+            &raw.mqtt_topic,
+            &[("ros_topic", &short), ("name", r)],
+            true,
+        )?;
+        let error_topic = ctx.template(
+            r,
+            "error_topic",
+            &raw.error_topic,
+            &[("ros_topic", &short), ("name", r)],
+            false,
+        )?;
+        Ok(MqttToRos {
+            qos: ctx.qos(r, &raw.qos)?,
+            name: raw.name,
+            file: ctx.file.clone(),
+            mqtt_filter,
+            ros_topic,
+            type_name,
+            schema,
+            strict: raw.strict,
+            envelope: raw.envelope,
+            error_topic,
+        })
+    }
+}
+
+/// Reads and checks every rule file. `classes` are the outbox classes that exist.
+pub fn load(
+    paths: &[PathBuf],
+    device: &DeviceConfig,
+    registry: &Registry,
+    mqtt_v5: bool,
+    classes: &HashSet<String>,
+) -> Result<Rules, RuleError> {
+    let files = rule_files(paths)?;
+    let mut rules = Rules {
+        files: files.clone(),
+        ..Rules::default()
+    };
+    let mut names = HashSet::new();
+    for file in &files {
+        let label = file.display().to_string();
+        let text = std::fs::read_to_string(file).map_err(|e| RuleError {
+            file: label.clone(),
+            rule: "-".into(),
+            key: "-".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let parsed: RuleFile = toml::from_str(&text).map_err(|e| {
+            let (line, col) = e
+                .span()
+                .map(|s| {
+                    let before = &text[..s.start.min(text.len())];
+                    (
+                        before.matches('\n').count() + 1,
+                        before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+                    )
+                })
+                .unwrap_or((1, 1));
+            RuleError {
+                file: format!("{label}:{line}:{col}"),
+                rule: "-".into(),
+                key: "-".into(),
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let ctx = Ctx {
+            file: label.clone(),
+            device,
+            registry,
+            mqtt_v5,
+            classes,
+        };
+        for raw in parsed.ros_to_mqtt {
+            check_name(&ctx, &raw.name, &mut names)?;
+            rules.outbound.push(RosToMqtt::compile(raw, &ctx)?);
+        }
+        for raw in parsed.mqtt_to_ros {
+            check_name(&ctx, &raw.name, &mut names)?;
+            rules.inbound.push(MqttToRos::compile(raw, &ctx)?);
+        }
+    }
+    Ok(rules)
+}
+
+fn check_name(ctx: &Ctx<'_>, name: &str, names: &mut HashSet<String>) -> Result<(), RuleError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ctx.err(name, "name", "rule names use letters, digits, '-' and '_'"));
+    }
+    if !names.insert(name.to_owned()) {
+        return Err(ctx.err(name, "name", "another rule has this name"));
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Per-rule counters, for the health message, the log summary and `edge-agent status`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+#[derive(Debug, Default)]
+pub struct RuleStats {
+    pub name: String,
+    pub direction: &'static str,
+    pub ros_topic: String,
+    pub mqtt_topic: String,
+    /// Messages taken from the source (ROS or MQTT).
+    pub received: AtomicU64,
+    /// Messages handed to the destination.
+    pub sent: AtomicU64,
+    /// Replaced by a newer value under the rate limit.
+    pub rate_dropped: AtomicU64,
+    pub errors: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleSnapshot {
+    pub name: String,
+    pub direction: &'static str,
+    pub ros_topic: String,
+    pub mqtt_topic: String,
+    pub received: u64,
+    pub sent: u64,
+    pub rate_dropped: u64,
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl RuleStats {
+    pub fn new(name: &str, direction: &'static str, ros_topic: &str, mqtt_topic: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            direction,
+            ros_topic: ros_topic.to_owned(),
+            mqtt_topic: mqtt_topic.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an error and remembers it; returns true the first time (log it then).
+    pub fn error(&self, message: String) -> bool {
+        let first = self.errors.fetch_add(1, Ordering::Relaxed) == 0;
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = Some(message);
+        }
+        first
+    }
+
+    pub fn snapshot(&self) -> RuleSnapshot {
+        RuleSnapshot {
+            name: self.name.clone(),
+            direction: self.direction,
+            ros_topic: self.ros_topic.clone(),
+            mqtt_topic: self.mqtt_topic.clone(),
+            received: self.received.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            rate_dropped: self.rate_dropped.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().ok().and_then(|l| l.clone()),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The agent's periodic health: a message on MQTT for the platform, one INFO line in
+//! the journal for the technician, and `<state_dir>/status.json` for `edge-agent status`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::stats::RuleStats;
+use crate::clock::{now_ms, rfc3339_ms};
+use crate::mqtt::{LinkHandle, Message, QoS};
+
+pub struct Health {
+    pub link: LinkHandle,
+    pub rules: Vec<Arc<RuleStats>>,
+    pub interval: Duration,
+    pub topic: String,
+    pub status_file: PathBuf,
+    pub node: Option<String>,
+    pub started_ms: u64,
+}
+
+impl Health {
+    pub fn snapshot(&self, state: &str) -> Value {
+        let now = now_ms();
+        json!({
+            "time": rfc3339_ms(now),
+            "state": state,
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "uptime_s": (now.saturating_sub(self.started_ms)) / 1000,
+            "health_interval_s": self.interval.as_secs(),
+            "ros_node": self.node,
+            "link": self.link.stats().snapshot(),
+            "rules": self.rules.iter().map(|r| r.snapshot()).collect::<Vec<_>>(),
+        })
+    }
+
+    pub fn write_status(&self, v: &Value) {
+        let tmp = self.status_file.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(v).unwrap_or_default();
+        if let Err(e) =
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.status_file))
+        {
+            tracing::debug!(error = %e, file = %self.status_file.display(), "Cannot write the status file.");
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let first = self.snapshot("running");
+        self.write_status(&first);
+        let mut last_in = 0u64;
+        let mut last_out = 0u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let snap = self.snapshot("running");
+            self.write_status(&snap);
+            let (mut rin, mut rout, mut errors) = (0, 0, 0);
+            for r in &self.rules {
+                let s = r.snapshot();
+                rin += s.received;
+                rout += s.sent;
+                errors += s.errors;
+            }
+            let link = self.link.stats().snapshot();
+            tracing::info!(
+                link = if link.connected { "up" } else { "down" },
+                held = link.held,
+                msgs_in = rin - last_in,
+                msgs_out = rout - last_out,
+                rules = self.rules.len(),
+                errors,
+                reconnects = link.reconnects,
+                "Health: {} in, {} out in the last {}s; link {}, {} held.",
+                rin - last_in,
+                rout - last_out,
+                self.interval.as_secs(),
+                if link.connected { "up" } else { "down" },
+                link.held
+            );
+            last_in = rin;
+            last_out = rout;
+            let msg = Message::new(
+                self.topic.as_str(),
+                serde_json::to_vec(&snap).unwrap_or_default(),
+                QoS::AtLeastOnce,
+            );
+            let _ = self.link.publish_nowait(msg, "status").await;
+        }
+        let last = self.snapshot("stopped");
+        self.write_status(&last);
+    }
+}

@@ -1,0 +1,428 @@
+//! The bridge end to end with real peers: a Cyclone DDS 0.10 ROS 2 peer, the agent as a
+//! process, a mosquitto broker and mosquitto_sub / mosquitto_pub.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use support::agent::{payloads, spawn_run, stop, AgentDir};
+use support::mosquitto::{publish, ready_sub, Mosquitto, Options};
+use support::ros_peer::RosPeer;
+
+const RULES: &str = r#"
+[[ros_to_mqtt]]
+name = "chatter"
+ros_topic = "/chatter"
+ros_type = "std_msgs/msg/String"
+mqtt_topic = "/${productKey}/${deviceName}/user/${ros_topic}"
+
+[[ros_to_mqtt]]
+name = "gps"
+ros_topic = "/gps/fix"
+ros_type = "sensor_msgs/msg/NavSatFix"
+mqtt_topic = "/sys/${productKey}/${deviceName}/thing/event/property/post"
+envelope = "alink"
+params_key = "GeoLocation"
+fields = ["latitude", "longitude", "status.status"]
+rename = { "status.status" = "fix" }
+timestamp = "field"
+
+[[ros_to_mqtt]]
+name = "joints"
+ros_topic = "/arm/joint_states"
+ros_type = "sensor_msgs/msg/JointState"
+qos = "auto"
+mqtt_topic = "/${productKey}/${deviceName}/user/arm/joints"
+
+[[ros_to_mqtt]]
+name = "camera"
+ros_topic = "/camera/image_raw"
+ros_type = "sensor_msgs/msg/Image"
+qos = "sensor-data"
+mqtt_topic = "/${productKey}/${deviceName}/user/camera/image"
+image = { format = "jpeg", quality = 70 }
+"#;
+
+#[test]
+fn ros_topics_arrive_on_mqtt_as_json() {
+    let domain = 51;
+    let broker = Mosquitto::start(Options::default());
+    let sub = ready_sub(broker.port, "#", "probe/ready", &["-q", "1"]);
+    let a = AgentDir::new(broker.port, domain, RULES, "");
+    let agent = spawn_run(&a.config(), &[]);
+    let mut peer = RosPeer::start(domain);
+
+    peer.publisher("chat", "/chatter", "std_msgs/msg/String", json!({}));
+    peer.publisher("gps", "/gps/fix", "sensor_msgs/msg/NavSatFix", json!({}));
+    peer.publisher(
+        "joints",
+        "/arm/joint_states",
+        "sensor_msgs/msg/JointState",
+        json!({}),
+    );
+    peer.publisher(
+        "cam",
+        "/camera/image_raw",
+        "sensor_msgs/msg/Image",
+        json!({"reliability": "best-effort"}),
+    );
+    for id in ["chat", "gps", "joints", "cam"] {
+        peer.wait_matched(id);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    peer.write("chat", json!({"data": "hello orchard ü"}));
+    peer.write("gps", json!({"header":{"stamp":{"sec":1763789000,"nanosec":0},"frame_id":"gps"},
+        "status":{"status":2,"service":1},"latitude":30.274085,"longitude":120.15507,"altitude":12.5}));
+    peer.write(
+        "joints",
+        json!({"header":{"frame_id":"arm"},"name":["j1","j2","j3","j4","j5","j6","j7"],
+        "position":[0.1,0.2,0.3,0.4,0.5,0.6,0.7],"velocity":[],"effort":[]}),
+    );
+    // A 640x480 rgb8 frame: a red disc on green.
+    let (w, h) = (640usize, 480usize);
+    let mut px = vec![0u8; w * h * 3];
+    for y in 0..h {
+        for x in 0..w {
+            let i = (y * w + x) * 3;
+            let inside = (x as i64 - 320).pow(2) + (y as i64 - 240).pow(2) < 80 * 80;
+            px[i..i + 3].copy_from_slice(if inside {
+                &[220, 20, 30]
+            } else {
+                &[30, 140, 40]
+            });
+        }
+    }
+    peer.write(
+        "cam",
+        json!({"header":{"frame_id":"camera_color_optical_frame"},"height":h,"width":w,
+        "encoding":"rgb8","step":w*3,"data":base64::engine::general_purpose::STANDARD.encode(&px)}),
+    );
+
+    let lines = sub.wait_for("all four topics", Duration::from_secs(20), |l| {
+        [
+            "/pk1/robot-7/user/chatter",
+            "/sys/pk1/robot-7/thing/event/property/post",
+            "/pk1/robot-7/user/arm/joints",
+            "/pk1/robot-7/user/camera/image",
+        ]
+        .iter()
+        .all(|t| !payloads(l, t).is_empty())
+    });
+    let log = stop(agent);
+
+    assert_eq!(
+        payloads(&lines, "/pk1/robot-7/user/chatter")[0],
+        json!({"data": "hello orchard ü"})
+    );
+
+    let gps = &payloads(&lines, "/sys/pk1/robot-7/thing/event/property/post")[0];
+    assert_eq!(gps["method"], "thing.event.property.post");
+    assert_eq!(gps["version"], "1.0");
+    assert!(gps["id"].as_str().is_some());
+    let geo = &gps["params"]["GeoLocation"];
+    assert_eq!(geo["latitude"], 30.274085);
+    assert_eq!(geo["longitude"], 120.15507);
+    assert_eq!(geo["fix"], 2);
+    assert!(geo["_ts"].as_i64().unwrap() > 1_700_000_000_000);
+    assert!(geo.get("altitude").is_none());
+
+    let joints = &payloads(&lines, "/pk1/robot-7/user/arm/joints")[0];
+    assert_eq!(joints["name"].as_array().unwrap().len(), 7);
+    assert_eq!(joints["position"][6], 0.7);
+    assert_eq!(joints["header"]["frame_id"], "arm");
+
+    let img = &payloads(&lines, "/pk1/robot-7/user/camera/image")[0];
+    assert_eq!(img["format"], "jpeg");
+    assert_eq!(
+        (img["width"].as_u64(), img["height"].as_u64()),
+        (Some(640), Some(480))
+    );
+    assert_eq!(img["header"]["frame_id"], "camera_color_optical_frame");
+    let jpeg = base64::engine::general_purpose::STANDARD
+        .decode(img["data"].as_str().unwrap())
+        .unwrap();
+    let mut dec = zune_jpeg::JpegDecoder::new(&jpeg);
+    let pixels = dec.decode().expect("a decodable JPEG");
+    assert_eq!(dec.dimensions(), Some((640, 480)));
+    // The disc is still red in the middle, the background green.
+    let at = |x: usize, y: usize| &pixels[(y * 640 + x) * 3..(y * 640 + x) * 3 + 3];
+    assert!(
+        at(320, 240)[0] > 180 && at(320, 240)[1] < 70,
+        "{:?}",
+        at(320, 240)
+    );
+    assert!(
+        at(10, 10)[1] > 100 && at(10, 10)[0] < 80,
+        "{:?}",
+        at(10, 10)
+    );
+    assert!(log.contains("Bridge rules started."), "{log}");
+}
+
+#[test]
+fn cloud_commands_arrive_on_ros_byte_correct_and_bad_ones_get_an_error() {
+    let domain = 52;
+    let broker = Mosquitto::start(Options::default());
+    let rules = r#"
+[[mqtt_to_ros]]
+name = "arm_target"
+mqtt_topic = "/${productKey}/${deviceName}/user/cmd/arm_target"
+ros_topic = "/arm/target_pose"
+ros_type = "geometry_msgs/msg/PoseStamped"
+"#;
+    let a = AgentDir::new(broker.port, domain, rules, "");
+    let errors = ready_sub(
+        broker.port,
+        "/pk1/robot-7/user/cmd/error",
+        "/pk1/robot-7/user/cmd/error",
+        &["-q", "1"],
+    );
+    let agent = spawn_run(&a.config(), &[]);
+    let mut peer = RosPeer::start(domain);
+    peer.subscriber(
+        "target",
+        "/arm/target_pose",
+        "geometry_msgs/msg/PoseStamped",
+        json!({}),
+    );
+
+    let cmd = json!({"header":{"stamp":{"sec":12,"nanosec":34},"frame_id":"base_link"},
+        "pose":{"position":{"x":0.5,"y":-0.25,"z":1.25},"orientation":{"x":0,"y":0,"z":0.6,"w":0.8}}});
+    // Retry until the agent's subscription and the ROS match are in place.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while peer.received("target").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no command reached ROS"
+        );
+        publish(
+            broker.port,
+            "/pk1/robot-7/user/cmd/arm_target",
+            &cmd.to_string(),
+            &["-q", "1"],
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let got = &peer.received("target")[0];
+    assert_eq!(got["value"]["pose"]["position"]["y"], -0.25);
+    assert_eq!(got["value"]["header"]["frame_id"], "base_link");
+    // Byte-correct: Cyclone's serialization of what it received is our encoding of the command.
+    let reg = support::test_registry();
+    let schema = reg.schema("geometry_msgs/msg/PoseStamped").unwrap();
+    let ours = edge_agent::ros::codec::encode_value(&schema, &cmd, &Default::default()).unwrap();
+    let theirs = support::unhex(got["cdr"].as_str().unwrap());
+    assert_eq!(&theirs[4..], &ours[4..]);
+
+    // A bad command: an error naming the JSON path, and the agent goes on.
+    publish(
+        broker.port,
+        "/pk1/robot-7/user/cmd/arm_target",
+        r#"{"pose":{"position":{"q":1}}}"#,
+        &["-q", "1"],
+    );
+    publish(
+        broker.port,
+        "/pk1/robot-7/user/cmd/arm_target",
+        "not json",
+        &["-q", "1"],
+    );
+    let lines = errors.wait_for("two error replies", Duration::from_secs(10), |l| {
+        payloads(l, "/pk1/robot-7/user/cmd/error").len() >= 2
+    });
+    let errs = payloads(&lines, "/pk1/robot-7/user/cmd/error");
+    assert_eq!(errs[0]["error"], "pose.position.q: unknown field");
+    assert_eq!(errs[0]["rule"], "arm_target");
+    assert!(
+        errs[1]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid JSON"),
+        "{}",
+        errs[1]
+    );
+    let before = peer.received("target").len();
+    publish(
+        broker.port,
+        "/pk1/robot-7/user/cmd/arm_target",
+        &cmd.to_string(),
+        &["-q", "1"],
+    );
+    peer.wait_received("target", before + 1, Duration::from_secs(10));
+    let log = stop(agent);
+    assert!(log.contains("Rejected a cloud command"), "{log}");
+}
+
+#[test]
+fn the_rate_limit_delivers_the_latest_value() {
+    let domain = 53;
+    let broker = Mosquitto::start(Options::default());
+    let rules = r#"
+[[ros_to_mqtt]]
+name = "counter"
+ros_topic = "/counter"
+ros_type = "std_msgs/msg/Int32"
+mqtt_topic = "/pk1/robot-7/user/counter"
+max_rate_hz = 2.0
+"#;
+    let a = AgentDir::new(broker.port, domain, rules, "");
+    let sub = ready_sub(
+        broker.port,
+        "/pk1/robot-7/user/counter",
+        "/pk1/robot-7/user/counter",
+        &["-q", "1"],
+    );
+    let agent = spawn_run(&a.config(), &[]);
+    let mut peer = RosPeer::start(domain);
+    peer.publisher("c", "/counter", "std_msgs/msg/Int32", json!({"depth": 100}));
+    peer.wait_matched("c");
+    std::thread::sleep(Duration::from_millis(300));
+    // 100 values over ~1 s; at 2 Hz a handful go out, and the last one must be 99.
+    for i in 0..100 {
+        peer.write("c", json!({"data": i}));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let lines = sub.wait_for("the final value", Duration::from_secs(10), |l| {
+        payloads(l, "/pk1/robot-7/user/counter")
+            .iter()
+            .any(|v| v["data"] == 99)
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let lines2 = sub.snapshot();
+    stop(agent);
+    let values: Vec<i64> = payloads(&lines2, "/pk1/robot-7/user/counter")
+        .iter()
+        .filter_map(|v| v["data"].as_i64())
+        .collect();
+    assert!(payloads(&lines, "/pk1/robot-7/user/counter").len() <= values.len());
+    assert_eq!(values.last(), Some(&99), "{values:?}");
+    // ~1.5 s of traffic at 2 Hz: the first, a few in between, and the latest.
+    assert!((2..=6).contains(&values.len()), "{values:?}");
+    assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+}
+
+#[test]
+fn ros2_launch_arguments_name_the_node() {
+    let domain = 54;
+    let broker = Mosquitto::start(Options::default());
+    let rules = "[[ros_to_mqtt]]\nname = \"c\"\nros_topic = \"/chatter\"\nros_type = \"std_msgs/msg/String\"\nmqtt_topic = \"/t\"\n";
+    let a = AgentDir::new(broker.port, domain, rules, "");
+    let mut peer = RosPeer::start(domain);
+    // As ros2 launch runs an executable: only ROS arguments, the configuration as a
+    // parameter in a parameter file, and options the agent does not use.
+    let params = a.path().join("params.yaml");
+    std::fs::write(
+        &params,
+        format!(
+            "/**:\n  ros__parameters:\n    config_file: {}\n",
+            a.config().display()
+        ),
+    )
+    .unwrap();
+    let child = support::agent::agent()
+        .args([
+            "--ros-args",
+            "-r",
+            "__node:=cloud_link",
+            "-r",
+            "__ns:=/picker07",
+            "--params-file",
+        ])
+        .arg(&params)
+        .args([
+            "-r",
+            "/chatter:=/talk",
+            "--log-level",
+            "info",
+            "-p",
+            "use_sim_time:=false",
+        ])
+        .env("RUST_LOG", "edge_agent=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes = peer.nodes();
+        if nodes.contains(&("/picker07".to_owned(), "cloud_link".to_owned())) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node not in ros_discovery_info; seen {nodes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = stop(child);
+    assert!(log.contains("ROS arguments not used by the agent"), "{log}");
+    assert!(log.contains("/chatter:=/talk"), "{log}");
+}
+
+#[test]
+fn sigterm_during_traffic_loses_no_qos1_message() {
+    let domain = 55;
+    let mut broker = Mosquitto::start(Options {
+        persistence: true,
+        ..Options::default()
+    });
+    let rules = r#"
+[[ros_to_mqtt]]
+name = "seq"
+ros_topic = "/seq"
+ros_type = "std_msgs/msg/Int32"
+qos = { reliability = "reliable", depth = 1000 }
+mqtt_topic = "/pk1/robot-7/user/seq"
+"#;
+    let a = AgentDir::new(broker.port, domain, rules, "");
+    let sub = ready_sub(
+        broker.port,
+        "/pk1/robot-7/user/seq",
+        "/pk1/robot-7/user/seq",
+        &["-q", "1", "-c", "-i", "seq-sub"],
+    );
+    let agent = spawn_run(&a.config(), &[]);
+    let mut peer = RosPeer::start(domain);
+    peer.publisher("s", "/seq", "std_msgs/msg/Int32", json!({"depth": 1000}));
+    peer.wait_matched("s");
+    std::thread::sleep(Duration::from_millis(300));
+    // Traffic while the broker goes away: the rest is held in the outbox.
+    for i in 0..300 {
+        peer.write("s", json!({"data": i}));
+        if i == 100 {
+            broker.stop();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let log = stop(agent);
+    let status: Value =
+        serde_json::from_str(&std::fs::read_to_string(a.path().join("state/status.json")).unwrap())
+            .unwrap();
+    assert_eq!(status["state"], "stopped");
+    let taken = status["rules"][0]["received"].as_u64().unwrap();
+    assert_eq!(
+        taken, 300,
+        "the agent took {taken} of 300 before SIGTERM\n{log}"
+    );
+
+    // Next start, with the broker back: everything taken arrives.
+    broker.start_again();
+    let agent = spawn_run(&a.config(), &[]);
+    let lines = sub.wait_for("every message", Duration::from_secs(30), |l| {
+        payloads(l, "/pk1/robot-7/user/seq")
+            .iter()
+            .filter_map(|v| v["data"].as_i64())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= 300
+    });
+    stop(agent);
+    let got: Vec<i64> = payloads(&lines, "/pk1/robot-7/user/seq")
+        .iter()
+        .filter_map(|v| v["data"].as_i64())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<i64> = got.iter().copied().filter(|x| seen.insert(*x)).collect();
+    assert_eq!(firsts, (0..300).collect::<Vec<_>>());
+}

@@ -1,0 +1,107 @@
+//! The agent as a child process, with a configuration and rule files written by the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct AgentDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl AgentDir {
+    /// A state folder, a `rules.toml` with `rules`, and `agent.toml` for `port` and ROS
+    /// domain `domain` (loopback only). `extra` is appended to the configuration.
+    pub fn new(port: u16, domain: u16, rules: &str, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+        let cfg = format!(
+            r#"state_dir = "{state}"
+[device]
+product_key = "pk1"
+device_name = "robot-7"
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+keep_alive = "5s"
+connect_timeout = "2s"
+{mqtt_extra}
+[mqtt.reconnect]
+initial_delay = "50ms"
+max_delay = "300ms"
+[ros]
+domain_id = {domain}
+only_networks = ["127.0.0.1"]
+[bridge]
+mappings = ["rules.toml"]
+health_interval = "1s"
+{extra}
+"#,
+            state = dir.path().join("state").display(),
+            mqtt_extra = "",
+        );
+        std::fs::write(dir.path().join("agent.toml"), cfg).unwrap();
+        AgentDir { dir }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+pub fn agent() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+}
+
+/// `edge-agent run --config <config> <extra args>`, stderr collected.
+pub fn spawn_run(config: &Path, extra: &[&str]) -> Child {
+    agent()
+        .args(["run", "--config"])
+        .arg(config)
+        .args(extra)
+        .env("RUST_LOG", "edge_agent=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start edge-agent run")
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .arg(sig)
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Waits for the process to end; returns exit code and stderr.
+pub fn finish(child: Child) -> (Option<i32>, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Stops the agent with SIGTERM and returns its log; fails if it does not exit 0.
+pub fn stop(child: Child) -> String {
+    signal(&child, "-TERM");
+    let (code, log) = finish(child);
+    assert_eq!(code, Some(0), "the agent did not stop cleanly:\n{log}");
+    log
+}
+
+/// The JSON payloads of `topic` among `topic payload` lines.
+pub fn payloads(lines: &[String], topic: &str) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(topic)?.strip_prefix(' '))
+        .filter_map(|p| serde_json::from_str(p).ok())
+        .collect()
+}
+
+pub const SETTLE: Duration = Duration::from_millis(300);
