@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests talk to, on a fresh Debian/Ubuntu machine with Rust:
 #   - Debian packages: mosquitto (the MQTT broker), Cyclone DDS 0.10 (the second DDS
-#     implementation, the one inside ROS 2 Humble and Jazzy), Python and its headers;
+#     implementation, the one inside ROS 2 Humble and Jazzy), Python and its headers,
+#     systemd (systemd-analyze checks the unit);
 #   - a project-local virtualenv (.venv) with rosbags (the reference CDR implementation),
 #     the cyclonedds 0.10.2 Python binding built against Debian's Cyclone, onnx and
 #     onnxruntime.
@@ -9,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto mosquitto-clients cyclonedds-dev python3 python3-venv python3-dev gcc pkg-config)
+APT_PACKAGES=(mosquitto mosquitto-clients cyclonedds-dev python3 python3-venv python3-dev gcc pkg-config systemd)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then

@@ -17,9 +17,17 @@ use crate::mqtt::config::{
 use crate::ros::config::{RosConfig, RosSettings};
 use crate::ros::Registry;
 
-/// The example configuration for a laptop with a local mosquitto, printed by
-/// `edge-agent print-default-config`.
+/// The example configuration for a laptop with a local mosquitto (config/local.toml).
 pub const DEFAULT_CONFIG: &str = include_str!("../config/local.toml");
+
+/// What `edge-agent print-default-config` prints: the example, standing on its own
+/// (no rule folder it would need beside it).
+pub fn default_config_text() -> String {
+    DEFAULT_CONFIG.replace(
+        "mappings = [\"../msg_mappings\"]",
+        "mappings = []   # e.g. [\"/etc/edge-agent/msg_mappings\"]; see msg_mappings/ in the sources",
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -259,13 +267,19 @@ mod tests {
 
     #[test]
     fn the_default_config_is_valid() {
-        let s = AgentConfig::parse(DEFAULT_CONFIG, "config/local.toml")
+        let s = AgentConfig::parse(&default_config_text(), "printed")
             .unwrap()
             .validate()
             .unwrap();
         assert_eq!(s.link.host, "localhost");
         assert_eq!(s.link.status_topic, "/a1EdgeDemo/picker-01/user/status");
         assert!(s.outbox.classes.contains_key("telemetry"));
+        // The file in the repository, with the shipped rules.
+        let s = AgentConfig::load(std::path::Path::new("config/local.toml"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(s.rules.outbound.len() >= 7 && s.rules.inbound.len() >= 3);
     }
 
     #[test]

@@ -181,6 +181,6 @@ pub fn status(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<(),
 }
 
 pub fn print_default_config() -> Result<(), Failure> {
-    print!("{}", config::DEFAULT_CONFIG);
+    print!("{}", config::default_config_text());
     Ok(())
 }

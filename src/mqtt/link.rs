@@ -300,10 +300,14 @@ impl Link {
     }
 
     /// Runs until `shutdown` is cancelled, then flushes and disconnects cleanly.
-    pub async fn run(mut self, shutdown: CancellationToken, policy: ShutdownPolicy) {
+    pub async fn run(self, shutdown: CancellationToken, policy: ShutdownPolicy) {
+        use tracing::Instrument as _;
         let broker = format!("{}:{}", self.settings.host, self.settings.port);
         let span = tracing::info_span!("mqtt", broker = %broker);
-        let _enter = span.enter();
+        self.run_inner(shutdown, policy).instrument(span).await;
+    }
+
+    async fn run_inner(mut self, shutdown: CancellationToken, policy: ShutdownPolicy) {
         let mut phase = self.new_session();
         let mut sync_tick = tokio::time::interval(self.sync_interval);
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

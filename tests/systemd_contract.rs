@@ -1,0 +1,121 @@
+//! The systemd contract: the unit is valid, and the agent speaks the notify protocol:
+//! READY=1 only once the broker is reached, WATCHDOG=1 at half of WatchdogSec,
+//! STOPPING=1 on SIGTERM.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::agent::{finish, signal, AgentDir};
+use support::mosquitto::{Mosquitto, Options};
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify() {
+    let analyze = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("systemd-analyze is not installed: apt-get install systemd (scripts/test.sh does)");
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(support::repo().join("systemd/edge-agent.service")).unwrap();
+    // The same unit, pointing at the binary under test.
+    let unit = unit.replace(
+        "/usr/local/bin/edge-agent",
+        env!("CARGO_BIN_EXE_edge-agent"),
+    );
+    let path = dir.path().join("edge-agent.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{text}"
+    );
+    let own: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("edge-agent.service"))
+        .collect();
+    assert!(
+        own.is_empty(),
+        "systemd-analyze has remarks on the unit:\n{text}"
+    );
+}
+
+fn recv_all(sock: &UnixDatagram, until: Instant) -> Vec<(Instant, String)> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < until {
+        if let Ok(n) = sock.recv(&mut buf) {
+            out.push((
+                Instant::now(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn ready_after_the_links_watchdog_pings_stopping_on_sigterm() {
+    let mut broker = Mosquitto::start(Options::default());
+    let port = broker.port;
+    broker.stop();
+    let rules = "[[ros_to_mqtt]]\nname = \"c\"\nros_topic = \"/chatter\"\nros_type = \"std_msgs/msg/String\"\nmqtt_topic = \"/t\"\n";
+    let a = AgentDir::new(port, 61, rules, "");
+    let sock_path = a.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let child = support::agent::agent()
+        .args(["run", "--config"])
+        .arg(a.config())
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The broker is down: no READY yet, but watchdog pings.
+    let early = recv_all(&sock, Instant::now() + Duration::from_secs(3));
+    assert!(
+        !early.iter().any(|(_, m)| m.contains("READY=1")),
+        "READY before the broker was reachable: {early:?}"
+    );
+    let pings = early.iter().filter(|(_, m)| m == "WATCHDOG=1").count();
+    assert!(
+        (4..=8).contains(&pings),
+        "{pings} watchdog pings in 3 s at WATCHDOG_USEC=1s: {early:?}"
+    );
+
+    broker.start_again();
+    let started = Instant::now();
+    let later = recv_all(&sock, Instant::now() + Duration::from_secs(5));
+    let ready = later
+        .iter()
+        .find(|(_, m)| m.contains("READY=1"))
+        .expect("READY=1 once the broker is up");
+    assert!(
+        ready.1.contains("STATUS=Bridging; MQTT link up"),
+        "{}",
+        ready.1
+    );
+    assert!(ready.0.duration_since(started) < Duration::from_secs(4));
+
+    signal(&child, "-TERM");
+    let last = recv_all(&sock, Instant::now() + Duration::from_secs(2));
+    let (code, log) = finish(child);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        last.iter().any(|(_, m)| m.starts_with("STOPPING=1")),
+        "{last:?}"
+    );
+}
