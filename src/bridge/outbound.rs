@@ -300,7 +300,20 @@ async fn send(
     scratch: &mut Vec<u8>,
 ) {
     match build(rule, sample, v5, scratch) {
-        Ok(msg) => match link.publish(msg, &rule.class).await {
+        Ok(msg) if msg.packet_size() > link.max_packet_size() => {
+            let e = format!(
+                "message of {} bytes is larger than the broker accepts (mqtt.max_packet_size = {})",
+                msg.packet_size(),
+                link.max_packet_size()
+            );
+            if stats.error(e.clone()) {
+                tracing::warn!(rule = %rule.name, topic = %rule.ros_topic, error = %e,
+                    "Cannot send this topic to the cloud; further errors of this rule are only counted.");
+            }
+        }
+        // Not waiting for the link's answer saves a task switch per message; a refused
+        // message is counted in the link's statistics.
+        Ok(msg) => match link.publish_nowait(msg, &rule.class).await {
             Ok(()) => RuleStats::inc(&stats.sent),
             Err(e) => {
                 if stats.error(e.to_string()) {

@@ -46,8 +46,11 @@ pub fn run(args: RunArgs, ros: RosArgs) -> Result<(), Failure> {
     let scrubber = Scrubber::new(&settings.link.secrets);
     let (layer, devlog_rx) = devlog::channel(settings.device_log.info, scrubber.clone());
     logging::init(&settings.file.log.level, scrubber, Some(layer));
+    // One worker: the agent's tasks hand messages to each other many times per message,
+    // and on one thread that costs a queue push instead of waking another thread.
+    // Heavy work (inference, fsync) goes to the blocking pool.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| Failure::internal(format!("cannot start the runtime: {e}")))?;

@@ -62,6 +62,7 @@ enum Command {
 #[derive(Clone)]
 pub struct LinkHandle {
     tx: mpsc::Sender<Command>,
+    max_packet_size: usize,
     classes: Arc<HashMap<String, usize>>,
     stats: Arc<LinkStats>,
     state: watch::Receiver<LinkState>,
@@ -132,6 +133,11 @@ impl LinkHandle {
             .await
             .map_err(|_| PublishError::Closed)?;
         rx.await.map_err(|_| PublishError::Closed)
+    }
+
+    /// The broker's limit on a PUBLISH packet (`mqtt.max_packet_size`).
+    pub fn max_packet_size(&self) -> usize {
+        self.max_packet_size
     }
 
     pub fn stats(&self) -> &Arc<LinkStats> {
@@ -214,6 +220,9 @@ pub struct Link {
 /// stops taking new messages, which slows the producers instead of dropping.
 const QOS0_QUEUE: usize = 1024;
 
+/// Commands taken in one go when several are waiting.
+const COMMAND_BATCH: usize = 256;
+
 /// Acknowledgements after which the delivery record is saved even before the sync
 /// interval: bounds what a kill -9 makes the agent send twice.
 const SYNC_EVERY_ACKS: u32 = 256;
@@ -232,6 +241,7 @@ pub fn link(settings: LinkSettings, outbox: Outbox, sync_interval: Duration) -> 
         .collect();
     let handle = LinkHandle {
         tx,
+        max_packet_size: settings.max_packet_size,
         classes: Arc::new(classes),
         stats: stats.clone(),
         state: state_rx,
@@ -338,7 +348,23 @@ impl Link {
                     phase = self.new_session();
                 }
                 cmd = self.rx.recv(), if self.qos0.len() < QOS0_QUEUE => match cmd {
-                    Some(cmd) => self.on_command(&mut phase, cmd),
+                    Some(cmd) => {
+                        self.on_command(&mut phase, cmd);
+                        // Take what else is waiting, so its outbox records go out in one write.
+                        for _ in 0..COMMAND_BATCH {
+                            if self.qos0.len() >= QOS0_QUEUE {
+                                break;
+                            }
+                            match self.rx.try_recv() {
+                                Ok(cmd) => self.on_command(&mut phase, cmd),
+                                Err(_) => break,
+                            }
+                        }
+                        // One write for the whole batch, connected or not.
+                        if let Err(e) = self.outbox.flush_writes() {
+                            tracing::error!(error = %e, "Cannot write to the outbox.");
+                        }
+                    }
                     None => break,
                 },
                 _ = sync_tick.tick() => self.sync(),
@@ -373,6 +399,11 @@ impl Link {
 
     /// Hands held messages to rumqttc while the window and its queue have room.
     fn feed(&mut self, c: &mut Connected) {
+        // What was accepted reaches the disk before anything is handed to the broker.
+        if let Err(e) = self.outbox.flush_writes() {
+            tracing::error!(error = %e, "Cannot write to the outbox.");
+            return;
+        }
         let window = usize::from(self.settings.window);
         let cap = request_capacity(self.settings.window);
         while c.queued.len() + c.queued_other < cap - 8 {
@@ -461,7 +492,10 @@ impl Link {
                         LinkStats::add(&self.stats.acked, 1);
                         self.acks_since_sync += 1;
                         if self.acks_since_sync >= SYNC_EVERY_ACKS {
-                            self.sync();
+                            self.acks_since_sync = 0;
+                            if let Err(e) = self.outbox.save_delivered() {
+                                tracing::warn!(error = %e, "Cannot save the outbox's delivery record.");
+                            }
                         }
                     }
                 }

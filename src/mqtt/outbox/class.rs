@@ -315,6 +315,14 @@ impl ClassLog {
             .expect("the class log always has a writer after open")
     }
 
+    /// Hands appended records to the kernel (one write). Survives kill -9 from here on.
+    pub fn flush_writes(&mut self) -> Result<(), OutboxError> {
+        if let Some(w) = self.writer.as_mut() {
+            w.flush().map_err(|e| io_err(&w.path, e))?;
+        }
+        Ok(())
+    }
+
     fn sync_writer(&mut self) -> Result<(), OutboxError> {
         if self.writer_dirty {
             if let Some(w) = self.writer.as_mut() {
@@ -533,6 +541,9 @@ impl ClassLog {
             return Ok(None);
         }
         let writer_segment = idx + 1 == self.segments.len();
+        if writer_segment {
+            self.flush_writes()?;
+        }
         if self.reader.as_ref().is_none_or(|(f, _)| *f != seg_first) {
             let path = self.segments[idx].path.clone();
             match SegmentReader::open(&path).map_err(|e| io_err(&path, e))? {
@@ -596,6 +607,22 @@ impl ClassLog {
         self.reader = None;
     }
 
+    /// Saves the delivery record if it changed (no fsync: cheap, for frequent use).
+    pub fn save_delivered(&mut self) -> Result<(), OutboxError> {
+        if self.state_dirty {
+            let state = Delivered {
+                low_water: self.low_water,
+                sparse: self.sparse.iter().copied().collect(),
+            };
+            let bytes = serde_json::to_vec(&state).unwrap_or_default();
+            // Not fsynced: after a power cut an older record only means some messages
+            // are sent twice, never that one is lost.
+            write_replace(&self.dir.join("delivered.tmp"), &self.dir.join("delivered"), &bytes)?;
+            self.state_dirty = false;
+        }
+        Ok(())
+    }
+
     /// fsync written data, delete finished segments, save the delivery record.
     pub fn sync(&mut self) -> Result<(), OutboxError> {
         self.sync_writer()?;
@@ -612,19 +639,7 @@ impl ClassLog {
                 self.dir_dirty = true;
             }
         }
-        if self.state_dirty {
-            let state = Delivered {
-                low_water: self.low_water,
-                sparse: self.sparse.iter().copied().collect(),
-            };
-            let tmp = self.dir.join("delivered.tmp");
-            let path = self.dir.join("delivered");
-            let bytes = serde_json::to_vec(&state).unwrap_or_default();
-            // Not fsynced: after a power cut an older record only means some messages
-            // are sent twice, never that one is lost.
-            write_replace(&tmp, &path, &bytes)?;
-            self.state_dirty = false;
-        }
+        self.save_delivered()?;
         if self.dir_dirty {
             sync_dir(&self.dir).map_err(|e| io_err(&self.dir, e))?;
             self.dir_dirty = false;

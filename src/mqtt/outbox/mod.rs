@@ -141,6 +141,22 @@ impl Outbox {
         self.classes.iter().any(ClassLog::has_pending)
     }
 
+    /// Hands every appended record to the kernel (one write per class).
+    pub fn flush_writes(&mut self) -> Result<(), OutboxError> {
+        for c in &mut self.classes {
+            c.flush_writes()?;
+        }
+        Ok(())
+    }
+
+    /// Saves the delivery records without fsync (see [`ClassLog::save_delivered`]).
+    pub fn save_delivered(&mut self) -> Result<(), OutboxError> {
+        for c in &mut self.classes {
+            c.save_delivered()?;
+        }
+        Ok(())
+    }
+
     pub fn mark_done(&mut self, class: usize, seq: u64, size: u64) {
         self.classes[class].mark_done(seq, size);
     }

@@ -69,11 +69,15 @@ fn frame(body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(body);
 }
 
-/// Appends records to the newest segment of a class.
+/// Appends records to the newest segment of a class. Records are gathered in memory and
+/// written with one system call by [`SegmentWriter::flush`], which the link calls before
+/// it hands anything to the broker.
 pub struct SegmentWriter {
     pub path: PathBuf,
     file: File,
+    /// Length including what is not flushed yet.
     pub len: u64,
+    unflushed: Vec<u8>,
     topics: HashMap<String, u32>,
     scratch: Vec<u8>,
     body: Vec<u8>,
@@ -92,6 +96,7 @@ impl SegmentWriter {
             path,
             file,
             len: HEADER.len() as u64,
+            unflushed: Vec::with_capacity(64 * 1024),
             topics: HashMap::new(),
             scratch: Vec::with_capacity(512),
             body: Vec::with_capacity(512),
@@ -129,7 +134,7 @@ impl SegmentWriter {
         }
         self.body.extend_from_slice(&msg.payload);
         frame(&self.body, &mut self.scratch);
-        self.file.write_all(&self.scratch)?;
+        self.unflushed.extend_from_slice(&self.scratch);
         if topic_id == next_id {
             self.topics.insert(msg.topic.to_string(), topic_id);
         }
@@ -138,8 +143,27 @@ impl SegmentWriter {
         Ok((added, 8 + self.body.len() as u64))
     }
 
+    /// Writes what was appended since the last flush.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.unflushed.is_empty() {
+            self.file.write_all(&self.unflushed)?;
+            self.unflushed.clear();
+            if self.unflushed.capacity() > 1 << 20 {
+                self.unflushed.shrink_to(64 * 1024);
+            }
+        }
+        Ok(())
+    }
+
     pub fn sync(&mut self) -> io::Result<()> {
+        self.flush()?;
         self.file.sync_data()
+    }
+}
+
+impl Drop for SegmentWriter {
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 
@@ -339,6 +363,7 @@ mod tests {
             user: vec![("k".into(), "v".into())],
         }));
         w.append(9, 1002, &with_props).unwrap();
+        w.flush().unwrap();
         // The topic is written once; a message costs 30 bytes beside its payload.
         assert_eq!(second, MESSAGE_OVERHEAD + 5);
         assert!(first > second);
@@ -370,6 +395,7 @@ mod tests {
         w.append(1, 1, &msg("/t", b"one")).unwrap();
         let good_len = w.len;
         w.append(2, 2, &msg("/t", b"two")).unwrap();
+        w.flush().unwrap();
         let path = w.path.clone();
         drop(w);
         // Torn: the last record is cut in half.

@@ -1,0 +1,64 @@
+"""Publishes std_msgs/String on a ROS 2 topic with Cyclone DDS at a given rate, each
+message "<send time ns> <seq> xxx…" padded to a size. Used by benches/bridge.rs.
+
+usage: cyclone_pub.py --domain D --topic /t --count N --rate R --size S
+(rate 0 = as fast as possible). Waits until a reader matches, then publishes, then
+prints the seconds it took.
+"""
+
+import argparse
+import time
+from dataclasses import dataclass
+
+from cyclonedds.core import Listener, Policy, Qos
+from cyclonedds.domain import DomainParticipant
+from cyclonedds.idl import IdlStruct
+from cyclonedds.pub import DataWriter
+from cyclonedds.topic import Topic
+
+
+@dataclass
+class String_(IdlStruct, typename="std_msgs::msg::dds_::String_"):
+    data: str
+
+
+class Matched(Listener):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def on_publication_matched(self, writer, status):
+        self.count = status.current_count
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--domain", type=int, required=True)
+    ap.add_argument("--topic", required=True)
+    ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--rate", type=float, default=0)
+    ap.add_argument("--size", type=int, default=100)
+    a = ap.parse_args()
+    dp = DomainParticipant(a.domain)
+    qos = Qos(Policy.Reliability.Reliable(max_blocking_time=1_000_000_000), Policy.History.KeepLast(1000))
+    m = Matched()
+    w = DataWriter(dp, Topic(dp, "rt" + a.topic, String_, qos=qos), qos=qos, listener=m)
+    end = time.time() + 20
+    while m.count < 1 and time.time() < end:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    pad = "x" * max(0, a.size - 30)
+    start = time.perf_counter()
+    for i in range(a.count):
+        if a.rate:
+            target = start + i / a.rate
+            d = target - time.perf_counter()
+            if d > 0:
+                time.sleep(d)
+        w.write(String_(data=f"{time.time_ns()} {i} {pad}"))
+    print(time.perf_counter() - start, flush=True)
+    time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()
