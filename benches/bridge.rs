@@ -27,7 +27,10 @@ fn repo() -> PathBuf {
 }
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 struct Kill(Child);
@@ -39,7 +42,10 @@ impl Drop for Kill {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
 
 fn clk_tck() -> f64 {
@@ -55,7 +61,8 @@ fn cpu_secs(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / clk_tck()
 }
 
@@ -92,9 +99,13 @@ fn sent_ns(p: &[u8]) -> Option<u128> {
 
 async fn subscriber(port: u16, agent: Arc<Arrivals>, bare: Arc<Arrivals>, images: Arc<Arrivals>) {
     let mut o = rumqttc::MqttOptions::new("bench-sub", "127.0.0.1", port);
-    o.set_max_packet_size(16 << 20, 16 << 20).set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(16 << 20, 16 << 20)
+        .set_keep_alive(Duration::from_secs(30));
     let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
-    client.subscribe("bench/#", rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
+    client
+        .subscribe("bench/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
     loop {
         match el.poll().await {
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
@@ -123,13 +134,20 @@ struct Phase {
 }
 
 fn summarize(sent: usize, arr: Vec<(u128, Option<u128>)>, cpu: f64, secs: f64) -> Phase {
-    let mut lat: Vec<f64> = arr.iter().filter_map(|(r, s)| s.map(|s| (*r as f64 - s as f64) / 1e6)).collect();
+    let mut lat: Vec<f64> = arr
+        .iter()
+        .filter_map(|(r, s)| s.map(|s| (*r as f64 - s as f64) / 1e6))
+        .collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     let span = match (arr.first(), arr.last()) {
         (Some(a), Some(b)) if arr.len() > 1 => (b.0 - a.0) as f64 / 1e9,
         _ => f64::NAN,
     };
-    let q = |p: f64| lat.get(((lat.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or(f64::NAN);
+    let q = |p: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     Phase {
         sent,
         delivered: arr.len(),
@@ -166,14 +184,24 @@ async fn via_agent(agent_pid: u32, arrivals: &Arrivals, n: usize, rate: u32) -> 
     let t0 = Instant::now();
     let out = tokio::process::Command::new(&python)
         .arg(repo().join("benches/cyclone_pub.py"))
-        .args(["--domain", &DOMAIN.to_string(), "--topic", "/bench/small", "--count", &n.to_string()])
+        .args([
+            "--domain",
+            &DOMAIN.to_string(),
+            "--topic",
+            "/bench/small",
+            "--count",
+            &n.to_string(),
+        ])
         .args(["--rate", &rate.to_string(), "--size", "100"])
         .env("CYCLONEDDS_URI", LOOPBACK)
         .stdout(Stdio::piped())
         .output()
         .await
         .expect("run benches/cyclone_pub.py (the test virtualenv: scripts/test.sh)");
-    let pub_secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(f64::NAN);
+    let pub_secs: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(f64::NAN);
     wait_for(arrivals, n, Duration::from_secs(3)).await;
     let cpu = cpu_secs(agent_pid) - cpu0;
     let _ = t0;
@@ -195,7 +223,10 @@ async fn via_bare(port: u16, arrivals: &Arrivals, n: usize, rate: u32) -> Phase 
             tokio::time::sleep_until(target.into()).await;
         }
         let payload = format!("{} {i} {pad}", now_ns());
-        client.publish("bench/bare", rumqttc::QoS::AtLeastOnce, false, payload).await.expect("publish");
+        client
+            .publish("bench/bare", rumqttc::QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("publish");
     }
     let secs = start.elapsed().as_secs_f64();
     wait_for(arrivals, n, Duration::from_secs(3)).await;
@@ -243,12 +274,24 @@ fn main() {
     let port = free_port();
     let conf = dir.path().join("m.conf");
     std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n")).expect("conf");
-    let mosq = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).expect("mosquitto is not installed (scripts/test.sh installs it)");
-    let _broker = Kill(Command::new(mosq).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mosquitto"));
+    let mosq = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto is not installed (scripts/test.sh installs it)");
+    let _broker = Kill(
+        Command::new(mosq)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto"),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let cfg = write_config(dir.path(), port);
     // The release binary (as shipped) when the script built it, else the bench build.
-    let bin = std::env::var("EDGE_AGENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_edge-agent").to_owned());
+    let bin = std::env::var("EDGE_AGENT_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_edge-agent").to_owned());
     println!("agent binary: {bin}");
     let agent = Kill(
         Command::new(&bin)
@@ -260,7 +303,11 @@ fn main() {
             .expect("agent"),
     );
     let pid = agent.0.id();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let idle_rss = rss_mb(pid);

@@ -6,9 +6,10 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::Layer;
 
 /// Replaces secrets in text.
 #[derive(Debug, Clone, Default)]
@@ -83,8 +84,15 @@ pub fn init<L>(level: &str, scrubber: Scrubber, extra: Option<L>)
 where
     L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,edge_agent={level}")));
+    // RUST_LOG as `target=level` pairs (e.g. `edge_agent=debug,warn`); no regular
+    // expressions, which keeps the binary (and its memory) smaller.
+    let default: Targets = format!("warn,edge_agent={level}")
+        .parse()
+        .unwrap_or_default();
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or(default);
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
     let ansi = !under_systemd && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()

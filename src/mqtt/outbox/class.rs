@@ -617,7 +617,11 @@ impl ClassLog {
             let bytes = serde_json::to_vec(&state).unwrap_or_default();
             // Not fsynced: after a power cut an older record only means some messages
             // are sent twice, never that one is lost.
-            write_replace(&self.dir.join("delivered.tmp"), &self.dir.join("delivered"), &bytes)?;
+            write_replace(
+                &self.dir.join("delivered.tmp"),
+                &self.dir.join("delivered"),
+                &bytes,
+            )?;
             self.state_dirty = false;
         }
         Ok(())
