@@ -28,6 +28,8 @@ pub const READY_WAIT: Duration = Duration::from_secs(30);
 /// What the caller can watch while the agent runs.
 pub struct Running {
     pub link: LinkHandle,
+    /// The active OTA slot's folder, when updates are enabled.
+    pub ota_current: Option<tokio::sync::watch::Receiver<Option<std::path::PathBuf>>>,
     pub transport: Option<Arc<dyn Transport>>,
     pub rules: Vec<Arc<bridge::stats::RuleStats>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -99,6 +101,21 @@ pub async fn start(
         }
     }
 
+    let mut ota_current = None;
+    if settings.ota.protocol != crate::ota::config::OtaProtocol::None {
+        let (handles, task) = crate::ota::protocols::start(
+            settings.ota.clone(),
+            handle.clone(),
+            None,
+            None,
+            shutdown.clone(),
+        )
+        .await
+        .context("cannot start the OTA service")?;
+        ota_current = Some(handles.current);
+        tasks.push(task);
+    }
+
     let health = Health {
         link: handle.clone(),
         rules: rule_stats.clone(),
@@ -149,6 +166,7 @@ pub async fn start(
     }
     Ok(Running {
         link: handle,
+        ota_current,
         transport,
         rules: rule_stats,
         tasks,

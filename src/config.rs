@@ -104,6 +104,8 @@ pub struct AgentConfig {
     pub ros: RosConfig,
     #[serde(default)]
     pub bridge: BridgeConfig,
+    #[serde(default)]
+    pub ota: crate::ota::config::OtaConfig,
     /// The folder relative paths in the file are relative to (the file's own).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -125,6 +127,7 @@ pub struct Settings {
     pub rules: Rules,
     pub health_interval: std::time::Duration,
     pub health_topic: String,
+    pub ota: crate::ota::config::OtaSettings,
 }
 
 fn invalid(key: &str, value: impl std::fmt::Display, reason: impl Into<String>) -> ConfigError {
@@ -228,6 +231,11 @@ impl AgentConfig {
             &self.bridge.health_topic,
             &self.device,
         )?;
+        let mut ota_cfg = self.ota.clone();
+        if let Some(ca) = &ota_cfg.ca_file {
+            ota_cfg.ca_file = Some(base.join(ca));
+        }
+        let ota = ota_cfg.resolve(&self.state_dir, &self.device)?;
         Ok(Settings {
             file: self,
             link,
@@ -238,6 +246,7 @@ impl AgentConfig {
             rules,
             health_interval: hi,
             health_topic,
+            ota,
         })
     }
 }

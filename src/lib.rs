@@ -12,5 +12,6 @@ pub mod exit;
 pub mod health;
 pub mod logging;
 pub mod mqtt;
+pub mod ota;
 pub mod ros;
 pub mod systemd;

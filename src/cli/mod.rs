@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod mqtt;
 pub mod msg;
+pub mod ota;
 pub mod rosargs;
 
 use std::path::PathBuf;
@@ -16,8 +17,7 @@ use crate::exit;
 #[command(
     name = "edge-agent",
     version,
-    about = "Cloud link of the picking robot: ROS 2 <-> MQTT bridge, object detection, A/B updates",
-    propagate_version = true
+    about = "Cloud link of the picking robot: ROS 2 <-> MQTT bridge, object detection, A/B updates"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -51,6 +51,9 @@ pub enum Command {
     /// See or deliver what the outbox holds.
     #[command(subcommand)]
     Outbox(mqtt::OutboxCommand),
+    /// A/B updates: status, install, rollback, confirm; pack and sign packages.
+    #[command(subcommand)]
+    Ota(ota::OtaCommand),
 }
 
 /// Where message definitions are looked up, beside `AMENT_PREFIX_PATH` and the bundled ones.
@@ -101,5 +104,15 @@ pub fn run(cli: Cli, ros: rosargs::RosArgs) -> Result<(), Failure> {
         Command::Msg(cmd) => msg::run(cmd),
         Command::Mqtt(cmd) => mqtt::run_mqtt(cmd),
         Command::Outbox(cmd) => mqtt::run_outbox(cmd),
+        Command::Ota(cmd) => ota::run(cmd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
     }
 }

@@ -77,7 +77,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// A size in bytes, written as a number or `"64KiB"`, `"10MB"`, `"1GiB"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {

@@ -1,0 +1,457 @@
+//! `edge-agent ota …`: for the technician on the robot (status, install, rollback,
+//! confirm, recover) and for package authors (pack, keygen).
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use clap::Subcommand;
+
+use super::Failure;
+use crate::config::{self, DeviceConfig};
+use crate::exit;
+use crate::ota::config::{OtaConfig, OtaSettings};
+use crate::ota::installer::{Installer, OtaEvent, Recovery};
+use crate::ota::machine::{Hash, Job, Origin, Phase};
+use crate::ota::package::{self, HealthCheck};
+
+/// Where the OTA state is: from a configuration file, or a folder given directly.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Where {
+    /// The agent's configuration (its [ota] section and state_dir).
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// The OTA folder itself (slots/, current, journal.json), without a configuration.
+    #[arg(long, value_name = "DIR", global = true, conflicts_with = "config")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OtaCommand {
+    /// Slots, versions and the journal's state, as JSON.
+    Status {
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Install a package (a file or an https:// URL) now, with a progress bar.
+    Install {
+        /// Package file or URL.
+        package: String,
+        /// Expected SHA-256 of the package (required for URLs).
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Detached signature (base64); `<package>.sig` is used when absent.
+        #[arg(long)]
+        signature: Option<String>,
+        /// The version (read from the package when it is a file).
+        #[arg(long)]
+        version: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Allow a version that is not newer, or under the anti-rollback floor.
+        #[arg(long)]
+        force: bool,
+        /// Leave the new slot unconfirmed (the running agent confirms it after its soak time).
+        #[arg(long)]
+        no_confirm: bool,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Go back to the previous slot (an update not yet confirmed).
+    Rollback {
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Confirm the new slot now.
+    Confirm {
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Finish or undo an interrupted update (what the agent does when it starts).
+    Recover {
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Build a package from a folder: manifest, .tar.gz, .sha256 and (with --key) .sig.
+    Pack {
+        dir: PathBuf,
+        #[arg(long)]
+        version: String,
+        /// Package name (the OTA module).
+        #[arg(long, default_value = "detector")]
+        name: String,
+        /// ed25519 private key file (from `ota keygen`).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Health check run in the new slot, e.g. "bin/check.sh --quick".
+        #[arg(long)]
+        health_check: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        health_timeout: u64,
+        #[arg(long)]
+        min_agent_version: Option<String>,
+        /// Where to write the package (default: the current folder).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Make an ed25519 key pair for signing packages.
+    Keygen {
+        /// Private key file to write (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn settings(at: &Where) -> Result<OtaSettings, Failure> {
+    if let Some(c) = &at.config {
+        return config::load(c)
+            .map(|s| s.ota)
+            .map_err(|e| Failure::usage(e.to_string()));
+    }
+    let dir = at
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/edge-agent/ota"));
+    // Without a configuration: a technician's own network, plain HTTP allowed.
+    let cfg = OtaConfig {
+        dir: Some(dir),
+        allow_http: true,
+        ..OtaConfig::default()
+    };
+    let device = DeviceConfig {
+        product_key: "local".into(),
+        device_name: "local".into(),
+    };
+    cfg.resolve(Path::new("/"), &device)
+        .map_err(|e| Failure::usage(e.to_string()))
+}
+
+fn open(at: &Where) -> Result<Installer, Failure> {
+    let s = settings(at)?;
+    Installer::open(s).map_err(|e| Failure {
+        code: exit::CANTCREAT,
+        message: e.to_string(),
+    })
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::internal(e.to_string()))
+}
+
+/// Reads the manifest from a package file without unpacking it.
+fn peek_manifest(path: &Path) -> Result<package::Manifest, Failure> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let entries = ar
+        .entries()
+        .map_err(|e| Failure::data(format!("{}: {e}", path.display())))?;
+    for e in entries {
+        let mut e = e.map_err(|e| Failure::data(format!("{}: {e}", path.display())))?;
+        if e.path()
+            .ok()
+            .is_some_and(|p| p == Path::new(package::MANIFEST))
+        {
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut text)
+                .map_err(|e| Failure::data(e.to_string()))?;
+            return serde_json::from_slice(&text)
+                .map_err(|e| Failure::data(format!("manifest.json: {e}")));
+        }
+    }
+    Err(Failure::data(format!(
+        "{} has no manifest.json",
+        path.display()
+    )))
+}
+
+pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
+    match cmd {
+        OtaCommand::Status { at } => {
+            let inst = open(&at)?;
+            print_json(&inst.status_json());
+            Ok(())
+        }
+        OtaCommand::Recover { at } => {
+            let mut inst = open(&at)?;
+            let r = inst
+                .recover()
+                .map_err(|e| Failure::internal(e.to_string()))?;
+            if let Recovery::Resume(job) = r {
+                let token = tokio_util::sync::CancellationToken::new();
+                runtime()?
+                    .block_on(inst.install(job, true, &token))
+                    .map_err(|e| Failure::internal(e.to_string()))?;
+            }
+            print_json(&inst.status_json());
+            Ok(())
+        }
+        OtaCommand::Rollback { at } => {
+            let mut inst = open(&at)?;
+            inst.recover()
+                .map_err(|e| Failure::internal(e.to_string()))?;
+            inst.rollback("rolled back by a technician")
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            print_json(&inst.status_json());
+            Ok(())
+        }
+        OtaCommand::Confirm { at } => {
+            let mut inst = open(&at)?;
+            inst.recover()
+                .map_err(|e| Failure::internal(e.to_string()))?;
+            inst.confirm().map_err(|e| Failure::usage(e.to_string()))?;
+            print_json(&inst.status_json());
+            Ok(())
+        }
+        OtaCommand::Install {
+            package: pkg,
+            sha256,
+            signature,
+            version,
+            yes,
+            force,
+            no_confirm,
+            at,
+        } => install(pkg, sha256, signature, version, yes, force, no_confirm, &at),
+        OtaCommand::Pack {
+            dir,
+            version,
+            name,
+            key,
+            health_check,
+            health_timeout,
+            min_agent_version,
+            out,
+        } => {
+            let seed = match &key {
+                Some(k) => Some(read_seed(k)?),
+                None => None,
+            };
+            let hc = health_check.map(|c| HealthCheck {
+                command: c.split_whitespace().map(str::to_owned).collect(),
+                timeout_s: health_timeout,
+            });
+            let p = package::pack(
+                &dir,
+                &name,
+                &version,
+                hc,
+                min_agent_version,
+                seed.as_ref(),
+                &out,
+            )
+            .map_err(|e| Failure::usage(e.to_string()))?;
+            println!("{}", p.package.display());
+            println!("sha256 {}", p.sha256);
+            if let Some(s) = p.signature {
+                println!("signature {s}");
+            }
+            Ok(())
+        }
+        OtaCommand::Keygen { out } => {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed)
+                .map_err(|e| Failure::internal(format!("no randomness: {e}")))?;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .map_err(|e| Failure::usage(format!("{}: {e}", out.display())))?;
+            writeln!(f, "{}", b64.encode(seed)).map_err(|e| Failure::internal(e.to_string()))?;
+            println!(
+                "private key written to {} (keep it off the robots)",
+                out.display()
+            );
+            println!(
+                "public key for ota.public_key: {}",
+                b64.encode(package::public_key(&seed))
+            );
+            Ok(())
+        }
+    }
+}
+
+fn read_seed(path: &Path) -> Result<[u8; 32], Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    let bytes = package::decode_b64_or_hex(&text).ok_or_else(|| {
+        Failure::usage(format!("{} is not a key from `ota keygen`", path.display()))
+    })?;
+    bytes
+        .try_into()
+        .map_err(|_| Failure::usage(format!("{} is not a 32-byte ed25519 key", path.display())))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn install(
+    pkg: String,
+    sha256: Option<String>,
+    signature: Option<String>,
+    version: Option<String>,
+    yes: bool,
+    force: bool,
+    no_confirm: bool,
+    at: &Where,
+) -> Result<(), Failure> {
+    let remote = pkg.starts_with("http://") || pkg.starts_with("https://");
+    let local = if remote {
+        None
+    } else {
+        let p = std::fs::canonicalize(&pkg).map_err(|e| Failure::usage(format!("{pkg}: {e}")))?;
+        Some(p)
+    };
+    let version = match (&version, &local) {
+        (Some(v), _) => v.clone(),
+        (None, Some(p)) => peek_manifest(p)?.version,
+        (None, None) => return Err(Failure::usage("give --version for a package URL")),
+    };
+    let mut inst = open(at)?;
+    if let Recovery::RolledBack(r) = inst
+        .recover()
+        .map_err(|e| Failure::internal(e.to_string()))?
+    {
+        eprintln!("note: an earlier update was rolled back: {r}");
+    }
+    let job = Job {
+        origin: Origin::Cli,
+        module: inst.settings.module.clone(),
+        version: version.clone(),
+        url: local
+            .as_ref()
+            .map_or(pkg.clone(), |p| p.display().to_string()),
+        size: local
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len()),
+        hash: sha256.map(Hash::Sha256),
+        signature,
+        force,
+    };
+    let resuming = inst.journal.phase.busy()
+        && inst
+            .journal
+            .phase
+            .job()
+            .is_some_and(|j| j.url == job.url && j.version == job.version);
+    let job = if resuming {
+        inst.journal.phase.job().cloned().unwrap_or(job)
+    } else {
+        job
+    };
+    if !resuming {
+        if let Err(reason) = inst.admit(&job) {
+            return Err(Failure::usage(format!(
+                "not installing: {reason} (use --force to override)"
+            )));
+        }
+        if inst.journal.phase.busy() {
+            return Err(Failure {
+                code: exit::TEMPFAIL,
+                message: format!(
+                    "another update is under way ({}); `ota recover` finishes or undoes it",
+                    inst.journal.phase.name()
+                ),
+            });
+        }
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(Failure::usage(
+                "not a terminal: add --yes to install without asking",
+            ));
+        }
+        let slot = inst.store.active().map_or("a", |s| s.other().name());
+        eprint!(
+            "Install {} {} from {} into slot {slot}{}? [y/N] ",
+            job.module,
+            job.version,
+            job.url,
+            inst.current_version()
+                .map(|v| format!(" (installed: {v})"))
+                .unwrap_or_default()
+        );
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .map_err(|e| Failure::internal(e.to_string()))?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Err(Failure::usage("not installed"));
+        }
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let mut inst = inst.with_events(tx);
+    let bar = indicatif::ProgressBar::new(job.size.unwrap_or(0));
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let token = tokio_util::sync::CancellationToken::new();
+    let result = runtime()?.block_on(async {
+        let run = inst.install(job, !no_confirm, &token);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => break r,
+                Some(e) = rx.recv() => show(&bar, &e),
+            }
+        }
+    });
+    while let Ok(e) = rx.try_recv() {
+        show(&bar, &e);
+    }
+    bar.finish_and_clear();
+    let phase = result.map_err(|e| Failure::usage(e.to_string()))?;
+    print_json(&inst.status_json());
+    match phase {
+        Phase::Committed { .. } | Phase::SwitchedPendingConfirm { .. } => Ok(()),
+        Phase::Failed { reason, .. } | Phase::RolledBack { reason, .. } => {
+            Err(Failure::data(format!("update not installed: {reason}")))
+        }
+        other => Err(Failure::internal(format!(
+            "update stopped in state {}",
+            other.name()
+        ))),
+    }
+}
+
+fn show(bar: &indicatif::ProgressBar, e: &OtaEvent) {
+    match e {
+        OtaEvent::Progress {
+            desc, bytes, total, ..
+        } => {
+            if let Some(t) = total {
+                bar.set_length(*t);
+            }
+            if *bytes > 0 {
+                bar.set_position(*bytes);
+            }
+            bar.set_message(desc.clone());
+        }
+        OtaEvent::Deferred { reason, .. } => bar.println(format!("switch deferred: {reason}")),
+        OtaEvent::Switched { .. } => bar.set_message("switched"),
+        OtaEvent::Committed { job, .. } => bar.println(format!(
+            "installed and committed {} {}",
+            job.module, job.version
+        )),
+        OtaEvent::Failed { reason, .. } => bar.println(format!("failed: {reason}")),
+        OtaEvent::RolledBack { reason, .. } => bar.println(format!("rolled back: {reason}")),
+    }
+}

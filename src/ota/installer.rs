@@ -1,0 +1,739 @@
+//! The installer: takes one update job through download, verification, installation
+//! into the inactive slot, health check, switch, and confirmation or rollback, saving
+//! the journal at every step, and recovering from wherever a power cut stopped it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::config::OtaSettings;
+use super::download::{self, DownloadError, DownloadSettings};
+use super::machine::{FailStep, InvalidTransition, Job, Phase};
+use super::package::{self, Limits, Manifest, PackageError};
+use super::store::{Committed, Journal, Store, StoreError};
+use super::{crash_point, version, Slot};
+use crate::clock::{file_stamp, now_ms, rfc3339_ms};
+
+/// Checks a model file of a new slot (loads and runs it). Provided by the detector.
+pub type ModelCheck = Arc<dyn Fn(&Path) -> Result<(), String> + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OtaError {
+    #[error(transparent)]
+    Transition(#[from] InvalidTransition),
+    #[error("OTA state: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What happened to a job, for reports.
+#[derive(Debug, Clone)]
+pub enum OtaEvent {
+    Progress {
+        job: Job,
+        percent: u8,
+        desc: String,
+        bytes: u64,
+        total: Option<u64>,
+    },
+    Deferred {
+        job: Job,
+        reason: String,
+    },
+    Switched {
+        job: Job,
+    },
+    Committed {
+        job: Job,
+        log: Vec<String>,
+    },
+    Failed {
+        job: Job,
+        step: FailStep,
+        reason: String,
+        current: Option<String>,
+        log: Vec<String>,
+    },
+    RolledBack {
+        job: Job,
+        reason: String,
+        restored: bool,
+        current: Option<String>,
+        log: Vec<String>,
+    },
+}
+
+/// What recovery found on start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recovery {
+    Nothing,
+    /// An interrupted job to take up again.
+    Resume(Job),
+    /// A new slot still waiting for confirmation.
+    PendingConfirm(Job),
+    RolledBack(String),
+}
+
+pub struct Installer {
+    pub store: Store,
+    pub journal: Journal,
+    pub settings: OtaSettings,
+    http: Option<reqwest::Client>,
+    events: Option<mpsc::Sender<OtaEvent>>,
+    model_check: Option<ModelCheck>,
+    busy: Option<watch::Receiver<bool>>,
+    log: Vec<String>,
+}
+
+impl Installer {
+    pub fn open(settings: OtaSettings) -> Result<Self, OtaError> {
+        let store = Store::open(&settings.dir)?;
+        let journal = store.load_journal()?;
+        Ok(Self {
+            store,
+            journal,
+            settings,
+            http: None,
+            events: None,
+            model_check: None,
+            busy: None,
+            log: Vec::new(),
+        })
+    }
+
+    pub fn with_events(mut self, tx: mpsc::Sender<OtaEvent>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+
+    pub fn with_model_check(mut self, check: ModelCheck) -> Self {
+        self.model_check = Some(check);
+        self
+    }
+
+    /// A "robot busy" signal (e.g. a detection in progress): switches wait while true.
+    pub fn with_busy(mut self, busy: watch::Receiver<bool>) -> Self {
+        self.busy = Some(busy);
+        self
+    }
+
+    /// The committed version, if any.
+    pub fn current_version(&self) -> Option<String> {
+        self.journal.committed.as_ref().map(|c| c.version.clone())
+    }
+
+    /// The folder of the active slot (`current`), if one is installed.
+    pub fn current_dir(&self) -> Option<PathBuf> {
+        self.store.active().map(|_| self.store.current_link())
+    }
+
+    fn note(&mut self, line: impl Into<String>) {
+        let line = format!("{} {}", rfc3339_ms(now_ms()), line.into());
+        tracing::debug!(target: "edge_agent::ota", "{line}");
+        self.log.push(line);
+    }
+
+    fn emit(&self, e: OtaEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.try_send(e);
+        }
+    }
+
+    fn save(&mut self, phase: Phase) -> Result<(), OtaError> {
+        self.journal.phase = phase;
+        self.store.save_journal(&mut self.journal)?;
+        Ok(())
+    }
+
+    fn package_path(&self, job: &Job) -> PathBuf {
+        let safe: String = format!("{}-{}", job.module, job.version)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.store.downloads().join(format!("{safe}.pkg"))
+    }
+
+    /// Brings the store to a known state after a restart or power cut.
+    pub fn recover(&mut self) -> Result<Recovery, OtaError> {
+        let phase = self.journal.phase.clone();
+        let r = match &phase {
+            Phase::Downloading { job }
+            | Phase::Verifying { job }
+            | Phase::Installing { job, .. } => {
+                tracing::info!(version = %job.version, state = phase.name(), "An update was interrupted; taking it up again.");
+                Recovery::Resume(job.clone())
+            }
+            Phase::InstalledPendingSwitch { job, slot, .. } => {
+                if self.store.active() == Some(*slot) {
+                    // The switch happened; the journal write after it did not.
+                    let previous = Some(slot.other());
+                    self.save(phase.switched(previous, now_ms())?)?;
+                    Recovery::PendingConfirm(job.clone())
+                } else {
+                    Recovery::Resume(job.clone())
+                }
+            }
+            Phase::SwitchedPendingConfirm {
+                job,
+                starts,
+                previous,
+                ..
+            } => {
+                let next = phase.agent_started()?;
+                let starts = starts + 1;
+                if starts > self.settings.max_starts {
+                    let reason = format!(
+                        "the agent started {starts} times on the new slot without confirming it"
+                    );
+                    let restored = match previous {
+                        Some(p) => self.store.switch_to(*p).is_ok(),
+                        None => false,
+                    };
+                    tracing::warn!(version = %job.version, starts, "Rolling back an update that did not settle.");
+                    self.save(next.rolled_back(reason.clone(), now_ms())?)?;
+                    let log = std::mem::take(&mut self.log);
+                    self.emit(OtaEvent::RolledBack {
+                        job: job.clone(),
+                        reason: reason.clone(),
+                        restored,
+                        current: self.current_version(),
+                        log,
+                    });
+                    Recovery::RolledBack(reason)
+                } else {
+                    self.save(next)?;
+                    Recovery::PendingConfirm(job.clone())
+                }
+            }
+            Phase::Idle
+            | Phase::Committed { .. }
+            | Phase::RolledBack { .. }
+            | Phase::Failed { .. } => {
+                // `current` must be the committed slot (a cut during a rollback switch).
+                if let Some(c) = &self.journal.committed {
+                    if self.store.active() != Some(c.slot) {
+                        tracing::warn!(
+                            slot = c.slot.name(),
+                            "Pointing current back at the committed slot."
+                        );
+                        self.store.switch_to(c.slot)?;
+                    }
+                }
+                Recovery::Nothing
+            }
+        };
+        Ok(r)
+    }
+
+    fn download_settings(&self) -> DownloadSettings {
+        DownloadSettings {
+            retries: self.settings.download_retries,
+            stall_timeout: self.settings.stall_timeout,
+            max_rate: self.settings.max_download_rate,
+            allow_http: self.settings.allow_http,
+            max_bytes: self.settings.max_package_bytes,
+        }
+    }
+
+    fn http(&mut self) -> Result<reqwest::Client, OtaError> {
+        if let Some(c) = &self.http {
+            return Ok(c.clone());
+        }
+        let tls = match &self.settings.ca_file {
+            Some(ca) => Some(
+                crate::mqtt::tls::client_config(&crate::mqtt::config::TlsConfig {
+                    ca_file: Some(ca.clone()),
+                    ..Default::default()
+                })
+                .map_err(|e| OtaError::Refused(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let c = download::client(tls).map_err(OtaError::Refused)?;
+        self.http = Some(c.clone());
+        Ok(c)
+    }
+
+    fn fail(&mut self, step: FailStep, reason: String) -> Result<Phase, OtaError> {
+        let job = self.journal.phase.job().cloned();
+        self.note(format!("failed: {reason}"));
+        tracing::warn!(step = ?step, reason = %reason, "Update failed; the robot stays on its current software.");
+        let next = self.journal.phase.failed(step, reason.clone(), now_ms())?;
+        self.save(next.clone())?;
+        if let Some(job) = job {
+            let log = std::mem::take(&mut self.log);
+            self.emit(OtaEvent::Failed {
+                job,
+                step,
+                reason,
+                current: self.current_version(),
+                log,
+            });
+        }
+        Ok(next)
+    }
+
+    fn progress(&self, job: &Job, percent: u8, desc: &str, bytes: u64, total: Option<u64>) {
+        self.emit(OtaEvent::Progress {
+            job: job.clone(),
+            percent,
+            desc: desc.to_owned(),
+            bytes,
+            total,
+        });
+    }
+
+    /// Checks a job before anything is fetched: module, version, floor.
+    pub fn admit(&self, job: &Job) -> Result<(), String> {
+        if job.module != self.settings.module {
+            return Err(format!(
+                "module '{}' is not the one this agent installs ('{}')",
+                job.module, self.settings.module
+            ));
+        }
+        if job.force {
+            return Ok(());
+        }
+        if let Some(c) = &self.journal.committed {
+            if !version::newer(&job.version, &c.version) {
+                return Err(format!(
+                    "version {} is not newer than the installed {}",
+                    job.version, c.version
+                ));
+            }
+        }
+        if let Some(floor) = &self.journal.floor {
+            if version::compare(&job.version, floor) == std::cmp::Ordering::Less {
+                return Err(format!(
+                    "version {} is under the minimum {} (anti-rollback)",
+                    job.version, floor
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `job` to a switched (and, with `commit`, committed) slot, or to a failure
+    /// or rollback; every outcome is in the journal and in the events.
+    pub async fn install(
+        &mut self,
+        job: Job,
+        commit: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Phase, OtaError> {
+        // Taking up an interrupted job, or starting a new one.
+        let resuming = self.journal.phase.busy() && self.journal.phase.job() == Some(&job);
+        if !resuming {
+            if let Err(reason) = self.admit(&job) {
+                tracing::warn!(version = %job.version, reason = %reason, "Update refused.");
+                self.log.clear();
+                self.note(format!("refused {} {}: {reason}", job.module, job.version));
+                let log = std::mem::take(&mut self.log);
+                self.emit(OtaEvent::Failed {
+                    job: job.clone(),
+                    step: FailStep::Upgrade,
+                    reason: reason.clone(),
+                    current: self.current_version(),
+                    log,
+                });
+                return Err(OtaError::Refused(reason));
+            }
+            self.log.clear();
+            self.note(format!(
+                "update {} {} from {}",
+                job.module, job.version, job.url
+            ));
+            let next = self.journal.phase.start(job.clone())?;
+            self.save(next)?;
+        }
+        tracing::info!(module = %job.module, version = %job.version, "Installing an update.");
+        let pkg = self.package_path(&job);
+
+        // Download (skipped when the package is already here).
+        if matches!(self.journal.phase, Phase::Downloading { .. }) {
+            if !pkg.exists() {
+                self.progress(&job, 1, "downloading", 0, job.size);
+                let http = self.http()?;
+                let settings = self.download_settings();
+                let events = self.events.clone();
+                let j2 = job.clone();
+                let mut last_pct = 0u8;
+                let mut on_progress = move |bytes: u64, total: Option<u64>| {
+                    let total = total.or(j2.size);
+                    let pct = total.map_or(1, |t| {
+                        (1 + bytes.saturating_mul(79) / t.max(1)).min(80) as u8
+                    });
+                    if pct != last_pct {
+                        last_pct = pct;
+                        if let Some(tx) = &events {
+                            let _ = tx.try_send(OtaEvent::Progress {
+                                job: j2.clone(),
+                                percent: pct,
+                                desc: "downloading".into(),
+                                bytes,
+                                total,
+                            });
+                        }
+                    }
+                };
+                match download::download(&http, &job.url, &pkg, &settings, &mut on_progress, cancel)
+                    .await
+                {
+                    Ok(n) => self.note(format!("downloaded {n} bytes")),
+                    Err(DownloadError::Stopped) => return Ok(self.journal.phase.clone()),
+                    Err(e) => return self.fail(FailStep::Download, e.to_string()),
+                }
+            }
+            let next = self.journal.phase.downloaded()?;
+            self.save(next)?;
+        }
+
+        // Verify the package file.
+        if matches!(self.journal.phase, Phase::Verifying { .. }) {
+            self.progress(&job, 82, "verifying", 0, None);
+            if let Err(e) = self.verify_package(&job, &pkg).await {
+                let _ = std::fs::remove_file(&pkg);
+                return self.fail(FailStep::Verify, e);
+            }
+            self.note("package verified");
+            let slot = self.store.active().map_or(Slot::A, Slot::other);
+            let next = self.journal.phase.verified(slot)?;
+            self.save(next)?;
+        }
+
+        // Install into the inactive slot and check it.
+        if let Phase::Installing { slot, .. } = self.journal.phase.clone() {
+            self.progress(&job, 88, "installing", 0, None);
+            if self.store.active() == Some(slot) {
+                return self.fail(
+                    FailStep::Install,
+                    "the target slot is the active one".into(),
+                );
+            }
+            self.store.clear_slot(slot)?;
+            let dir = self.store.slot_dir(slot);
+            let limits = Limits {
+                max_bytes: self.settings.max_extracted_bytes,
+                max_files: self.settings.max_files,
+            };
+            let pkg2 = pkg.clone();
+            let dir2 = dir.clone();
+            let extracted =
+                tokio::task::spawn_blocking(move || package::extract(&pkg2, &dir2, limits))
+                    .await
+                    .map_err(|e| OtaError::Refused(e.to_string()))?;
+            let manifest = match extracted {
+                Ok(m) => m,
+                Err(e) => {
+                    let step = match e {
+                        PackageError::Io(..) => FailStep::Install,
+                        _ => FailStep::Verify,
+                    };
+                    let _ = self.store.clear_slot(slot);
+                    return self.fail(step, e.to_string());
+                }
+            };
+            if let Err(e) = self.check_manifest(&job, &manifest) {
+                let _ = self.store.clear_slot(slot);
+                return self.fail(FailStep::Verify, e);
+            }
+            crate::ota::store::sync_dir(&dir)?;
+            self.note(format!("installed into slot {}", slot.name()));
+            self.progress(&job, 94, "health check", 0, None);
+            if let Err(reason) = self.health_check(&dir, &manifest).await {
+                self.note(format!("health check failed: {reason}"));
+                tracing::warn!(reason = %reason, "The new slot failed its health check; staying on the current one.");
+                let next = self
+                    .journal
+                    .phase
+                    .rolled_back(format!("health check failed: {reason}"), now_ms())?;
+                self.save(next.clone())?;
+                let log = std::mem::take(&mut self.log);
+                self.emit(OtaEvent::RolledBack {
+                    job: job.clone(),
+                    reason: format!("health check failed: {reason}"),
+                    restored: true,
+                    current: self.current_version(),
+                    log,
+                });
+                return Ok(next);
+            }
+            self.note("health check passed");
+            let next = self.journal.phase.installed(now_ms())?;
+            self.save(next)?;
+        }
+
+        // Switch, when the robot is not busy (or the deadline passed).
+        if let Phase::InstalledPendingSwitch { slot, .. } = self.journal.phase.clone() {
+            self.wait_not_busy(&job, cancel).await;
+            let previous = self.store.active();
+            self.store.switch_to(slot)?;
+            crash_point("switch: done, journal not written");
+            let next = self.journal.phase.switched(previous, now_ms())?;
+            self.save(next)?;
+            self.note(format!("switched to slot {}", slot.name()));
+            tracing::info!(version = %job.version, slot = slot.name(), "Switched to the new slot.");
+            self.progress(&job, 98, "switched", 0, None);
+            self.emit(OtaEvent::Switched { job: job.clone() });
+        }
+        if commit && matches!(self.journal.phase, Phase::SwitchedPendingConfirm { .. }) {
+            self.confirm()?;
+        }
+        Ok(self.journal.phase.clone())
+    }
+
+    async fn verify_package(&mut self, job: &Job, pkg: &Path) -> Result<(), String> {
+        let remote = job.url.starts_with("http://") || job.url.starts_with("https://");
+        match &job.hash {
+            Some(h) => package::check_hash(pkg, h).map_err(|e| e.to_string())?,
+            None if remote => return Err("the update gives no package hash".into()),
+            None => self.note("no hash given for a local package"),
+        }
+        if let Some(key) = self.settings.public_key {
+            let sig = match &job.signature {
+                Some(s) => s.clone(),
+                None => self.fetch_signature(&job.url).await?,
+            };
+            let (_, digest) = package::sha256_file(pkg).map_err(|e| e.to_string())?;
+            package::check_signature(&digest, &sig, &key).map_err(|e| e.to_string())?;
+            self.note("signature verified");
+        }
+        Ok(())
+    }
+
+    /// `<url>.sig` (or `<file>.sig`) when the update did not carry the signature.
+    async fn fetch_signature(&mut self, url: &str) -> Result<String, String> {
+        let sig_url = format!("{url}.sig");
+        if !url.contains("://") || url.starts_with("file://") {
+            let p = sig_url.trim_start_matches("file://").to_owned();
+            return std::fs::read_to_string(&p)
+                .map_err(|_| format!("a signature is required and {p} is missing"));
+        }
+        let http = self.http().map_err(|e| e.to_string())?;
+        let r = http.get(&sig_url).send().await.map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!(
+                "a signature is required and {sig_url} answered {}",
+                r.status()
+            ));
+        }
+        r.text().await.map_err(|e| e.to_string())
+    }
+
+    fn check_manifest(&self, job: &Job, m: &Manifest) -> Result<(), String> {
+        if m.version != job.version {
+            return Err(format!(
+                "the package is version {}, the update announced {}",
+                m.version, job.version
+            ));
+        }
+        if let Some(min) = &m.min_agent_version {
+            if version::compare(env!("CARGO_PKG_VERSION"), min) == std::cmp::Ordering::Less {
+                return Err(format!(
+                    "the package needs edge-agent {min} or newer; this is {}",
+                    env!("CARGO_PKG_VERSION")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn health_check(&self, dir: &Path, m: &Manifest) -> Result<(), String> {
+        if let Some(hc) = &m.health_check {
+            let Some((prog, args)) = hc.command.split_first() else {
+                return Err("the manifest's health check command is empty".into());
+            };
+            let prog = if prog.contains('/') && !prog.starts_with('/') {
+                dir.join(prog).display().to_string()
+            } else {
+                prog.clone()
+            };
+            let mut cmd = tokio::process::Command::new(&prog);
+            cmd.args(args)
+                .current_dir(dir)
+                .env("EDGE_AGENT_SLOT", dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
+            let child = cmd.spawn().map_err(|e| format!("cannot run {prog}: {e}"))?;
+            let out =
+                tokio::time::timeout(Duration::from_secs(hc.timeout_s), child.wait_with_output())
+                    .await
+                    .map_err(|_| format!("{prog} did not finish within {}s", hc.timeout_s))?
+                    .map_err(|e| format!("{prog}: {e}"))?;
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let tail: String = err
+                    .lines()
+                    .rev()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join(" / ");
+                return Err(format!("{prog} exited with {}: {tail}", out.status));
+            }
+        }
+        for c in m
+            .components
+            .iter()
+            .filter(|c| c.kind.as_deref() == Some("onnx-model"))
+        {
+            match &self.model_check {
+                Some(check) => {
+                    let check = check.clone();
+                    let path = dir.join(&c.path);
+                    tokio::task::spawn_blocking(move || check(&path))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| format!("model {}: {e}", c.path))?;
+                }
+                None => {
+                    return Err(format!(
+                        "model {} cannot be checked: no ONNX Runtime in this agent",
+                        c.path
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_not_busy(&self, job: &Job, cancel: &CancellationToken) {
+        let Some(mut busy) = self.busy.clone() else {
+            return;
+        };
+        if !*busy.borrow() {
+            return;
+        }
+        self.emit(OtaEvent::Deferred {
+            job: job.clone(),
+            reason: "the robot is busy (a detection is in progress)".into(),
+        });
+        tracing::info!("Waiting for the robot to be idle before switching.");
+        let _ = tokio::time::timeout(self.settings.busy_deadline, async {
+            loop {
+                if !*busy.borrow_and_update() {
+                    return;
+                }
+                tokio::select! {
+                    r = busy.changed() => if r.is_err() { return },
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// The new slot is good: commit it, raise the floor, forget the package.
+    pub fn confirm(&mut self) -> Result<(), OtaError> {
+        let Phase::SwitchedPendingConfirm { job, slot, .. } = self.journal.phase.clone() else {
+            return Err(OtaError::Refused(format!(
+                "nothing to confirm (state: {})",
+                self.journal.phase.name()
+            )));
+        };
+        let next = self.journal.phase.confirmed(now_ms())?;
+        self.journal.committed = Some(Committed {
+            slot,
+            version: job.version.clone(),
+            name: job.module.clone(),
+        });
+        let floor_up = self
+            .journal
+            .floor
+            .as_ref()
+            .is_none_or(|f| version::newer(&job.version, f));
+        if floor_up {
+            self.journal.floor = Some(job.version.clone());
+        }
+        self.save(next)?;
+        let _ = std::fs::remove_file(self.package_path(&job));
+        self.note(format!("committed {}", job.version));
+        tracing::info!(version = %job.version, "Update committed.");
+        let log = std::mem::take(&mut self.log);
+        self.emit(OtaEvent::Committed { job, log });
+        Ok(())
+    }
+
+    /// Back to the previous slot (an unconfirmed update, or a technician's request).
+    pub fn rollback(&mut self, reason: &str) -> Result<(), OtaError> {
+        let phase = self.journal.phase.clone();
+        let (job, previous) = match &phase {
+            Phase::SwitchedPendingConfirm { job, previous, .. } => (job.clone(), *previous),
+            Phase::InstalledPendingSwitch { job, .. } => (job.clone(), self.store.active()),
+            other => {
+                return Err(OtaError::Refused(format!(
+                    "nothing to roll back (state: {}); to go back to an older version, install it with --force",
+                    other.name()
+                )))
+            }
+        };
+        let restored = match previous {
+            Some(p) => {
+                self.store.switch_to(p)?;
+                true
+            }
+            None => {
+                // No earlier slot: the link goes away (the robot runs its built-in defaults).
+                let _ = std::fs::remove_file(self.store.current_link());
+                crate::ota::store::sync_dir(&self.store.root)?;
+                false
+            }
+        };
+        let next = phase.rolled_back(reason.to_owned(), now_ms())?;
+        self.save(next)?;
+        self.note(format!("rolled back: {reason}"));
+        tracing::warn!(version = %job.version, reason, "Rolled back to the previous slot.");
+        let log = std::mem::take(&mut self.log);
+        self.emit(OtaEvent::RolledBack {
+            job,
+            reason: reason.to_owned(),
+            restored,
+            current: self.current_version(),
+            log,
+        });
+        Ok(())
+    }
+
+    /// Slots, versions and state, for `ota status` and the health report.
+    pub fn status_json(&self) -> serde_json::Value {
+        let slot_info = |s: Slot| {
+            let dir = self.store.slot_dir(s);
+            let manifest: Option<Manifest> = std::fs::read(dir.join(package::MANIFEST))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            serde_json::json!({
+                "path": dir.display().to_string(),
+                "name": manifest.as_ref().map(|m| m.name.clone()),
+                "version": manifest.as_ref().map(|m| m.version.clone()),
+            })
+        };
+        serde_json::json!({
+            "dir": self.store.root.display().to_string(),
+            "active": self.store.active().map(Slot::name),
+            "slots": {"a": slot_info(Slot::A), "b": slot_info(Slot::B)},
+            "committed": self.journal.committed,
+            "floor": self.journal.floor,
+            "journal": self.journal.phase,
+            "generation": self.journal.generation,
+        })
+    }
+
+    /// The upgrade log file name for the robot's report format.
+    pub fn log_file_name() -> String {
+        format!("ota-{}.log", file_stamp(now_ms()))
+    }
+}

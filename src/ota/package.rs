@@ -1,0 +1,605 @@
+//! Update packages: a `.tar.gz` holding `manifest.json` and the files it lists. Made by
+//! `edge-agent ota pack`, checked against the hash (and ed25519 signature) the cloud
+//! gives, and unpacked into a slot with everything hostile refused: absolute paths,
+//! `..`, links that leave the slot, device files, and archives that expand past the
+//! configured limits.
+
+use std::io::{Read, Write};
+use std::path::{Component as PathPart, Path, PathBuf};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::crash_point;
+use super::machine::Hash;
+
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    /// e.g. "detector-model"
+    pub name: String,
+    /// Path inside the package (and the slot).
+    pub path: String,
+    pub sha256: String,
+    /// "onnx-model" for models the health check loads and runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Program and arguments, run in the new slot's folder.
+    pub command: Vec<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u64,
+}
+
+const fn default_timeout() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_agent_version: Option<String>,
+    pub components: Vec<Component>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("package {kind} is {actual}, expected {expected}")]
+    HashMismatch {
+        kind: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("signature check failed: {0}")]
+    Signature(String),
+    #[error("refused entry '{path}': {reason}")]
+    Refused { path: String, reason: String },
+    #[error("package expands past the limit of {limit} bytes")]
+    TooBig { limit: u64 },
+    #[error("package has more than {limit} files")]
+    TooManyFiles { limit: u64 },
+    #[error("manifest.json: {0}")]
+    Manifest(String),
+    #[error("component '{name}' ({path}): {reason}")]
+    Component {
+        name: String,
+        path: String,
+        reason: String,
+    },
+    #[error("the archive is damaged: {0}")]
+    Archive(String),
+}
+
+fn io(path: &Path, e: std::io::Error) -> PackageError {
+    PackageError::Io(path.display().to_string(), e)
+}
+
+/// Limits on what a package may expand to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub max_files: u64,
+}
+
+pub fn sha256_file(path: &Path) -> Result<(String, [u8; 32]), PackageError> {
+    let mut f = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let d: [u8; 32] = h.finalize().into();
+    Ok((hex::encode(d), d))
+}
+
+pub fn md5_file(path: &Path) -> Result<String, PackageError> {
+    use md5::Digest as _;
+    let mut f = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let mut h = md5::Md5::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Checks the package file against the cloud's hash (case-insensitive hex).
+pub fn check_hash(path: &Path, expected: &Hash) -> Result<(), PackageError> {
+    let actual = match expected {
+        Hash::Sha256(_) => sha256_file(path)?.0,
+        Hash::Md5(_) => md5_file(path)?,
+    };
+    if !actual.eq_ignore_ascii_case(expected.hex().trim()) {
+        return Err(PackageError::HashMismatch {
+            kind: expected.name(),
+            expected: expected.hex().to_owned(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a key or signature written as base64 or hex.
+pub fn decode_b64_or_hex(text: &str) -> Option<Vec<u8>> {
+    let t = text.trim();
+    if t.len().is_multiple_of(2) && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return hex::decode(t).ok();
+    }
+    base64::engine::general_purpose::STANDARD.decode(t).ok()
+}
+
+/// Verifies a detached ed25519 signature over the package's SHA-256 digest.
+pub fn check_signature(
+    digest: &[u8; 32],
+    signature: &str,
+    public_key: &[u8; 32],
+) -> Result<(), PackageError> {
+    let key = ed25519_dalek::VerifyingKey::from_bytes(public_key).map_err(|e| {
+        PackageError::Signature(format!("the configured public key is not valid: {e}"))
+    })?;
+    let bytes = decode_b64_or_hex(signature)
+        .ok_or_else(|| PackageError::Signature("the signature is neither base64 nor hex".into()))?;
+    let sig = ed25519_dalek::Signature::from_slice(&bytes).map_err(|_| {
+        PackageError::Signature(format!(
+            "a signature has 64 bytes, this one {}",
+            bytes.len()
+        ))
+    })?;
+    key.verify_strict(digest, &sig).map_err(|_| {
+        PackageError::Signature(
+            "the signature does not match the package and the configured key".into(),
+        )
+    })
+}
+
+/// Signs a package digest; returns the signature as base64.
+pub fn sign(digest: &[u8; 32], private_seed: &[u8; 32]) -> String {
+    use ed25519_dalek::Signer as _;
+    let key = ed25519_dalek::SigningKey::from_bytes(private_seed);
+    base64::engine::general_purpose::STANDARD.encode(key.sign(digest).to_bytes())
+}
+
+/// The public key of a private seed.
+pub fn public_key(private_seed: &[u8; 32]) -> [u8; 32] {
+    ed25519_dalek::SigningKey::from_bytes(private_seed)
+        .verifying_key()
+        .to_bytes()
+}
+
+fn is_safe_relative(p: &Path) -> bool {
+    !p.as_os_str().is_empty()
+        && p.components()
+            .all(|c| matches!(c, PathPart::Normal(_) | PathPart::CurDir))
+}
+
+/// Whether a link at `entry` (relative) pointing at `target` stays inside the root.
+fn link_stays_inside(entry: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth: i64 = entry
+        .components()
+        .filter(|c| matches!(c, PathPart::Normal(_)))
+        .count() as i64
+        - 1;
+    for c in target.components() {
+        match c {
+            PathPart::ParentDir => depth -= 1,
+            PathPart::Normal(_) => depth += 1,
+            PathPart::CurDir => {}
+            _ => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Counts bytes read from the decompressor, so a gzip bomb stops at the limit.
+struct Counted<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(std::io::Error::other("expansion limit"));
+        }
+        Ok(n)
+    }
+}
+
+/// Unpacks `package` into the empty folder `dest`, refusing anything hostile, and
+/// checks every component's hash. Returns the manifest.
+pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, PackageError> {
+    let f = std::fs::File::open(package).map_err(|e| io(package, e))?;
+    // Headers and padding count too: allow a little over the payload limit.
+    let counted = Counted {
+        inner: flate2::read::GzDecoder::new(std::io::BufReader::new(f)),
+        read: 0,
+        limit: limits
+            .max_bytes
+            .saturating_add(limits.max_bytes / 8)
+            .saturating_add(1 << 20),
+    };
+    let mut ar = tar::Archive::new(counted);
+    let mut total: u64 = 0;
+    let mut files: u64 = 0;
+    let entries = ar
+        .entries()
+        .map_err(|e| PackageError::Archive(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| archive_error(e, limits))?;
+        let path = entry
+            .path()
+            .map_err(|e| PackageError::Archive(e.to_string()))?
+            .into_owned();
+        let shown = path.display().to_string();
+        let refuse = |reason: &str| PackageError::Refused {
+            path: shown.clone(),
+            reason: reason.to_owned(),
+        };
+        if path.is_absolute() {
+            return Err(refuse("absolute path"));
+        }
+        if path.components().any(|c| matches!(c, PathPart::ParentDir)) {
+            return Err(refuse("'..' in the path"));
+        }
+        if !is_safe_relative(&path) {
+            return Err(refuse("not a plain relative path"));
+        }
+        files += 1;
+        if files > limits.max_files {
+            return Err(PackageError::TooManyFiles {
+                limit: limits.max_files,
+            });
+        }
+        let target = dest.join(&path);
+        // Never write through a link the package made.
+        let mut walk = dest.to_path_buf();
+        for part in path
+            .parent()
+            .map(|p| p.components().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            walk.push(part);
+            if std::fs::symlink_metadata(&walk).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(refuse("goes through a link"));
+            }
+        }
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Directory => {
+                std::fs::create_dir_all(&target).map_err(|e| io(&target, e))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry
+                    .header()
+                    .size()
+                    .map_err(|e| PackageError::Archive(e.to_string()))?;
+                total = total.saturating_add(size);
+                if total > limits.max_bytes {
+                    return Err(PackageError::TooBig {
+                        limit: limits.max_bytes,
+                    });
+                }
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+                }
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                    .map_err(|e| io(&target, e))?;
+                let copied = std::io::copy(&mut (&mut entry).take(size), &mut out)
+                    .map_err(|e| archive_error(e, limits))?;
+                if copied != size {
+                    return Err(PackageError::Archive(format!("'{shown}' is cut short")));
+                }
+                out.sync_all().map_err(|e| io(&target, e))?;
+                let mode = entry.header().mode().unwrap_or(0o644) & 0o755;
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| io(&target, e))?;
+                crash_point("extract: file written");
+            }
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let link = entry
+                    .link_name()
+                    .map_err(|e| PackageError::Archive(e.to_string()))?
+                    .ok_or_else(|| refuse("link without a target"))?
+                    .into_owned();
+                let inside = if kind == tar::EntryType::Symlink {
+                    link_stays_inside(&path, &link)
+                } else {
+                    // Hard link targets are relative to the archive root.
+                    is_safe_relative(&link)
+                };
+                if !inside {
+                    return Err(refuse(&format!(
+                        "link to '{}' leaves the slot",
+                        link.display()
+                    )));
+                }
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+                }
+                if kind == tar::EntryType::Symlink {
+                    std::os::unix::fs::symlink(&link, &target).map_err(|e| io(&target, e))?;
+                } else {
+                    let src = dest.join(&link);
+                    if std::fs::symlink_metadata(&src).is_ok_and(|m| m.file_type().is_symlink()) {
+                        return Err(refuse("hard link to a link"));
+                    }
+                    std::fs::hard_link(&src, &target).map_err(|e| io(&target, e))?;
+                }
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                return Err(refuse("device or fifo"));
+            }
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {}
+            other => return Err(refuse(&format!("unsupported entry type {other:?}"))),
+        }
+    }
+    let mpath = dest.join(MANIFEST);
+    let text = std::fs::read(&mpath)
+        .map_err(|_| PackageError::Manifest("missing from the package".into()))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).map_err(|e| PackageError::Manifest(e.to_string()))?;
+    check_components(dest, &manifest)?;
+    Ok(manifest)
+}
+
+fn archive_error(e: std::io::Error, limits: Limits) -> PackageError {
+    if e.to_string().contains("expansion limit") {
+        PackageError::TooBig {
+            limit: limits.max_bytes,
+        }
+    } else {
+        PackageError::Archive(e.to_string())
+    }
+}
+
+/// Every component is present, a regular file inside the slot, and has its hash.
+pub fn check_components(dir: &Path, manifest: &Manifest) -> Result<(), PackageError> {
+    if manifest.components.is_empty() {
+        return Err(PackageError::Manifest("lists no components".into()));
+    }
+    for c in &manifest.components {
+        let fail = |reason: String| PackageError::Component {
+            name: c.name.clone(),
+            path: c.path.clone(),
+            reason,
+        };
+        let rel = Path::new(&c.path);
+        if !is_safe_relative(rel) {
+            return Err(fail("not a plain relative path".into()));
+        }
+        let p = dir.join(rel);
+        let meta = std::fs::symlink_metadata(&p)
+            .map_err(|_| fail("listed in the manifest but missing".into()))?;
+        if !meta.is_file() {
+            return Err(fail("not a regular file".into()));
+        }
+        let (actual, _) = sha256_file(&p)?;
+        if !actual.eq_ignore_ascii_case(&c.sha256) {
+            return Err(fail(format!(
+                "sha256 is {actual}, the manifest says {}",
+                c.sha256
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What `ota pack` made.
+#[derive(Debug)]
+pub struct Packed {
+    pub package: PathBuf,
+    pub sha256: String,
+    pub signature: Option<String>,
+    pub manifest: Manifest,
+}
+
+/// Builds `<out_dir>/<name>-<version>.tar.gz` from every file under `src`, with a
+/// manifest (and `.sha256`, `.sig` files beside it).
+pub fn pack(
+    src: &Path,
+    name: &str,
+    version: &str,
+    health_check: Option<HealthCheck>,
+    min_agent_version: Option<String>,
+    key: Option<&[u8; 32]>,
+    out_dir: &Path,
+) -> Result<Packed, PackageError> {
+    let mut files = Vec::new();
+    collect(src, src, &mut files)?;
+    files.sort();
+    files.retain(|p| p != Path::new(MANIFEST));
+    let mut components = Vec::new();
+    for rel in &files {
+        let (sha, _) = sha256_file(&src.join(rel))?;
+        let path = rel.to_string_lossy().replace('\\', "/");
+        let stem = rel
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("file")
+            .to_owned();
+        components.push(Component {
+            name: stem,
+            kind: path.ends_with(".onnx").then(|| "onnx-model".to_owned()),
+            path,
+            sha256: sha,
+        });
+    }
+    let manifest = Manifest {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        min_agent_version,
+        components,
+        health_check,
+    };
+    std::fs::create_dir_all(out_dir).map_err(|e| io(out_dir, e))?;
+    let package = out_dir.join(format!("{name}-{version}.tar.gz"));
+    {
+        let f = std::fs::File::create(&package).map_err(|e| io(&package, e))?;
+        let gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        tar.mode(tar::HeaderMode::Deterministic);
+        let mtext = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| PackageError::Manifest(e.to_string()))?;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(mtext.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, MANIFEST, &mtext[..])
+            .map_err(|e| io(&package, e))?;
+        for rel in &files {
+            tar.append_path_with_name(src.join(rel), rel)
+                .map_err(|e| io(&src.join(rel), e))?;
+        }
+        let gz = tar.into_inner().map_err(|e| io(&package, e))?;
+        let mut f = gz.finish().map_err(|e| io(&package, e))?;
+        f.flush().map_err(|e| io(&package, e))?;
+    }
+    let (sha256, digest) = sha256_file(&package)?;
+    let sha_file = package.with_extension("gz.sha256");
+    std::fs::write(
+        &sha_file,
+        format!(
+            "{sha256}  {}\n",
+            package
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+        ),
+    )
+    .map_err(|e| io(&sha_file, e))?;
+    let signature = key.map(|k| sign(&digest, k));
+    if let Some(sig) = &signature {
+        let sig_file = package.with_extension("gz.sig");
+        std::fs::write(&sig_file, format!("{sig}\n")).map_err(|e| io(&sig_file, e))?;
+    }
+    Ok(Packed {
+        package,
+        sha256,
+        signature,
+        manifest,
+    })
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PackageError> {
+    for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let e = e.map_err(|e| io(dir, e))?;
+        let p = e.path();
+        let ft = e.file_type().map_err(|e| io(&p, e))?;
+        if ft.is_dir() {
+            collect(root, &p, out)?;
+        } else if ft.is_file() {
+            out.push(p.strip_prefix(root).unwrap_or(&p).to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_inside_and_outside() {
+        assert!(link_stays_inside(Path::new("a/b/link"), Path::new("../c")));
+        assert!(link_stays_inside(
+            Path::new("link"),
+            Path::new("models/x.onnx")
+        ));
+        assert!(!link_stays_inside(
+            Path::new("link"),
+            Path::new("../etc/passwd")
+        ));
+        assert!(!link_stays_inside(
+            Path::new("a/link"),
+            Path::new("../../x")
+        ));
+        assert!(!link_stays_inside(
+            Path::new("a/link"),
+            Path::new("/etc/passwd")
+        ));
+    }
+
+    #[test]
+    fn pack_extract_and_sign() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join("models")).unwrap();
+        std::fs::write(src.path().join("models/det.onnx"), b"model bytes").unwrap();
+        std::fs::write(src.path().join("detect.toml"), b"conf = 0.25\n").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let seed = [7u8; 32];
+        let p = pack(
+            src.path(),
+            "detector",
+            "1.5.0",
+            None,
+            None,
+            Some(&seed),
+            out.path(),
+        )
+        .unwrap();
+        assert_eq!(p.manifest.components.len(), 2);
+        assert_eq!(p.manifest.components[1].kind.as_deref(), Some("onnx-model"));
+        let (_, digest) = sha256_file(&p.package).unwrap();
+        check_signature(&digest, p.signature.as_ref().unwrap(), &public_key(&seed)).unwrap();
+        let other = public_key(&[8u8; 32]);
+        assert!(check_signature(&digest, p.signature.as_ref().unwrap(), &other).is_err());
+        check_hash(&p.package, &Hash::Sha256(p.sha256.to_uppercase())).unwrap();
+        assert!(matches!(
+            check_hash(&p.package, &Hash::Sha256("00".into())),
+            Err(PackageError::HashMismatch { .. })
+        ));
+        let dest = tempfile::tempdir().unwrap();
+        let m = extract(
+            &p.package,
+            dest.path(),
+            Limits {
+                max_bytes: 1 << 20,
+                max_files: 10,
+            },
+        )
+        .unwrap();
+        assert_eq!(m.version, "1.5.0");
+        assert_eq!(
+            std::fs::read(dest.path().join("models/det.onnx")).unwrap(),
+            b"model bytes"
+        );
+    }
+}

@@ -1,0 +1,610 @@
+//! The OTA service inside the agent: takes update jobs from the configured cloud
+//! protocol (Alibaba Cloud OTA over MQTT, AWS IoT Jobs, or an HTTP update server), runs
+//! them through the installer, and reports progress and results the way each protocol
+//! expects, plus the robot's own result and log reports.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::config::{OtaProtocol, OtaSettings};
+use super::installer::{Installer, ModelCheck, OtaEvent, Recovery};
+use super::machine::{Hash, Job, Origin, Phase};
+use super::report;
+use crate::mqtt::{Incoming, LinkHandle, LinkState, Message, QoS};
+
+/// Signals the rest of the agent can use.
+#[derive(Clone)]
+pub struct OtaHandles {
+    /// The active slot's folder after every switch or rollback (the detector reloads).
+    pub current: watch::Receiver<Option<PathBuf>>,
+}
+
+/// Aliyun topics for this device.
+struct AliyunTopics {
+    inform: String,
+    upgrade: String,
+    progress: String,
+    get: String,
+    get_reply: String,
+}
+
+fn aliyun_topics(s: &OtaSettings) -> AliyunTopics {
+    let (pk, dn) = (&s.product_key, &s.device_name);
+    AliyunTopics {
+        inform: format!("/ota/device/inform/{pk}/{dn}"),
+        upgrade: format!("/ota/device/upgrade/{pk}/{dn}"),
+        progress: format!("/ota/device/progress/{pk}/{dn}"),
+        get: format!("/sys/{pk}/{dn}/thing/ota/firmware/get"),
+        get_reply: format!("/sys/{pk}/{dn}/thing/ota/firmware/get_reply"),
+    }
+}
+
+/// A job from an Aliyun push (or get_reply): `{"code":"1000","data":{…},"id":…}`.
+pub fn aliyun_job(v: &Value, module_default: &str) -> Result<Job, String> {
+    let data = v.get("data").ok_or("no \"data\"")?;
+    if let Some(code) = v.get("code").and_then(|c| {
+        c.as_str()
+            .map(str::to_owned)
+            .or_else(|| c.as_i64().map(|n| n.to_string()))
+    }) {
+        if code != "1000" && code != "200" {
+            return Err(format!(
+                "code {code}: {}",
+                v.get("message").and_then(Value::as_str).unwrap_or("")
+            ));
+        }
+    }
+    let s = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_owned);
+    let version = s("version").ok_or("data.version is missing")?;
+    let url = s("url").ok_or("data.url is missing")?;
+    let method = s("signMethod").unwrap_or_else(|| "SHA256".into());
+    let hash = if method.eq_ignore_ascii_case("md5") {
+        s("sign").or_else(|| s("md5")).map(Hash::Md5)
+    } else {
+        s("sign")
+            .map(Hash::Sha256)
+            .or_else(|| s("md5").map(Hash::Md5))
+    };
+    let id = v
+        .get("id")
+        .map(|i| {
+            i.as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| i.to_string())
+        })
+        .unwrap_or_default();
+    Ok(Job {
+        origin: Origin::Aliyun { request_id: id },
+        module: s("module").unwrap_or_else(|| module_default.to_owned()),
+        version,
+        url,
+        size: data.get("size").and_then(Value::as_u64),
+        hash,
+        signature: data
+            .pointer("/extData/signature")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        force: false,
+    })
+}
+
+/// A job from an AWS IoT job document `{"firmware":{version,size,url,sha256}}`.
+pub fn aws_job(job_id: &str, doc: &Value, module: &str) -> Result<Job, String> {
+    let fw = doc
+        .get("firmware")
+        .ok_or("the job document has no \"firmware\"")?;
+    let s = |k: &str| fw.get(k).and_then(Value::as_str).map(str::to_owned);
+    Ok(Job {
+        origin: Origin::Aws {
+            job_id: job_id.to_owned(),
+        },
+        module: s("module").unwrap_or_else(|| module.to_owned()),
+        version: s("version")
+            .or_else(|| {
+                fw.get("version")
+                    .and_then(Value::as_u64)
+                    .map(|n| n.to_string())
+            })
+            .ok_or("firmware.version is missing")?,
+        url: s("url").ok_or("firmware.url is missing")?,
+        size: fw.get("size").and_then(Value::as_u64),
+        hash: s("sha256").map(Hash::Sha256),
+        signature: s("signature"),
+        force: false,
+    })
+}
+
+/// A job from an HTTP update server's `check_update` answer.
+pub fn http_job(v: &Value, module: &str) -> Result<Option<Job>, String> {
+    if !v
+        .get("update_available")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        return Ok(None);
+    }
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    Ok(Some(Job {
+        origin: Origin::Http,
+        module: module.to_owned(),
+        version: s("latest_version").ok_or("latest_version is missing")?,
+        url: s("url").ok_or("url is missing")?,
+        size: v.get("size").and_then(Value::as_u64),
+        hash: s("sha256").map(Hash::Sha256),
+        signature: s("signature"),
+        force: false,
+    }))
+}
+
+struct Service {
+    s: OtaSettings,
+    link: LinkHandle,
+    aws_version: std::collections::HashMap<String, i64>,
+    request_id: u64,
+    last_progress: Option<(std::time::Instant, u8)>,
+}
+
+impl Service {
+    fn next_id(&mut self) -> u64 {
+        self.request_id += 1;
+        self.request_id
+    }
+
+    async fn publish(&self, topic: &str, body: &Value, class: &str) {
+        let msg = Message::new(
+            topic,
+            serde_json::to_vec(body).unwrap_or_default(),
+            QoS::AtLeastOnce,
+        );
+        if let Err(e) = self.link.publish(msg, class).await {
+            tracing::warn!(topic, error = %e, "Cannot send an OTA report.");
+        }
+    }
+
+    async fn inform(&mut self, version: &str) {
+        if self.s.protocol == OtaProtocol::Aliyun {
+            let t = aliyun_topics(&self.s);
+            let id = self.next_id();
+            let body = json!({"id": id.to_string(), "params": {"version": version, "module": self.s.module}});
+            self.publish(&t.inform, &body, "reports").await;
+        }
+    }
+
+    async fn request_update(&mut self) {
+        match self.s.protocol {
+            OtaProtocol::Aliyun => {
+                let t = aliyun_topics(&self.s);
+                let id = self.next_id();
+                let body = json!({"id": id.to_string(), "version": "1.0", "params": {"module": self.s.module}, "method": "thing.ota.firmware.get"});
+                self.publish(&t.get, &body, "reports").await;
+            }
+            OtaProtocol::Aws => {
+                let topic = format!("$aws/things/{}/jobs/start-next", self.s.aws_thing);
+                let id = self.next_id();
+                self.publish(
+                    &topic,
+                    &json!({"clientToken": format!("edge-agent-{id}")}),
+                    "reports",
+                )
+                .await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Progress and results, as the job's origin wants them.
+    async fn report(&mut self, e: &OtaEvent) {
+        match e {
+            OtaEvent::Progress {
+                job,
+                percent,
+                desc,
+                bytes,
+                total,
+            } => {
+                // At most once a second or every 5%.
+                let now = std::time::Instant::now();
+                if let Some((t, p)) = self.last_progress {
+                    if now.duration_since(t) < Duration::from_secs(1)
+                        && percent.saturating_sub(p) < 5
+                    {
+                        return;
+                    }
+                }
+                self.last_progress = Some((now, *percent));
+                self.origin_progress(job, i32::from(*percent), desc, Some((*bytes, *total)))
+                    .await;
+            }
+            OtaEvent::Deferred { job, reason } => {
+                tracing::info!(version = %job.version, reason = %reason, "Switch deferred.");
+                self.origin_progress(job, 98, &format!("switch deferred: {reason}"), None)
+                    .await;
+            }
+            OtaEvent::Switched { .. } => {}
+            OtaEvent::Committed { job, .. } => {
+                self.origin_progress(job, 100, "upgrade succeeded", None)
+                    .await;
+                self.origin_final(job, true, "").await;
+                self.inform(&job.version).await;
+                self.final_reports(e).await;
+            }
+            OtaEvent::Failed {
+                job, step, reason, ..
+            } => {
+                self.origin_progress(job, step.aliyun_step(), reason, None)
+                    .await;
+                self.origin_final(job, false, reason).await;
+                self.final_reports(e).await;
+            }
+            OtaEvent::RolledBack { job, reason, .. } => {
+                self.origin_progress(job, -1, reason, None).await;
+                self.origin_final(job, false, reason).await;
+                self.final_reports(e).await;
+            }
+        }
+    }
+
+    async fn origin_progress(
+        &mut self,
+        job: &Job,
+        step: i32,
+        desc: &str,
+        bytes: Option<(u64, Option<u64>)>,
+    ) {
+        match &job.origin {
+            Origin::Aliyun { .. } => {
+                let t = aliyun_topics(&self.s);
+                let id = self.next_id();
+                let body = report::aliyun_progress(id, step, desc, &job.module);
+                self.publish(&t.progress, &body, "reports").await;
+            }
+            Origin::Aws { job_id } if step >= 0 => {
+                let mut details = json!({"progress": step.to_string(), "step": desc});
+                if let Some((b, t)) = bytes {
+                    details["bytes"] = Value::from(b.to_string());
+                    if let Some(t) = t {
+                        details["total"] = Value::from(t.to_string());
+                    }
+                }
+                self.aws_update(job_id, "IN_PROGRESS", details).await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn origin_final(&mut self, job: &Job, ok: bool, reason: &str) {
+        if let Origin::Aws { job_id } = &job.origin {
+            let details = if ok {
+                json!({"version": job.version})
+            } else {
+                json!({"reason": reason.chars().take(200).collect::<String>()})
+            };
+            self.aws_update(job_id, if ok { "SUCCEEDED" } else { "FAILED" }, details)
+                .await;
+        }
+    }
+
+    async fn aws_update(&mut self, job_id: &str, status: &str, details: Value) {
+        let topic = format!("$aws/things/{}/jobs/{job_id}/update", self.s.aws_thing);
+        let mut body =
+            json!({"status": status, "statusDetails": details, "includeJobExecutionState": true});
+        if let Some(v) = self.aws_version.get(job_id) {
+            body["expectedVersion"] = Value::from(*v);
+            // Each accepted update moves the version on.
+            self.aws_version.insert(job_id.to_owned(), v + 1);
+        }
+        self.publish(&topic, &body, "reports").await;
+    }
+
+    async fn final_reports(&self, e: &OtaEvent) {
+        if let Some(r) = report::result(e) {
+            self.publish(&self.s.result_topic, &r, "reports").await;
+        }
+        if let Some(l) = report::log(e, &Installer::log_file_name()) {
+            self.publish(&self.s.log_topic, &l, "reports").await;
+        }
+    }
+
+    /// A job (or nothing) from an incoming message.
+    fn job_from(&mut self, m: &Incoming) -> Option<Job> {
+        let v: Value = match serde_json::from_slice(&m.payload) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(topic = %m.topic, error = %e, "An OTA message is not JSON; ignored.");
+                return None;
+            }
+        };
+        let r = match self.s.protocol {
+            OtaProtocol::Aliyun => {
+                if v.get("data")
+                    .is_some_and(|d| d.as_object().is_some_and(|o| o.is_empty()))
+                {
+                    return None; // get_reply: no update
+                }
+                aliyun_job(&v, &self.s.module).map(Some)
+            }
+            OtaProtocol::Aws => {
+                if m.topic.ends_with("/update/accepted") {
+                    if let (Some(id), Some(ver)) = (
+                        m.topic.split('/').nth(4),
+                        v.pointer("/executionState/versionNumber")
+                            .and_then(Value::as_i64),
+                    ) {
+                        self.aws_version.insert(id.to_owned(), ver);
+                    }
+                    return None;
+                }
+                if m.topic.ends_with("/rejected") {
+                    tracing::warn!(topic = %m.topic, reason = %v, "AWS IoT rejected a job request.");
+                    return None;
+                }
+                let exec = v.get("execution")?;
+                let id = exec
+                    .get("jobId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(ver) = exec.get("versionNumber").and_then(Value::as_i64) {
+                    self.aws_version.insert(id.clone(), ver);
+                }
+                if m.topic.ends_with("/notify-next") {
+                    // Claim it: start-next answers with the execution, IN_PROGRESS.
+                    return Some(Job {
+                        origin: Origin::Aws {
+                            job_id: String::new(),
+                        },
+                        module: String::new(),
+                        version: String::new(),
+                        url: String::new(),
+                        size: None,
+                        hash: None,
+                        signature: None,
+                        force: false,
+                    });
+                }
+                let doc = exec.get("jobDocument").cloned().unwrap_or(Value::Null);
+                aws_job(&id, &doc, &self.s.module).map(Some)
+            }
+            _ => Ok(None),
+        };
+        match r {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(topic = %m.topic, error = %e, "An OTA message could not be understood; ignored.");
+                None
+            }
+        }
+    }
+}
+
+/// Starts the OTA service. Returns the handles other modules use.
+pub async fn start(
+    settings: OtaSettings,
+    link: LinkHandle,
+    model_check: Option<ModelCheck>,
+    busy: Option<watch::Receiver<bool>>,
+    shutdown: CancellationToken,
+) -> Result<(OtaHandles, tokio::task::JoinHandle<()>), super::installer::OtaError> {
+    let (tx, mut events) = mpsc::channel(256);
+    let mut inst = Installer::open(settings.clone())?.with_events(tx);
+    if let Some(c) = model_check {
+        inst = inst.with_model_check(c);
+    }
+    if let Some(b) = busy {
+        inst = inst.with_busy(b);
+    }
+    let recovery = inst.recover()?;
+    let (cur_tx, cur_rx) = watch::channel(inst.current_dir());
+    let mut subs: Vec<mpsc::Receiver<Incoming>> = Vec::new();
+    match settings.protocol {
+        OtaProtocol::Aliyun => {
+            let t = aliyun_topics(&settings);
+            for f in [t.upgrade, t.get_reply] {
+                subs.push(
+                    link.subscribe(&f, QoS::AtLeastOnce, 8)
+                        .await
+                        .map_err(|e| super::installer::OtaError::Refused(e.to_string()))?,
+                );
+            }
+        }
+        OtaProtocol::Aws => {
+            let base = format!("$aws/things/{}/jobs", settings.aws_thing);
+            for f in [
+                format!("{base}/notify-next"),
+                format!("{base}/start-next/accepted"),
+                format!("{base}/start-next/rejected"),
+                format!("{base}/+/update/accepted"),
+                format!("{base}/+/update/rejected"),
+            ] {
+                subs.push(
+                    link.subscribe(&f, QoS::AtLeastOnce, 8)
+                        .await
+                        .map_err(|e| super::installer::OtaError::Refused(e.to_string()))?,
+                );
+            }
+        }
+        _ => {}
+    }
+    let (in_tx, mut incoming) = mpsc::channel::<Incoming>(32);
+    for mut rx in subs {
+        let tx = in_tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(in_tx);
+    let task = tokio::spawn(async move {
+        let mut svc = Service {
+            s: settings.clone(),
+            link: link.clone(),
+            aws_version: Default::default(),
+            request_id: 0,
+            last_progress: None,
+        };
+        let mut pending: Option<Job> = match recovery {
+            Recovery::Resume(j) => Some(j),
+            _ => None,
+        };
+        let mut confirm_at = match &inst.journal.phase {
+            Phase::SwitchedPendingConfirm { .. } => {
+                Some(tokio::time::Instant::now() + settings.confirm_after)
+            }
+            _ => None,
+        };
+        let mut state = link.state();
+        let mut poll = tokio::time::interval(settings.http_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Run a job to its end (reporting as it goes), then go back to listening.
+            if let Some(job) = pending.take() {
+                let result = {
+                    let run = inst.install(job, false, &shutdown);
+                    tokio::pin!(run);
+                    loop {
+                        tokio::select! {
+                            r = &mut run => break r,
+                            Some(e) = events.recv() => svc.report(&e).await,
+                        }
+                    }
+                };
+                while let Ok(e) = events.try_recv() {
+                    svc.report(&e).await;
+                }
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "Update not run.");
+                }
+                if matches!(inst.journal.phase, Phase::SwitchedPendingConfirm { .. }) {
+                    confirm_at = Some(tokio::time::Instant::now() + settings.confirm_after);
+                }
+                let _ = cur_tx.send(inst.current_dir());
+                continue;
+            }
+            let wait_confirm = confirm_at;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(e) = events.recv() => svc.report(&e).await,
+                Some(m) = incoming.recv() => {
+                    if let Some(job) = svc.job_from(&m) {
+                        if job.version.is_empty() {
+                            svc.request_update().await;
+                        } else if inst.journal.phase.busy() {
+                            tracing::warn!(version = %job.version, state = inst.journal.phase.name(), "An update arrived while another is under way; it is refused.");
+                            if let Origin::Aws { job_id } = &job.origin {
+                                svc.aws_update(job_id, "FAILED", json!({"reason": "another update is under way"})).await;
+                            }
+                        } else {
+                            pending = Some(job);
+                        }
+                    }
+                }
+                r = state.changed() => {
+                    if r.is_err() { break; }
+                    if *state.borrow_and_update() == LinkState::Up {
+                        let v = inst.current_version().unwrap_or_else(|| "0.0.0".into());
+                        svc.inform(&v).await;
+                        svc.request_update().await;
+                    }
+                }
+                _ = poll.tick(), if settings.protocol == OtaProtocol::Http => {
+                    if let Some(job) = check_http(&mut inst, &settings).await {
+                        pending = Some(job);
+                    }
+                }
+                _ = async { tokio::time::sleep_until(wait_confirm.unwrap_or_else(tokio::time::Instant::now)).await }, if wait_confirm.is_some() => {
+                    confirm_at = None;
+                    if let Err(e) = inst.confirm() {
+                        tracing::warn!(error = %e, "Cannot confirm the update.");
+                    }
+                }
+            }
+        }
+    });
+    Ok((OtaHandles { current: cur_rx }, task))
+}
+
+async fn check_http(inst: &mut Installer, s: &OtaSettings) -> Option<Job> {
+    let server = s.http_server.as_ref()?;
+    let current = inst.current_version().unwrap_or_else(|| "0.0.0".into());
+    let url = format!(
+        "{}/api/check_update?version={}",
+        server.trim_end_matches('/'),
+        current
+    );
+    let tls = s.ca_file.as_ref().and_then(|ca| {
+        crate::mqtt::tls::client_config(&crate::mqtt::config::TlsConfig {
+            ca_file: Some(ca.clone()),
+            ..Default::default()
+        })
+        .ok()
+    });
+    let http = super::download::client(tls).ok()?;
+    let r = match http.get(&url).send().await {
+        Ok(r) if r.status().is_success() => r,
+        Ok(r) => {
+            tracing::warn!(url = %url, status = r.status().as_u16(), "The update server answered with an error.");
+            return None;
+        }
+        Err(e) => {
+            tracing::debug!(url = %url, error = %e, "Update server not reachable.");
+            return None;
+        }
+    };
+    let v: Value = match r
+        .bytes()
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(url = %url, error = %e, "The update server's answer is not JSON.");
+            return None;
+        }
+    };
+    match http_job(&v, &s.module) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::warn!(url = %url, error = %e, "The update server's answer is incomplete.");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pushes() {
+        let v = json!({"code":"1000","data":{"size":10,"version":"1.5.0","url":"https://x/p","sign":"AB","signMethod":"SHA256","md5":"cd","module":"detector","extData":{"signature":"c2ln"}},"id":1700,"message":"success"});
+        let j = aliyun_job(&v, "detector").unwrap();
+        assert_eq!(j.hash, Some(Hash::Sha256("AB".into())));
+        assert_eq!(j.signature.as_deref(), Some("c2ln"));
+        assert_eq!(
+            j.origin,
+            Origin::Aliyun {
+                request_id: "1700".into()
+            }
+        );
+        let v = json!({"code":"1000","data":{"version":"2","url":"https://x","sign":"ff","signMethod":"Md5"},"id":"3"});
+        assert_eq!(
+            aliyun_job(&v, "m").unwrap().hash,
+            Some(Hash::Md5("ff".into()))
+        );
+        assert!(aliyun_job(&json!({"code":"1000","data":{}}), "m").is_err());
+        let j = aws_job("job-1", &json!({"firmware":{"version":"41811020","size":87232512,"url":"https://x","sha256":"aa"}}), "detector").unwrap();
+        assert_eq!((j.version.as_str(), j.size), ("41811020", Some(87232512)));
+        assert!(http_job(&json!({"update_available":false}), "m")
+            .unwrap()
+            .is_none());
+        assert_eq!(http_job(&json!({"update_available":true,"latest_version":"3","url":"https://u","sha256":"bb"}), "m").unwrap().unwrap().version, "3");
+    }
+}
