@@ -326,7 +326,11 @@ mod tests {
         let img = parse_image(&image_cdr(1, 1, "yuv422", 2, vec![0; 2])).unwrap();
         assert_eq!(
             img.to_jpeg(80, None).unwrap_err(),
-            ImageError::Encoding("yuv422".into())
+            ImageError::Format("JPEG", "yuv422".into())
+        );
+        assert_eq!(
+            img.to_png(None).unwrap_err(),
+            ImageError::Format("PNG", "yuv422".into())
         );
         assert!(parse_image(&Bytes::from_static(&[0, 1, 0, 0, 1])).is_err());
     }
