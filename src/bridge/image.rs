@@ -330,7 +330,7 @@ mod tests {
         );
         assert_eq!(
             img.to_png(None).unwrap_err(),
-            ImageError::Format("PNG", "yuv422".into())
+            ImageError::Encoding("yuv422".into())
         );
         assert!(parse_image(&Bytes::from_static(&[0, 1, 0, 0, 1])).is_err());
     }
