@@ -150,19 +150,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 fn peek_manifest(path: &Path) -> Result<package::Manifest, Failure> {
     let f = std::fs::File::open(path)
         .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    let damaged = |e: std::io::Error| {
+        Failure::data(format!("{}: the archive is damaged: {e}", path.display()))
+    };
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
-    let entries = ar
-        .entries()
-        .map_err(|e| Failure::data(format!("{}: {e}", path.display())))?;
-    for e in entries {
-        let mut e = e.map_err(|e| Failure::data(format!("{}: {e}", path.display())))?;
+    for e in ar.entries().map_err(damaged)? {
+        let mut e = e.map_err(damaged)?;
         if e.path()
             .ok()
             .is_some_and(|p| p == Path::new(package::MANIFEST))
         {
             let mut text = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut text)
-                .map_err(|e| Failure::data(e.to_string()))?;
+            std::io::Read::read_to_end(&mut e, &mut text).map_err(damaged)?;
             return serde_json::from_slice(&text)
                 .map_err(|e| Failure::data(format!("manifest.json: {e}")));
         }
@@ -338,12 +337,21 @@ fn install(
         signature,
         force,
     };
-    let resuming = inst.journal.phase.busy()
-        && inst
-            .journal
-            .phase
-            .job()
-            .is_some_and(|j| j.url == job.url && j.version == job.version);
+    // The same package again takes up the interrupted job; different details (a new
+    // hash or signature for the same URL) replace it.
+    let same = |j: &Job| j.url == job.url && j.version == job.version;
+    let mut resuming = inst.journal.phase.busy() && inst.journal.phase.job().is_some_and(same);
+    if resuming {
+        let differs = inst.journal.phase.job().is_some_and(|o| {
+            (job.hash.is_some() && o.hash != job.hash)
+                || (job.signature.is_some() && o.signature != job.signature)
+        });
+        if differs {
+            inst.abandon("replaced by a new request for the same package")
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            resuming = false;
+        }
+    }
     let job = if resuming {
         inst.journal.phase.job().cloned().unwrap_or(job)
     } else {

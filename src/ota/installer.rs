@@ -266,6 +266,11 @@ impl Installer {
 
     fn fail(&mut self, step: FailStep, reason: String) -> Result<Phase, OtaError> {
         let job = self.journal.phase.job().cloned();
+        if let Some(j) = &job {
+            if step != FailStep::Download {
+                let _ = std::fs::remove_file(self.package_path(j));
+            }
+        }
         self.note(format!("failed: {reason}"));
         tracing::warn!(step = ?step, reason = %reason, "Update failed; the robot stays on its current software.");
         let next = self.journal.phase.failed(step, reason.clone(), now_ms())?;
@@ -291,6 +296,15 @@ impl Installer {
             bytes,
             total,
         });
+    }
+
+    /// The URL a partial download beside `pkg` came from.
+    fn partial_url(&self, pkg: &Path) -> String {
+        std::fs::read(pkg.with_extension("part.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["url"].as_str().map(str::to_owned))
+            .unwrap_or_default()
     }
 
     /// Checks a job before anything is fetched: module, version, floor.
@@ -635,6 +649,28 @@ impl Installer {
             }
         })
         .await;
+    }
+
+    /// Gives up an interrupted job that has not switched yet (it is recorded as failed).
+    pub fn abandon(&mut self, reason: &str) -> Result<(), OtaError> {
+        match self.journal.phase {
+            Phase::Downloading { .. } | Phase::Verifying { .. } | Phase::Installing { .. } => {
+                let step = match self.journal.phase {
+                    Phase::Downloading { .. } => FailStep::Download,
+                    Phase::Verifying { .. } => FailStep::Verify,
+                    _ => FailStep::Install,
+                };
+                if let Phase::Installing { slot, .. } = self.journal.phase {
+                    self.store.clear_slot(slot)?;
+                }
+                self.fail(step, reason.to_owned())?;
+                Ok(())
+            }
+            _ => Err(OtaError::Refused(format!(
+                "the update in state {} cannot be abandoned",
+                self.journal.phase.name()
+            ))),
+        }
     }
 
     /// The new slot is good: commit it, raise the floor, forget the package.

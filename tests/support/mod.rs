@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod mosquitto;
+pub mod ota;
 pub mod ros_peer;
 
 use std::path::PathBuf;
