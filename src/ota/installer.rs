@@ -363,6 +363,12 @@ impl Installer {
                 return Err(OtaError::Refused(reason));
             }
             self.log.clear();
+            // Nothing of an earlier job may pass for this one's package.
+            let pkg = self.package_path(&job);
+            let _ = std::fs::remove_file(&pkg);
+            if job.url != self.partial_url(&pkg) {
+                let _ = std::fs::remove_file(pkg.with_extension("part"));
+            }
             self.note(format!(
                 "update {} {} from {}",
                 job.module, job.version, job.url
