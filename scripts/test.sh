@@ -11,6 +11,7 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --features failpoints -- -D warnings
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "== installing cargo-nextest"
@@ -19,4 +20,6 @@ fi
 echo "== doc tests"
 cargo test --locked --doc
 echo "== tests"
-cargo nextest run --locked --profile ci
+# The power-cut test needs the crash points compiled in; they do nothing unless
+# EDGE_AGENT_CRASH_AT is set.
+cargo nextest run --locked --profile ci --features failpoints
