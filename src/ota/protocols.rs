@@ -461,6 +461,7 @@ pub async fn start(
         };
         let mut state = link.state();
         let mut poll = tokio::time::interval(settings.http_interval);
+        let mut last_poll_error: Option<String> = None;
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Run a job to its end (reporting as it goes), then go back to listening.
@@ -481,7 +482,9 @@ pub async fn start(
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "Update not run.");
                 }
-                if matches!(inst.journal.phase, Phase::SwitchedPendingConfirm { .. }) {
+                if confirm_at.is_none()
+                    && matches!(inst.journal.phase, Phase::SwitchedPendingConfirm { .. })
+                {
                     confirm_at = Some(tokio::time::Instant::now() + settings.confirm_after);
                 }
                 let _ = cur_tx.send(inst.current_dir());
@@ -513,8 +516,9 @@ pub async fn start(
                         svc.request_update().await;
                     }
                 }
-                _ = poll.tick(), if settings.protocol == OtaProtocol::Http => {
-                    if let Some(job) = check_http(&mut inst, &settings).await {
+                // Only an idle installer asks (an update on soak is not "under way" again).
+                _ = poll.tick(), if settings.protocol == OtaProtocol::Http && !inst.journal.phase.busy() => {
+                    if let Some(job) = check_http(&mut inst, &settings, &mut last_poll_error).await {
                         pending = Some(job);
                     }
                 }
@@ -530,51 +534,68 @@ pub async fn start(
     Ok((OtaHandles { current: cur_rx }, task))
 }
 
-async fn check_http(inst: &mut Installer, s: &OtaSettings) -> Option<Job> {
-    let server = s.http_server.as_ref()?;
+/// Asks the update server. A failure is logged as a warning once, then at debug level
+/// until the answer changes (the server may be down for hours).
+async fn check_http(
+    inst: &mut Installer,
+    s: &OtaSettings,
+    last_error: &mut Option<String>,
+) -> Option<Job> {
+    let r = ask_http(inst, s).await;
+    match &r {
+        Err(e) if last_error.as_ref() != Some(e) => {
+            tracing::warn!(server = s.http_server.as_deref().unwrap_or(""), error = %e, "Cannot ask the update server; will try again.");
+            *last_error = Some(e.clone());
+        }
+        Err(e) => tracing::debug!(error = %e, "The update server still cannot be asked."),
+        Ok(_) => {
+            if last_error.take().is_some() {
+                tracing::info!("The update server answers again.");
+            }
+        }
+    }
+    r.ok().flatten()
+}
+
+async fn ask_http(inst: &mut Installer, s: &OtaSettings) -> Result<Option<Job>, String> {
+    let Some(server) = s.http_server.as_ref() else {
+        return Ok(None);
+    };
     let current = inst.current_version().unwrap_or_else(|| "0.0.0".into());
     let url = format!(
         "{}/api/check_update?version={}",
         server.trim_end_matches('/'),
         current
     );
-    let tls = s.ca_file.as_ref().and_then(|ca| {
-        crate::mqtt::tls::client_config(&crate::mqtt::config::TlsConfig {
-            ca_file: Some(ca.clone()),
-            ..Default::default()
-        })
-        .ok()
-    });
-    let http = super::download::client(tls).ok()?;
-    let r = match http.get(&url).send().await {
-        Ok(r) if r.status().is_success() => r,
-        Ok(r) => {
-            tracing::warn!(url = %url, status = r.status().as_u16(), "The update server answered with an error.");
-            return None;
-        }
-        Err(e) => {
-            tracing::debug!(url = %url, error = %e, "Update server not reachable.");
-            return None;
-        }
+    let tls = match &s.ca_file {
+        Some(ca) => Some(
+            crate::mqtt::tls::client_config(&crate::mqtt::config::TlsConfig {
+                ca_file: Some(ca.clone()),
+                ..Default::default()
+            })
+            .map_err(|e| format!("the CA file: {e}"))?,
+        ),
+        None => None,
     };
-    let v: Value = match r
-        .bytes()
+    let http = super::download::client(tls).map_err(|e| e.to_string())?;
+    let r = http
+        .get(&url)
+        .send()
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(url = %url, error = %e, "The update server's answer is not JSON.");
-            return None;
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !r.status().is_success() {
+        return Err(format!("{url} answered {}", r.status().as_u16()));
+    }
+    let b = r.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    let v: Value =
+        serde_json::from_slice(&b).map_err(|e| format!("{url} did not answer JSON: {e}"))?;
+    match http_job(&v, &s.module).map_err(|e| format!("{url}: {e}"))? {
+        // A server that offers what the robot already runs (or older) is not news.
+        Some(j) if !super::version::newer(&j.version, &current) => {
+            tracing::debug!(offered = %j.version, current = %current, "No newer update on the server.");
+            Ok(None)
         }
-    };
-    match http_job(&v, &s.module) {
-        Ok(j) => j,
-        Err(e) => {
-            tracing::warn!(url = %url, error = %e, "The update server's answer is incomplete.");
-            None
-        }
+        j => Ok(j),
     }
 }
 

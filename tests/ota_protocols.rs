@@ -1,0 +1,415 @@
+//! The OTA protocols end to end: the agent runs with `[ota]` configured, a real mosquitto
+//! carries the Aliyun and AWS IoT Jobs messages with the test playing the cloud, and a
+//! real HTTP server (tests/py/http_server.py) serves packages and `check_update`.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::agent::{payloads, spawn_run, stop, AgentDir};
+use support::mosquitto::{publish, ready_sub, Mosquitto, Options};
+use support::ota::{active_slot_is_complete, make_package, ota, status, stderr, HttpServer};
+
+const T: Duration = Duration::from_secs(30);
+
+fn pkg_files(tag: &str) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "model/weights.bin",
+            format!("{tag} weights").repeat(500).into_bytes(),
+        ),
+        (
+            "config/detector.toml",
+            format!("variant = \"{tag}\"\n").into_bytes(),
+        ),
+    ]
+}
+
+/// The agent's OTA folder with version 1.0.0 installed and committed.
+fn seed_v1(agent_dir: &Path, www: &Path) -> std::path::PathBuf {
+    let ota_dir = agent_dir.join("state/ota");
+    let v1 = make_package(www, "1.0.0", &pkg_files("v1"), None, None);
+    let o = ota(&[
+        "install",
+        v1.package.to_str().unwrap(),
+        "--yes",
+        "--state-dir",
+        ota_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    ota_dir
+}
+
+fn steps(lines: &[String], topic: &str) -> Vec<i64> {
+    payloads(lines, topic)
+        .iter()
+        .filter_map(|p| p["params"]["step"].as_str()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn aliyun_push_reports_progress_result_and_the_new_version() {
+    let mq = Mosquitto::start(Options::default());
+    let www = tempfile::tempdir().unwrap();
+    let srv = HttpServer::start(www.path());
+    let a = AgentDir::new(
+        mq.port,
+        71,
+        "",
+        "[ota]\nprotocol = \"aliyun\"\nallow_http = true\nconfirm_after = \"1s\"\n",
+    );
+    let ota_dir = seed_v1(a.path(), www.path());
+    let sub = ready_sub(mq.port, "/ota/device/#", "/ota/device/probe", &["-q", "1"]);
+    let sys = ready_sub(
+        mq.port,
+        "/sys/pk1/robot-7/thing/ota/#",
+        "/sys/pk1/robot-7/thing/ota/probe",
+        &["-q", "1"],
+    );
+    let rep = ready_sub(
+        mq.port,
+        "/pk1/robot-7/user/ota/#",
+        "/pk1/robot-7/user/ota/probe",
+        &["-q", "1"],
+    );
+    let agent = spawn_run(&a.config(), &[]);
+
+    // After connect: the module's version, then a request for the latest package.
+    let inform = "/ota/device/inform/pk1/robot-7";
+    sub.wait_for("the version report", T, |l| !payloads(l, inform).is_empty());
+    let v = &payloads(&sub.snapshot(), inform)[0];
+    assert_eq!(
+        v["params"],
+        json!({"version": "1.0.0", "module": "detector"})
+    );
+    let get = "/sys/pk1/robot-7/thing/ota/firmware/get";
+    sys.wait_for("firmware/get", T, |l| !payloads(l, get).is_empty());
+    let g = &payloads(&sys.snapshot(), get)[0];
+    assert_eq!(g["method"], "thing.ota.firmware.get");
+    assert_eq!(g["params"]["module"], "detector");
+    // The cloud has nothing newer: an empty get_reply changes nothing.
+    publish(
+        mq.port,
+        "/sys/pk1/robot-7/thing/ota/firmware/get_reply",
+        &json!({"code": "200", "data": {}, "id": g["id"], "message": "success"}).to_string(),
+        &["-q", "1"],
+    );
+
+    // The push for 2.0.0.
+    let v2 = make_package(www.path(), "2.0.0", &pkg_files("v2"), None, None);
+    let url = srv.url(v2.package.file_name().unwrap().to_str().unwrap());
+    let size = std::fs::metadata(&v2.package).unwrap().len();
+    let push = json!({"code": "1000", "data": {"size": size, "version": "2.0.0", "url": url,
+        "sign": v2.sha256, "signMethod": "SHA256", "md5": "", "module": "detector", "extData": {}},
+        "id": 1700, "message": "success"});
+    publish(
+        mq.port,
+        "/ota/device/upgrade/pk1/robot-7",
+        &push.to_string(),
+        &["-q", "1"],
+    );
+
+    let progress = "/ota/device/progress/pk1/robot-7";
+    let lines = sub.wait_for("progress 100 and the new version", T, |l| {
+        steps(l, progress).contains(&100)
+            && payloads(l, inform)
+                .iter()
+                .any(|p| p["params"]["version"] == "2.0.0")
+    });
+    let s = steps(&lines, progress);
+    assert!(
+        s.windows(2).all(|w| w[0] <= w[1]),
+        "progress out of order: {s:?}"
+    );
+    assert!(s.len() >= 3 && s[0] >= 1, "{s:?}");
+    for p in payloads(&lines, progress) {
+        assert_eq!(p["params"]["module"], "detector");
+        assert!(p["params"]["desc"].as_str().unwrap().chars().count() <= 128);
+    }
+    // The version is reported only after the progress reached 100 (the platform's success).
+    let pos = |pred: &dyn Fn(&str) -> bool| lines.iter().position(|l| pred(l)).unwrap();
+    assert!(
+        pos(&|l| l.starts_with(progress) && l.contains("\"100\""))
+            < pos(&|l| l.starts_with(inform) && l.contains("2.0.0"))
+    );
+    // The robot's result report and the upgrade log.
+    let lines = rep.wait_for("result and log", T, |l| {
+        !payloads(l, "/pk1/robot-7/user/ota/result").is_empty()
+            && !payloads(l, "/pk1/robot-7/user/ota/log").is_empty()
+    });
+    let r = &payloads(&lines, "/pk1/robot-7/user/ota/result")[0];
+    assert_eq!(r["PROGRESS"], 100);
+    assert_eq!(r["RESULT"], 0);
+    assert_eq!(r["UPGRADE_FAILED_COMPONENT_ARRAY"], json!([]));
+    let log = &payloads(&lines, "/pk1/robot-7/user/ota/log")[0];
+    assert!(log["FILE_NAME"].as_str().unwrap().starts_with("ota-"));
+    assert!(
+        log["LOG_CONTENT"]
+            .as_str()
+            .unwrap()
+            .contains("committed 2.0.0"),
+        "{log}"
+    );
+    // The slots: 2.0.0 active and committed, 1.0.0 intact in the other.
+    let st = status(&ota_dir);
+    assert_eq!(st["journal"]["state"], "committed", "{st}");
+    assert_eq!(st["committed"]["version"], "2.0.0");
+    assert_eq!(active_slot_is_complete(&ota_dir).unwrap(), "2.0.0");
+    let other = if st["active"] == "a" { "b" } else { "a" };
+    assert_eq!(st["slots"][other]["version"], "1.0.0");
+    let old = ota_dir.join("slots").join(other);
+    assert_eq!(
+        std::fs::read(old.join("config/detector.toml")).unwrap(),
+        b"variant = \"v1\"\n"
+    );
+
+    // Failures, each with its step: a wrong hash (-3), a missing file (-2), and a
+    // downgrade (-1, nothing fetched).
+    let v3 = make_package(www.path(), "3.0.0", &pkg_files("v3"), None, None);
+    let url3 = srv.url(v3.package.file_name().unwrap().to_str().unwrap());
+    let bad_hash = json!({"code": "1000", "data": {"version": "3.0.0", "url": url3,
+        "sign": "0".repeat(64), "signMethod": "SHA256", "module": "detector"}, "id": 1701});
+    let missing = json!({"code": "1000", "data": {"version": "3.0.1", "url": srv.url("gone.tar.gz"),
+        "sign": v3.sha256, "signMethod": "SHA256", "module": "detector"}, "id": 1702});
+    let downgrade = json!({"code": "1000", "data": {"version": "1.5.0", "url": url3,
+        "sign": v3.sha256, "signMethod": "SHA256", "module": "detector"}, "id": 1703});
+    let mut seen = 1;
+    for (push, step) in [(bad_hash, -3), (missing, -2), (downgrade, -1)] {
+        publish(
+            mq.port,
+            "/ota/device/upgrade/pk1/robot-7",
+            &push.to_string(),
+            &["-q", "1"],
+        );
+        seen += 1;
+        let lines = rep.wait_for("a failure result", T, |l| {
+            payloads(l, "/pk1/robot-7/user/ota/result").len() >= seen
+        });
+        let r = payloads(&lines, "/pk1/robot-7/user/ota/result")[seen - 1].clone();
+        assert_eq!(r["RESULT"], 1, "{r}");
+        assert_eq!(r["ERROR_TYPE"], -step, "{r}");
+        assert!(!r["ERROR_INFO"].as_str().unwrap().is_empty());
+        let failed = &r["UPGRADE_FAILED_COMPONENT_ARRAY"][0];
+        assert_eq!(failed["COMPONENT_NAME"], "detector");
+        assert_eq!(failed["CURRENT_VERSION"], "2.0.0");
+        sub.wait_for("the failure's progress step", T, |l| {
+            steps(l, progress).contains(&step)
+        });
+    }
+    let reqs = srv.control("stats")["requests"].clone();
+    assert_eq!(
+        reqs.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r[0] == "/gone.tar.gz")
+            .count(),
+        1,
+        "a 404 is not retried: {reqs}"
+    );
+    assert_eq!(active_slot_is_complete(&ota_dir).unwrap(), "2.0.0");
+    let log = stop(agent);
+    assert!(log.contains("Update committed"), "{log}");
+    assert!(log.contains("Update refused"), "{log}");
+}
+
+#[test]
+fn aws_jobs_start_next_reports_in_progress_and_succeeded_with_versions() {
+    let mq = Mosquitto::start(Options::default());
+    let www = tempfile::tempdir().unwrap();
+    let srv = HttpServer::start(www.path());
+    let a = AgentDir::new(
+        mq.port,
+        72,
+        "",
+        "[ota]\nprotocol = \"aws\"\nallow_http = true\nconfirm_after = \"1s\"\n",
+    );
+    let ota_dir = seed_v1(a.path(), www.path());
+    let base = "$aws/things/robot-7/jobs";
+    let sub = ready_sub(
+        mq.port,
+        &format!("{base}/#"),
+        &format!("{base}/probe"),
+        &["-q", "1"],
+    );
+    let agent = spawn_run(&a.config(), &[]);
+
+    // On connect the agent asks for the next job; the cloud answers with none.
+    let start_next = format!("{base}/start-next");
+    sub.wait_for("start-next", T, |l| !payloads(l, &start_next).is_empty());
+    let token = payloads(&sub.snapshot(), &start_next)[0]["clientToken"].clone();
+    publish(
+        mq.port,
+        &format!("{base}/start-next/accepted"),
+        &json!({"clientToken": token}).to_string(),
+        &["-q", "1"],
+    );
+
+    // A job is queued: notify-next, the agent claims it with start-next, the cloud
+    // answers with the execution (IN_PROGRESS, version 2).
+    let v2 = make_package(www.path(), "41811020", &pkg_files("aws"), None, None);
+    let url = srv.url(v2.package.file_name().unwrap().to_str().unwrap());
+    let size = std::fs::metadata(&v2.package).unwrap().len();
+    let doc =
+        json!({"firmware": {"version": "41811020", "size": size, "url": url, "sha256": v2.sha256}});
+    publish(
+        mq.port,
+        &format!("{base}/notify-next"),
+        &json!({"timestamp": 1, "execution": {"jobId": "job-1", "status": "QUEUED", "versionNumber": 1, "jobDocument": doc}}).to_string(),
+        &["-q", "1"],
+    );
+    sub.wait_for("the claim", T, |l| payloads(l, &start_next).len() >= 2);
+    publish(
+        mq.port,
+        &format!("{base}/start-next/accepted"),
+        &json!({"execution": {"jobId": "job-1", "status": "IN_PROGRESS", "versionNumber": 2, "jobDocument": doc}}).to_string(),
+        &["-q", "1"],
+    );
+    let update = format!("{base}/job-1/update");
+    let lines = sub.wait_for("SUCCEEDED", T, |l| {
+        payloads(l, &update)
+            .iter()
+            .any(|p| p["status"] == "SUCCEEDED")
+    });
+    let ups = payloads(&lines, &update);
+    let (last, progress) = ups.split_last().unwrap();
+    assert!(!progress.is_empty());
+    let mut pct = Vec::new();
+    for (i, p) in progress.iter().enumerate() {
+        assert_eq!(p["status"], "IN_PROGRESS", "{p}");
+        // Each update expects the version the previous one produced.
+        assert_eq!(p["expectedVersion"], 2 + i as i64, "{p}");
+        pct.push(
+            p["statusDetails"]["progress"]
+                .as_str()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap(),
+        );
+    }
+    assert!(pct.windows(2).all(|w| w[0] <= w[1]), "{pct:?}");
+    let with_bytes = progress
+        .iter()
+        .find(|p| p["statusDetails"].get("bytes").is_some())
+        .expect("a progress update with bytes");
+    assert_eq!(with_bytes["statusDetails"]["total"], size.to_string());
+    assert_eq!(last["expectedVersion"], 2 + progress.len() as i64);
+    assert_eq!(last["statusDetails"]["version"], "41811020");
+    assert_eq!(active_slot_is_complete(&ota_dir).unwrap(), "41811020");
+    assert_eq!(status(&ota_dir)["journal"]["state"], "committed");
+
+    // A job whose package is missing fails with a reason.
+    let doc = json!({"firmware": {"version": "41811021", "url": srv.url("gone.tar.gz"), "sha256": v2.sha256}});
+    publish(
+        mq.port,
+        &format!("{base}/start-next/accepted"),
+        &json!({"execution": {"jobId": "job-2", "status": "IN_PROGRESS", "versionNumber": 1, "jobDocument": doc}}).to_string(),
+        &["-q", "1"],
+    );
+    let update2 = format!("{base}/job-2/update");
+    let lines = sub.wait_for("FAILED", T, |l| {
+        payloads(l, &update2)
+            .iter()
+            .any(|p| p["status"] == "FAILED")
+    });
+    let failed = payloads(&lines, &update2)
+        .into_iter()
+        .find(|p| p["status"] == "FAILED")
+        .unwrap();
+    assert!(
+        failed["statusDetails"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("404"),
+        "{failed}"
+    );
+    assert_eq!(active_slot_is_complete(&ota_dir).unwrap(), "41811020");
+    stop(agent);
+}
+
+#[test]
+fn http_poll_finds_installs_and_reports_an_update() {
+    let mq = Mosquitto::start(Options::default());
+    let www = tempfile::tempdir().unwrap();
+    let srv = HttpServer::start(www.path());
+    let a = AgentDir::new(
+        mq.port,
+        73,
+        "",
+        &format!(
+            "[ota]\nprotocol = \"http\"\nallow_http = true\nconfirm_after = \"1s\"\nhttp_server = \"{}\"\nhttp_interval = \"1s\"\n",
+            srv.url("")
+        ),
+    );
+    let ota_dir = seed_v1(a.path(), www.path());
+    let rep = ready_sub(
+        mq.port,
+        "/pk1/robot-7/user/ota/#",
+        "/pk1/robot-7/user/ota/probe",
+        &["-q", "1"],
+    );
+    let agent = spawn_run(&a.config(), &[]);
+
+    // No update information yet (404): the agent keeps polling.
+    let polled = |v: &str| {
+        srv.control("stats")["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r[0] == format!("/api/check_update?version={v}").as_str())
+            .count()
+    };
+    let deadline = std::time::Instant::now() + T;
+    while polled("1.0.0") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent does not poll"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v2 = make_package(www.path(), "2.0.0", &pkg_files("http"), None, None);
+    std::fs::write(
+        www.path().join("check_update.json"),
+        json!({"update_available": true, "latest_version": "2.0.0",
+               "url": srv.url(v2.package.file_name().unwrap().to_str().unwrap()), "sha256": v2.sha256})
+        .to_string(),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while payloads(&rep.snapshot(), "/pk1/robot-7/user/ota/result").is_empty() {
+        if std::time::Instant::now() > deadline {
+            panic!("no result report; the agent's log:\n{}", stop(agent));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = rep.snapshot();
+    assert_eq!(
+        payloads(&lines, "/pk1/robot-7/user/ota/result")[0]["RESULT"],
+        0
+    );
+    assert_eq!(active_slot_is_complete(&ota_dir).unwrap(), "2.0.0");
+    // From now on it asks with the new version, and the same offer is not installed again.
+    while polled("2.0.0") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline + T,
+            "no poll with the new version"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = stop(agent);
+    assert_eq!(
+        payloads(&rep.snapshot(), "/pk1/robot-7/user/ota/result").len(),
+        1,
+        "{log}"
+    );
+    // The server's 404s were polled several times but logged once.
+    assert_eq!(
+        log.matches("Cannot ask the update server").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("The update server answers again"), "{log}");
+    let st: Value = status(&ota_dir);
+    assert_eq!(st["committed"]["version"], "2.0.0", "{st}");
+}
