@@ -106,6 +106,8 @@ pub struct AgentConfig {
     pub bridge: BridgeConfig,
     #[serde(default)]
     pub ota: crate::ota::config::OtaConfig,
+    #[serde(default)]
+    pub onnx: crate::detect::runtime::OnnxConfig,
     /// The folder relative paths in the file are relative to (the file's own).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -235,7 +237,13 @@ impl AgentConfig {
         if let Some(ca) = &ota_cfg.ca_file {
             ota_cfg.ca_file = Some(base.join(ca));
         }
-        let ota = ota_cfg.resolve(&self.state_dir, &self.device)?;
+        let mut ota = ota_cfg.resolve(&self.state_dir, &self.device)?;
+        ota.onnx = self.onnx.clone();
+        if let Some(lib) = &self.onnx.library {
+            if !lib.is_absolute() {
+                ota.onnx.library = Some(base.join(lib));
+            }
+        }
         Ok(Settings {
             file: self,
             link,

@@ -549,3 +549,99 @@ fn hostile_packages_are_refused_with_a_reason_and_touch_no_slot() {
         assert!(!std::path::Path::new("/tmp/edge-agent-absolute.txt").exists());
     }
 }
+
+/// `edge-agent ota install <pkg>` with ONNX Runtime from `lib` (None: no library at all,
+/// so the built-in tract engine runs the check).
+fn install_with_runtime(
+    state: &std::path::Path,
+    pkg: &std::path::Path,
+    lib: Option<&std::path::Path>,
+) -> std::process::Output {
+    let mut cmd = support::ota::agent();
+    cmd.args(["ota", "install"])
+        .arg(pkg)
+        .args(["--yes", "--state-dir"])
+        .arg(state)
+        .env_remove("LD_LIBRARY_PATH")
+        .env("RUST_LOG", "edge_agent=info");
+    match lib {
+        Some(l) => cmd.env("ORT_DYLIB_PATH", l),
+        None => cmd.env_remove("ORT_DYLIB_PATH"),
+    };
+    cmd.output().unwrap()
+}
+
+#[test]
+fn models_are_loaded_and_run_before_the_switch_with_either_engine() {
+    let lib = support::onnxruntime_lib();
+    let models = tempfile::tempdir().unwrap();
+    let conv = models.path().join("conv.onnx");
+    let nan = models.path().join("nan.onnx");
+    support::make_model("conv", &conv);
+    support::make_model("nan", &nan);
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    for (engine, lib) in [("ONNX Runtime", Some(lib.as_path())), ("tract", None)] {
+        let www = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let v1 = make_package(
+            www.path(),
+            "1.0.0",
+            &[("models/detector.onnx", read(&conv))],
+            None,
+            None,
+        );
+        let o = install_with_runtime(state.path(), &v1.package, lib);
+        assert!(o.status.success(), "{engine}: {}", stderr(&o));
+        assert!(stderr(&o).contains(engine), "{engine}: {}", stderr(&o));
+        if lib.is_none() {
+            assert!(
+                stderr(&o).contains("Install ONNX Runtime"),
+                "the fallback says how to get the fast engine: {}",
+                stderr(&o)
+            );
+        }
+        // A model that is not ONNX, and one that gives NaN: each refused before the switch.
+        for (version, model, why) in [
+            ("2.0.0", b"not a model".to_vec(), "cannot load"),
+            ("2.1.0", read(&nan), "not finite"),
+        ] {
+            let bad = make_package(
+                www.path(),
+                version,
+                &[("models/detector.onnx", model)],
+                None,
+                None,
+            );
+            let o = install_with_runtime(state.path(), &bad.package, lib);
+            assert_eq!(
+                o.status.code(),
+                Some(65),
+                "{engine} {version}: {}",
+                stderr(&o)
+            );
+            let err = stderr(&o);
+            assert!(err.contains("health check failed"), "{engine}: {err}");
+            assert!(err.contains("models/detector.onnx"), "{engine}: {err}");
+            assert!(err.contains(why), "{engine} {version}: {err}");
+            assert_eq!(status(state.path())["active"], "a");
+            assert_eq!(active_slot_is_complete(state.path()).unwrap(), "1.0.0");
+        }
+    }
+    // A library path that is not ONNX Runtime is an error, not a silent fallback.
+    let www = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let v1 = make_package(
+        www.path(),
+        "1.0.0",
+        &[("models/detector.onnx", read(&conv))],
+        None,
+        None,
+    );
+    let o = install_with_runtime(state.path(), &v1.package, Some(&conv));
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot load ONNX Runtime from"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -173,6 +173,13 @@ fn peek_manifest(path: &Path) -> Result<package::Manifest, Failure> {
 }
 
 pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
+    // What the installer does (which engine checked a model, a rollback...) goes to
+    // stderr; `status` keeps stdout for its JSON.
+    crate::logging::init::<crate::logging::NoLayer>(
+        "info",
+        crate::logging::Scrubber::new(&[]),
+        None,
+    );
     match cmd {
         OtaCommand::Status { at } => {
             let inst = open(&at)?;

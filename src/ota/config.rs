@@ -144,6 +144,8 @@ pub struct OtaSettings {
     pub http_interval: Duration,
     pub product_key: String,
     pub device_name: String,
+    /// The top-level `[onnx]` section: how new models are loaded for their check.
+    pub onnx: crate::detect::runtime::OnnxConfig,
 }
 
 fn invalid(key: &str, value: impl std::fmt::Display, reason: impl Into<String>) -> ConfigError {
@@ -249,6 +251,7 @@ impl OtaConfig {
             http_interval: self.http_interval.0,
             product_key: device.product_key.clone(),
             device_name: device.device_name.clone(),
+            onnx: Default::default(),
         })
     }
 }

@@ -93,13 +93,19 @@ impl Installer {
     pub fn open(settings: OtaSettings) -> Result<Self, OtaError> {
         let store = Store::open(&settings.dir)?;
         let journal = store.load_journal()?;
+        // New models are loaded and run once with the process's ONNX runtime.
+        let onnx = settings.onnx.clone();
+        let model_check: ModelCheck = Arc::new(move |path: &Path| {
+            let rt = crate::detect::runtime::runtime(&onnx)?;
+            crate::detect::runtime::smoke_test(rt, path)
+        });
         Ok(Self {
             store,
             journal,
             settings,
             http: None,
             events: None,
-            model_check: None,
+            model_check: Some(model_check),
             busy: None,
             log: Vec::new(),
         })

@@ -136,3 +136,27 @@ pub fn unhex(text: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
         .collect()
 }
+
+/// ONNX Runtime's library from the test virtualenv's `onnxruntime` wheel.
+pub fn onnxruntime_lib() -> PathBuf {
+    let capi = repo().join(".venv/lib/python3.11/site-packages/onnxruntime/capi");
+    let found = std::fs::read_dir(&capi).ok().and_then(|d| {
+        d.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so."))
+        })
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "ONNX Runtime's library is missing under {}: run `scripts/setup-test-env.sh` \
+             (it installs the onnxruntime wheel into .venv)",
+            capi.display()
+        )
+    })
+}
+
+/// An ONNX model from tests/py/make_models.py (`conv` or `nan`) written to `out`.
+pub fn make_model(kind: &str, out: &std::path::Path) {
+    run_py("make_models.py", &[kind, out.to_str().unwrap()]);
+}

@@ -1,0 +1,3 @@
+//! Object detection: the ONNX runtime the local detector and the OTA model check share.
+
+pub mod runtime;
