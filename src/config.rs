@@ -240,9 +240,15 @@ impl AgentConfig {
         let mut ota = ota_cfg.resolve(&self.state_dir, &self.device)?;
         ota.onnx = self.onnx.clone();
         if let Some(lib) = &self.onnx.library {
-            if !lib.is_absolute() {
-                ota.onnx.library = Some(base.join(lib));
+            let lib = base.join(lib);
+            if !lib.exists() {
+                return Err(invalid(
+                    "onnx.library",
+                    format!("{:?}", lib.display().to_string()),
+                    "does not exist (the path to libonnxruntime.so; leave it out to search the system)",
+                ));
             }
+            ota.onnx.library = Some(lib);
         }
         Ok(Settings {
             file: self,

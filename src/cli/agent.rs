@@ -117,6 +117,25 @@ pub fn check_config(file: PathBuf) -> Result<(), Failure> {
         s.ros.node_name,
         s.ros.domain_id
     ));
+    out.push_str(&format!(
+        "  ota        {}, {}{}\n",
+        format!("{:?}", s.ota.protocol).to_lowercase(),
+        s.ota.dir.display(),
+        if s.ota.public_key.is_some() {
+            ", signed packages only"
+        } else {
+            ""
+        }
+    ));
+    out.push_str(&format!(
+        "  onnx       {}\n",
+        s.ota
+            .onnx
+            .library
+            .as_ref()
+            .map(|l| l.display().to_string())
+            .unwrap_or_else(|| "ORT_DYLIB_PATH or libonnxruntime.so, else built-in".into())
+    ));
     for r in &s.rules.outbound {
         out.push_str(&format!(
             "  rule {:<14} {} ({}) -> {}{}\n",
