@@ -2,6 +2,7 @@
 //! code to `main`.
 
 pub mod agent;
+pub mod detect;
 pub mod mqtt;
 pub mod msg;
 pub mod ota;
@@ -54,6 +55,8 @@ pub enum Command {
     /// A/B updates: status, install, rollback, confirm; pack and sign packages.
     #[command(subcommand)]
     Ota(ota::OtaCommand),
+    /// Run the local detector on an image file and print the detections as JSON.
+    Detect(detect::DetectArgs),
 }
 
 /// Where message definitions are looked up, beside `AMENT_PREFIX_PATH` and the bundled ones.
@@ -105,6 +108,7 @@ pub fn run(cli: Cli, ros: rosargs::RosArgs) -> Result<(), Failure> {
         Command::Mqtt(cmd) => mqtt::run_mqtt(cmd),
         Command::Outbox(cmd) => mqtt::run_outbox(cmd),
         Command::Ota(cmd) => ota::run(cmd),
+        Command::Detect(args) => detect::run(args),
     }
 }
 

@@ -1,0 +1,281 @@
+//! The local detector: a YOLO ONNX export run with the process's ONNX runtime, with the
+//! Ultralytics pre- and post-processing of `yolo.rs`. Built once per model and reused.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use super::runtime::Runtime;
+use super::yolo::{self, Detection, Letterbox, OutputLayout, PostParams, Rgb};
+
+/// A loaded model and what its metadata says about it.
+pub struct LocalModel {
+    session: Session,
+    pub path: PathBuf,
+    pub names: Vec<String>,
+    /// Model input (height, width).
+    pub input_size: (usize, usize),
+    pub layout: OutputLayout,
+    input_name: String,
+    /// Metadata `version` (Ultralytics writes its own version there), if any.
+    pub version: Option<String>,
+    buf: Vec<f32>,
+}
+
+/// Time spent in each stage of one detection.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StageTimes {
+    pub pre_ms: f64,
+    pub infer_ms: f64,
+    pub post_ms: f64,
+}
+
+/// One detection in source-image pixels, with its class name.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Found {
+    pub class_id: usize,
+    pub class_name: String,
+    pub score: f32,
+    /// x1, y1, x2, y2 in source pixels.
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+impl LocalModel {
+    pub fn load(rt: &Runtime, path: &Path) -> Result<Self, String> {
+        let meta = onnx_metadata(path)?;
+        let get = |k: &str| {
+            meta.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let names = match get("names") {
+            Some(n) => yolo::parse_names(n).map_err(|e| format!("{}: {e}", path.display()))?,
+            None => Vec::new(),
+        };
+        let session = rt.session(path)?;
+        let input = session
+            .inputs()
+            .first()
+            .ok_or_else(|| format!("{} has no input", path.display()))?;
+        let input_name = input.name().to_owned();
+        let in_shape: Vec<i64> = input
+            .dtype()
+            .tensor_shape()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        let input_size = get("imgsz")
+            .and_then(yolo::parse_imgsz)
+            .or(match in_shape.as_slice() {
+                [_, 3, h, w] if *h > 0 && *w > 0 => Some((*h as usize, *w as usize)),
+                _ => None,
+            })
+            .unwrap_or((640, 640));
+        let out_shape: Vec<i64> = session
+            .outputs()
+            .first()
+            .and_then(|o| {
+                o.dtype()
+                    .tensor_shape()
+                    .map(|s| s.iter().copied().collect())
+            })
+            .ok_or_else(|| format!("{} has no tensor output", path.display()))?;
+        let end2end = get("end2end").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let layout = OutputLayout::detect(&out_shape, names.len(), end2end)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let names = if names.is_empty() {
+            match layout {
+                OutputLayout::Raw { classes, .. } => (0..classes).map(|i| i.to_string()).collect(),
+                OutputLayout::EndToEnd { .. } => Vec::new(),
+            }
+        } else {
+            names
+        };
+        Ok(LocalModel {
+            session,
+            path: path.to_owned(),
+            names,
+            input_size,
+            layout,
+            input_name,
+            version: get("version").map(str::to_owned),
+            buf: vec![0.0; 3 * input_size.0 * input_size.1],
+        })
+    }
+
+    /// Detects in `img`; boxes in the image's pixels, best first.
+    pub fn detect(
+        &mut self,
+        img: &Rgb,
+        p: &PostParams,
+    ) -> Result<(Vec<Found>, StageTimes), String> {
+        let t0 = Instant::now();
+        let (h, w) = self.input_size;
+        let lb = Letterbox::new(img.width, img.height, w, h);
+        yolo::preprocess(img, &lb, &mut self.buf);
+        let t1 = Instant::now();
+        let input = TensorRef::from_array_view(([1usize, 3, h, w], self.buf.as_slice()))
+            .map_err(|e| e.to_string())?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => input])
+            .map_err(|e| format!("inference failed: {e}"))?;
+        let t2 = Instant::now();
+        let (_, data) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| format!("the model's output is not float32: {e}"))?;
+        let dets: Vec<Detection> = yolo::postprocess(data, self.layout, p);
+        let found = dets
+            .into_iter()
+            .map(|d| Found {
+                class_id: d.class_id,
+                class_name: self
+                    .names
+                    .get(d.class_id)
+                    .cloned()
+                    .unwrap_or_else(|| d.class_id.to_string()),
+                score: d.score,
+                bbox: lb.unmap(d.bbox),
+            })
+            .collect();
+        let t3 = Instant::now();
+        Ok((
+            found,
+            StageTimes {
+                pre_ms: ms(t1 - t0),
+                infer_ms: ms(t2 - t1),
+                post_ms: ms(t3 - t2),
+            },
+        ))
+    }
+}
+
+/// Decodes a JPEG or PNG file's bytes to RGB.
+pub fn decode_image(bytes: &[u8]) -> Result<Rgb, String> {
+    if bytes.starts_with(&[0xff, 0xd8]) {
+        let opts = zune_jpeg::zune_core::options::DecoderOptions::default()
+            .jpeg_set_out_colorspace(zune_jpeg::zune_core::colorspace::ColorSpace::RGB);
+        let mut d = zune_jpeg::JpegDecoder::new_with_options(bytes, opts);
+        let data = d.decode().map_err(|e| format!("bad JPEG: {e:?}"))?;
+        let (w, h) = d.dimensions().ok_or("bad JPEG: no size")?;
+        return Ok(Rgb {
+            width: w,
+            height: h,
+            data,
+        });
+    }
+    if bytes.starts_with(b"\x89PNG") {
+        let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
+        dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+        let mut r = dec.read_info().map_err(|e| format!("bad PNG: {e}"))?;
+        let mut buf = vec![0; r.output_buffer_size().ok_or("bad PNG: too large")?];
+        let info = r
+            .next_frame(&mut buf)
+            .map_err(|e| format!("bad PNG: {e}"))?;
+        let (w, h) = (info.width as usize, info.height as usize);
+        buf.truncate(info.buffer_size());
+        let data = match info.color_type {
+            png::ColorType::Rgb => buf,
+            png::ColorType::Rgba => buf
+                .chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect(),
+            png::ColorType::Grayscale => buf.iter().flat_map(|&v| [v, v, v]).collect(),
+            png::ColorType::GrayscaleAlpha => buf
+                .chunks_exact(2)
+                .flat_map(|p| [p[0], p[0], p[0]])
+                .collect(),
+            png::ColorType::Indexed => return Err("bad PNG: palette not expanded".into()),
+        };
+        return Ok(Rgb {
+            width: w,
+            height: h,
+            data,
+        });
+    }
+    Err("not a JPEG or PNG image".into())
+}
+
+/// The model's `metadata_props` (ModelProto field 14: key 1, value 2), read straight
+/// from the protobuf so every backend sees the same class names.
+pub fn onnx_metadata(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bad = || format!("{} is not an ONNX model", path.display());
+    let mut out = Vec::new();
+    let mut r = ProtoReader { b: &bytes, i: 0 };
+    while !r.done() {
+        let (field, wire) = r.key().ok_or_else(bad)?;
+        if field == 14 && wire == 2 {
+            let entry = r.bytes().ok_or_else(bad)?;
+            let mut e = ProtoReader { b: entry, i: 0 };
+            let (mut k, mut v) = (String::new(), String::new());
+            while !e.done() {
+                let (f, w) = e.key().ok_or_else(bad)?;
+                match (f, w) {
+                    (1, 2) => k = String::from_utf8_lossy(e.bytes().ok_or_else(bad)?).into(),
+                    (2, 2) => v = String::from_utf8_lossy(e.bytes().ok_or_else(bad)?).into(),
+                    _ => e.skip(w).ok_or_else(bad)?,
+                }
+            }
+            out.push((k, v));
+        } else {
+            r.skip(wire).ok_or_else(bad)?;
+        }
+    }
+    Ok(out)
+}
+
+struct ProtoReader<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> ProtoReader<'a> {
+    fn done(&self) -> bool {
+        self.i >= self.b.len()
+    }
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.b.get(self.i)?;
+            self.i += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn key(&mut self) -> Option<(u64, u8)> {
+        let k = self.varint()?;
+        Some((k >> 3, (k & 7) as u8))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.varint()?).ok()?;
+        let end = self.i.checked_add(n)?;
+        let s = self.b.get(self.i..end)?;
+        self.i = end;
+        Some(s)
+    }
+    fn skip(&mut self, wire: u8) -> Option<()> {
+        match wire {
+            0 => self.varint().map(|_| ()),
+            1 => {
+                self.i = self.i.checked_add(8).filter(|&e| e <= self.b.len())?;
+                Some(())
+            }
+            2 => self.bytes().map(|_| ()),
+            5 => {
+                self.i = self.i.checked_add(4).filter(|&e| e <= self.b.len())?;
+                Some(())
+            }
+            _ => None,
+        }
+    }
+}

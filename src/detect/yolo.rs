@@ -1,0 +1,473 @@
+//! Ultralytics YOLO pre- and post-processing, exactly as Ultralytics does it for its
+//! ONNX exports: letterbox (scale to fit, bilinear with half-pixel centres, gray 114
+//! padding split as `round(d/2 ∓ 0.1)`), RGB, /255, NCHW; then for `[1, 4+nc, N]`
+//! outputs the best class per anchor over the confidence threshold, xywh -> xyxy,
+//! class-wise NMS (boxes offset by class × 7680), at most `max_det`; `[1, N, 6]`
+//! end-to-end outputs are only filtered. Boxes are mapped back to the source image and
+//! clipped. No I/O and no runtime here: plain functions over slices.
+
+/// An RGB image, row-major, 3 bytes per pixel.
+#[derive(Debug, Clone)]
+pub struct Rgb {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// How a source image sits in the model's input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    pub src_w: usize,
+    pub src_h: usize,
+    pub dst_w: usize,
+    pub dst_h: usize,
+    /// Scale from source to model pixels.
+    pub ratio: f64,
+    pub new_w: usize,
+    pub new_h: usize,
+    pub left: usize,
+    pub top: usize,
+}
+
+/// Python's `round` (half to even), for the places Ultralytics uses it.
+fn py_round(x: f64) -> f64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 {
+        2.0 * (x / 2.0).round()
+    } else {
+        r
+    }
+}
+
+impl Letterbox {
+    pub fn new(src_w: usize, src_h: usize, dst_w: usize, dst_h: usize) -> Self {
+        let ratio = (dst_h as f64 / src_h as f64).min(dst_w as f64 / src_w as f64);
+        let new_w = py_round(src_w as f64 * ratio) as usize;
+        let new_h = py_round(src_h as f64 * ratio) as usize;
+        let dw = (dst_w - new_w.min(dst_w)) as f64 / 2.0;
+        let dh = (dst_h - new_h.min(dst_h)) as f64 / 2.0;
+        Letterbox {
+            src_w,
+            src_h,
+            dst_w,
+            dst_h,
+            ratio,
+            new_w,
+            new_h,
+            left: py_round(dw - 0.1) as usize,
+            top: py_round(dh - 0.1) as usize,
+        }
+    }
+
+    /// A box in model pixels back in source pixels, clipped to the image
+    /// (Ultralytics' `scale_boxes`).
+    pub fn unmap(&self, b: [f32; 4]) -> [f32; 4] {
+        let gain = self.ratio;
+        let pad_x = py_round((self.dst_w as f64 - self.src_w as f64 * gain) / 2.0 - 0.1);
+        let pad_y = py_round((self.dst_h as f64 - self.src_h as f64 * gain) / 2.0 - 0.1);
+        let (w, h) = (self.src_w as f64, self.src_h as f64);
+        let x = |v: f32| ((v as f64 - pad_x) / gain).clamp(0.0, w) as f32;
+        let y = |v: f32| ((v as f64 - pad_y) / gain).clamp(0.0, h) as f32;
+        [x(b[0]), y(b[1]), x(b[2]), y(b[3])]
+    }
+}
+
+/// Source index and weight for each destination coordinate (cv2 INTER_LINEAR).
+fn table(dst: usize, src: usize) -> Vec<(usize, usize, f32)> {
+    let scale = (src as f64 / dst as f64) as f32;
+    (0..dst)
+        .map(|d| {
+            let s = (d as f32 + 0.5) * scale - 0.5;
+            let mut i0 = s.floor();
+            let mut f = s - i0;
+            if s < 0.0 {
+                i0 = 0.0;
+                f = 0.0;
+            }
+            if i0 >= (src - 1) as f32 {
+                i0 = (src - 1) as f32;
+                f = 0.0;
+            }
+            let i0 = i0 as usize;
+            (i0, (i0 + 1).min(src - 1), f)
+        })
+        .collect()
+}
+
+/// Letterboxes `img` into `out` (NCHW float, `3 * dst_h * dst_w`, values /255).
+pub fn preprocess(img: &Rgb, lb: &Letterbox, out: &mut [f32]) {
+    let plane = lb.dst_w * lb.dst_h;
+    assert_eq!(out.len(), 3 * plane, "input tensor size");
+    const PAD: f32 = 114.0 / 255.0;
+    out.fill(PAD);
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    let mut lut = [0f32; 256];
+    for (i, v) in lut.iter_mut().enumerate() {
+        *v = i as f32 / 255.0;
+    }
+    let src = &img.data;
+    let sw = img.width;
+    if lb.new_w == img.width && lb.new_h == img.height {
+        for y in 0..lb.new_h {
+            let row = &src[y * sw * 3..(y + 1) * sw * 3];
+            let o = (y + lb.top) * lb.dst_w + lb.left;
+            for (x, px) in row.chunks_exact(3).enumerate() {
+                r[o + x] = lut[px[0] as usize];
+                g[o + x] = lut[px[1] as usize];
+                b[o + x] = lut[px[2] as usize];
+            }
+        }
+        return;
+    }
+    let xs = table(lb.new_w, img.width);
+    let ys = table(lb.new_h, img.height);
+    // Horizontal pass per source row (cached for the two rows a destination row needs).
+    let mut rows: [(usize, Vec<f32>); 2] = [
+        (usize::MAX, vec![0.0; lb.new_w * 3]),
+        (usize::MAX, vec![0.0; lb.new_w * 3]),
+    ];
+    let hpass = |sy: usize, buf: &mut Vec<f32>| {
+        let row = &src[sy * sw * 3..(sy + 1) * sw * 3];
+        for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
+            let (p0, p1) = (&row[x0 * 3..x0 * 3 + 3], &row[x1 * 3..x1 * 3 + 3]);
+            for c in 0..3 {
+                buf[x * 3 + c] = p0[c] as f32 * (1.0 - fx) + p1[c] as f32 * fx;
+            }
+        }
+    };
+    for (y, &(y0, y1, fy)) in ys.iter().enumerate() {
+        for sy in [y0, y1] {
+            if rows[0].0 != sy && rows[1].0 != sy {
+                // Replace the row not needed now.
+                let slot = if rows[0].0 == y0 || rows[0].0 == y1 {
+                    1
+                } else {
+                    0
+                };
+                hpass(sy, &mut rows[slot].1);
+                rows[slot].0 = sy;
+            }
+        }
+        let top = if rows[0].0 == y0 {
+            &rows[0].1
+        } else {
+            &rows[1].1
+        };
+        let bot = if rows[0].0 == y1 {
+            &rows[0].1
+        } else {
+            &rows[1].1
+        };
+        let o = (y + lb.top) * lb.dst_w + lb.left;
+        for x in 0..lb.new_w {
+            let mut px = [0f32; 3];
+            for (c, p) in px.iter_mut().enumerate() {
+                let v = top[x * 3 + c] * (1.0 - fy) + bot[x * 3 + c] * fy;
+                *p = lut[(v + 0.5).floor().clamp(0.0, 255.0) as usize];
+            }
+            r[o + x] = px[0];
+            g[o + x] = px[1];
+            b[o + x] = px[2];
+        }
+    }
+}
+
+/// One detection, in model pixels until `Letterbox::unmap`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Detection {
+    pub class_id: usize,
+    pub score: f32,
+    /// x1, y1, x2, y2
+    pub bbox: [f32; 4],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PostParams {
+    pub conf: f32,
+    pub iou: f32,
+    pub max_det: usize,
+}
+
+impl Default for PostParams {
+    fn default() -> Self {
+        PostParams {
+            conf: 0.25,
+            iou: 0.45,
+            max_det: 300,
+        }
+    }
+}
+
+/// The layout of the model's first output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputLayout {
+    /// `[1, 4 + nc, N]`: cx, cy, w, h, then one score per class.
+    Raw { classes: usize, anchors: usize },
+    /// `[1, N, 6]`: x1, y1, x2, y2, score, class (already suppressed).
+    EndToEnd { rows: usize },
+}
+
+impl OutputLayout {
+    /// From the output shape, the number of class names, and the `end2end` metadata.
+    pub fn detect(shape: &[i64], classes: usize, end2end: bool) -> Result<Self, String> {
+        let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+        match dims.as_slice() {
+            [1, a, b] if !end2end && classes > 0 && *a == 4 + classes => Ok(OutputLayout::Raw {
+                classes,
+                anchors: *b,
+            }),
+            [1, n, 6] if end2end || classes == 0 || *n != 4 + classes => {
+                Ok(OutputLayout::EndToEnd { rows: *n })
+            }
+            [1, a, b] if classes == 0 && *a > 4 && *a < *b => Ok(OutputLayout::Raw {
+                classes: a - 4,
+                anchors: *b,
+            }),
+            _ => Err(format!(
+                "output shape {shape:?} is neither [1, 4+{classes}, N] (YOLO detection) nor [1, N, 6] (end-to-end)"
+            )),
+        }
+    }
+}
+
+/// Decodes the model output into detections (model pixels), best first.
+pub fn postprocess(out: &[f32], layout: OutputLayout, p: &PostParams) -> Vec<Detection> {
+    match layout {
+        OutputLayout::EndToEnd { rows } => out
+            .chunks_exact(6)
+            .take(rows)
+            .filter(|r| r[4] > p.conf)
+            .take(p.max_det)
+            .map(|r| Detection {
+                class_id: r[5].max(0.0) as usize,
+                score: r[4],
+                bbox: [r[0], r[1], r[2], r[3]],
+            })
+            .collect(),
+        OutputLayout::Raw { classes, anchors } => {
+            let n = anchors;
+            let mut cands = Vec::new();
+            for a in 0..n {
+                // Best class (first on ties, as argmax).
+                let mut best = 0;
+                let mut score = out[4 * n + a];
+                for c in 1..classes {
+                    let s = out[(4 + c) * n + a];
+                    if s > score {
+                        score = s;
+                        best = c;
+                    }
+                }
+                if score > p.conf {
+                    let (cx, cy, w, h) = (out[a], out[n + a], out[2 * n + a], out[3 * n + a]);
+                    cands.push(Detection {
+                        class_id: best,
+                        score,
+                        bbox: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
+                    });
+                }
+            }
+            if cands.len() > 30_000 {
+                cands.sort_by(|a, b| b.score.total_cmp(&a.score));
+                cands.truncate(30_000);
+            }
+            nms(cands, p.iou, p.max_det)
+        }
+    }
+}
+
+/// Class-wise greedy NMS: highest score first (stable), a box is dropped when its IoU
+/// with a kept box of the same class exceeds `iou`.
+pub fn nms(mut dets: Vec<Detection>, iou: f32, max_det: usize) -> Vec<Detection> {
+    // Stable: equal scores keep their anchor order.
+    dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let area = |b: &[f32; 4]| (b[2] - b[0]) * (b[3] - b[1]);
+    let mut keep: Vec<Detection> = Vec::new();
+    'next: for d in dets {
+        for k in keep.iter().filter(|k| k.class_id == d.class_id) {
+            let (a, b) = (&k.bbox, &d.bbox);
+            let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+            let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+            let inter = w * h;
+            if inter / (area(a) + area(b) - inter) > iou {
+                continue 'next;
+            }
+        }
+        keep.push(d);
+        if keep.len() == max_det {
+            break;
+        }
+    }
+    keep
+}
+
+/// Ultralytics' `names` metadata: a Python dict literal such as `{0: 'apple', 1: "pear"}`.
+pub fn parse_names(text: &str) -> Result<Vec<String>, String> {
+    let t = text.trim();
+    let inner = t
+        .strip_prefix('{')
+        .and_then(|s| s.strip_suffix('}'))
+        .ok_or_else(|| format!("names {t:?} is not a dict literal"))?;
+    let mut names: Vec<(usize, String)> = Vec::new();
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == ':' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        chars.next(); // ':'
+        let id: usize = key
+            .trim()
+            .parse()
+            .map_err(|_| format!("names: key {:?} is not a class number", key.trim()))?;
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let quote = chars
+            .next()
+            .filter(|c| *c == '\'' || *c == '"')
+            .ok_or_else(|| format!("names: class {id} has no quoted name"))?;
+        let mut name = String::new();
+        loop {
+            match chars.next() {
+                None => return Err(format!("names: class {id}'s name is not closed")),
+                Some('\\') => {
+                    if let Some(c) = chars.next() {
+                        name.push(c);
+                    }
+                }
+                Some(c) if c == quote => break,
+                Some(c) => name.push(c),
+            }
+        }
+        names.push((id, name));
+    }
+    names.sort_by_key(|(id, _)| *id);
+    for (i, (id, _)) in names.iter().enumerate() {
+        if *id != i {
+            return Err(format!("names: class numbers are not 0..{}", names.len()));
+        }
+    }
+    Ok(names.into_iter().map(|(_, n)| n).collect())
+}
+
+/// `imgsz` metadata: `[640, 640]` (height, width) or `640`.
+pub fn parse_imgsz(text: &str) -> Option<(usize, usize)> {
+    let nums: Vec<usize> = text
+        .trim_matches(|c: char| c == '[' || c == ']' || c == '(' || c == ')' || c.is_whitespace())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [s] => Some((*s, *s)),
+        [h, w] => Some((*h, *w)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn letterbox_matches_ultralytics_rounding() {
+        let lb = Letterbox::new(1280, 960, 640, 640);
+        assert_eq!((lb.new_w, lb.new_h, lb.left, lb.top), (640, 480, 0, 80));
+        // An odd padding: 1 more at the bottom/right, as round(d/2 + 0.1).
+        let lb = Letterbox::new(500, 375, 640, 640);
+        assert_eq!((lb.new_w, lb.new_h), (640, 480));
+        let lb = Letterbox::new(641, 321, 640, 640);
+        assert_eq!((lb.new_w, lb.new_h, lb.top), (640, 320, 160));
+        let lb = Letterbox::new(640, 427, 640, 640);
+        assert_eq!((lb.new_h, lb.top), (427, 106)); // 213 rows of padding: 106 + 107
+        assert_eq!(
+            lb.unmap([0.0, 106.0, 640.0, 533.0]),
+            [0.0, 0.0, 640.0, 427.0]
+        );
+        assert_eq!(lb.unmap([-5.0, 0.0, 700.0, 10.0]), [0.0, 0.0, 640.0, 0.0]);
+    }
+
+    #[test]
+    fn preprocess_pads_and_scales() {
+        let img = Rgb {
+            width: 2,
+            height: 1,
+            data: vec![255, 0, 0, 0, 0, 255],
+        };
+        let lb = Letterbox::new(2, 1, 4, 4);
+        let mut out = vec![0.0; 48];
+        preprocess(&img, &lb, &mut out);
+        let pad = 114.0 / 255.0;
+        // 4x2 image in rows 1..3: bilinear between red and blue.
+        assert_eq!(out[0], pad);
+        assert_eq!(out[4], 1.0); // red plane, row 1, x 0
+        assert_eq!(out[4 + 3], 0.0); // red plane, row 1, x 3 (blue)
+        assert_eq!(out[4 + 1], 191.0 / 255.0); // 255 * 0.75 = 191.25
+        assert_eq!(out[32 + 4 + 3], 1.0); // blue plane
+        assert_eq!(out[12], pad);
+    }
+
+    #[test]
+    fn nms_is_class_wise_and_keeps_the_best() {
+        let d = |c, s, x| Detection {
+            class_id: c,
+            score: s,
+            bbox: [x, 0.0, x + 10.0, 10.0],
+        };
+        let kept = nms(
+            vec![
+                d(0, 0.5, 1.0),
+                d(0, 0.9, 0.0),
+                d(1, 0.6, 0.0),
+                d(0, 0.4, 50.0),
+            ],
+            0.45,
+            300,
+        );
+        assert_eq!(kept, vec![d(0, 0.9, 0.0), d(1, 0.6, 0.0), d(0, 0.4, 50.0)]);
+        assert_eq!(nms(vec![d(0, 0.5, 0.0), d(1, 0.4, 0.0)], 0.45, 1).len(), 1);
+    }
+
+    #[test]
+    fn layouts_and_metadata() {
+        assert_eq!(
+            OutputLayout::detect(&[1, 84, 8400], 80, false),
+            Ok(OutputLayout::Raw {
+                classes: 80,
+                anchors: 8400
+            })
+        );
+        assert_eq!(
+            OutputLayout::detect(&[1, 300, 6], 80, false),
+            Ok(OutputLayout::EndToEnd { rows: 300 })
+        );
+        // Two classes: [1, 6, N] is a raw output unless the metadata says end-to-end.
+        assert_eq!(
+            OutputLayout::detect(&[1, 6, 8400], 2, false),
+            Ok(OutputLayout::Raw {
+                classes: 2,
+                anchors: 8400
+            })
+        );
+        assert!(OutputLayout::detect(&[1, 10, 10, 3], 80, false).is_err());
+        assert_eq!(
+            parse_names("{0: 'apple', 1: \"pear\", 2: 'it\\'s'}").unwrap(),
+            vec!["apple", "pear", "it's"]
+        );
+        assert!(parse_names("{0: 'a', 2: 'b'}").is_err());
+        assert!(parse_names("['a']").is_err());
+        assert_eq!(parse_imgsz("[480, 640]"), Some((480, 640)));
+        assert_eq!(parse_imgsz("320"), Some((320, 320)));
+    }
+}
