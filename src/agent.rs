@@ -66,7 +66,10 @@ pub async fn start(
 
     let mut transport: Option<Arc<dyn Transport>> = None;
     let mut rule_stats = Vec::new();
-    if !settings.rules.outbound.is_empty() || !settings.rules.inbound.is_empty() {
+    let needs_ros = !settings.rules.outbound.is_empty()
+        || !settings.rules.inbound.is_empty()
+        || settings.detect.is_some();
+    if needs_ros {
         let t: Arc<dyn Transport> = Arc::new(
             DdsTransport::start(&DdsOptions {
                 domain_id: settings.ros.domain_id,
@@ -102,18 +105,38 @@ pub async fn start(
     }
 
     let mut ota_current = None;
+    // True while a detection request is served: an OTA switch waits for it.
+    let (busy_tx, busy_rx) = tokio::sync::watch::channel(false);
     if settings.ota.protocol != crate::ota::config::OtaProtocol::None {
         let (handles, task) = crate::ota::protocols::start(
             settings.ota.clone(),
             handle.clone(),
             None,
-            None,
+            settings.detect.as_ref().map(|_| busy_rx.clone()),
             shutdown.clone(),
         )
         .await
         .context("cannot start the OTA service")?;
         ota_current = Some(handles.current);
         tasks.push(task);
+    }
+
+    if let (Some(d), Some(t)) = (&settings.detect, &transport) {
+        let task = crate::detect::service::start(
+            d.clone(),
+            settings.ota.onnx.clone(),
+            t.clone(),
+            settings.registry.clone(),
+            handle.clone(),
+            ota_current.clone(),
+            busy_tx,
+            shutdown.clone(),
+        )
+        .await
+        .context("cannot start the detection service")?;
+        tasks.push(task);
+    } else {
+        drop(busy_tx);
     }
 
     let health = Health {

@@ -108,6 +108,8 @@ pub struct AgentConfig {
     pub ota: crate::ota::config::OtaConfig,
     #[serde(default)]
     pub onnx: crate::detect::runtime::OnnxConfig,
+    #[serde(default)]
+    pub detect: crate::detect::config::DetectConfig,
     /// The folder relative paths in the file are relative to (the file's own).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -130,6 +132,7 @@ pub struct Settings {
     pub health_interval: std::time::Duration,
     pub health_topic: String,
     pub ota: crate::ota::config::OtaSettings,
+    pub detect: Option<crate::detect::config::DetectSettings>,
 }
 
 fn invalid(key: &str, value: impl std::fmt::Display, reason: impl Into<String>) -> ConfigError {
@@ -250,6 +253,11 @@ impl AgentConfig {
             }
             ota.onnx.library = Some(lib);
         }
+        let detect = self.detect.resolve(
+            &self.device,
+            &base,
+            ota.protocol != crate::ota::config::OtaProtocol::None,
+        )?;
         Ok(Settings {
             file: self,
             link,
@@ -261,6 +269,7 @@ impl AgentConfig {
             health_interval: hi,
             health_topic,
             ota,
+            detect,
         })
     }
 }

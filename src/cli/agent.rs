@@ -136,6 +136,26 @@ pub fn check_config(file: PathBuf) -> Result<(), Failure> {
             .map(|l| l.display().to_string())
             .unwrap_or_else(|| "ORT_DYLIB_PATH or libonnxruntime.so, else built-in".into())
     ));
+    match &s.detect {
+        None => out.push_str("  detect     off\n"),
+        Some(d) => {
+            out.push_str(&format!(
+                "  detect     {:?}, {} -> {}, image {}, deadline {} ms\n",
+                d.policy,
+                d.request_topic,
+                d.result_topic,
+                d.image_topic,
+                d.timing.default_deadline_ms
+            ));
+            for (scene, m) in &d.models {
+                out.push_str(&format!(
+                    "    model {:<10} {}\n",
+                    if scene.is_empty() { "(default)" } else { scene },
+                    m.display()
+                ));
+            }
+        }
+    }
     for r in &s.rules.outbound {
         out.push_str(&format!(
             "  rule {:<14} {} ({}) -> {}{}\n",

@@ -1,6 +1,11 @@
 //! Object detection: the ONNX runtime (shared with the OTA model check), the Ultralytics
 //! YOLO pre/post-processing, and the local detector.
 
+pub mod cloud;
+pub mod config;
+pub mod frame;
 pub mod local;
+pub mod machine;
 pub mod runtime;
+pub mod service;
 pub mod yolo;

@@ -1,0 +1,825 @@
+//! The Request_object_detection service: ROS requests in, camera frames, the cloud
+//! detector over MQTT, the local model, results back onto ROS and reports to the cloud.
+//! All decisions are the state machine's (`machine.rs`); this task only carries out
+//! its actions and feeds it what happened.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::cloud::{self, CloudAnswer};
+use super::config::{DetectSettings, ImageKind};
+use super::frame::{self, Depth, Frame, Intrinsics};
+use super::local::{Found, LocalModel, StageTimes};
+use super::machine::{Action, Input, Machine, Request, Source, Status};
+use super::runtime::OnnxConfig;
+use crate::clock::now_ms;
+use crate::mqtt::{LinkHandle, LinkState, Message, QoS};
+use crate::ros::codec::{decode_to_value, encode_value, DecodeOptions, EncodeOptions};
+use crate::ros::registry::TypeName;
+use crate::ros::schema::MsgSchema;
+use crate::ros::transport::{Durability, Qos, RawPublisher, Reliability, Sample, Transport};
+use crate::ros::Registry;
+
+/// The models in use, by scene ("" for the default), swapped whole when a new OTA
+/// slot becomes active. A detection in progress keeps the model it started with.
+#[derive(Default)]
+struct Models {
+    by_scene: HashMap<String, Arc<Mutex<LocalModel>>>,
+    /// Why a scene has no model.
+    errors: HashMap<String, String>,
+}
+
+fn load_models(
+    settings: &DetectSettings,
+    onnx: &OnnxConfig,
+    slot: Option<&std::path::Path>,
+) -> Models {
+    let mut m = Models::default();
+    let rt = match super::runtime::runtime(onnx) {
+        Ok(rt) => rt,
+        Err(e) => {
+            for scene in settings.models.keys() {
+                m.errors.insert(scene.clone(), e.clone());
+            }
+            return m;
+        }
+    };
+    let mut loaded: HashMap<PathBuf, Arc<Mutex<LocalModel>>> = HashMap::new();
+    for scene in settings.models.keys() {
+        let Some(path) = settings.model_path(scene, slot) else {
+            continue;
+        };
+        // Through the OTA `current` link to the slot itself, so logs and reports say which.
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        if let Some(existing) = loaded.get(&path) {
+            m.by_scene.insert(scene.clone(), existing.clone());
+            continue;
+        }
+        match LocalModel::load(rt, &path) {
+            Ok(model) => {
+                tracing::info!(scene = %scene_name(scene), model = %path.display(), classes = model.names.len(), "Detection model loaded.");
+                let model = Arc::new(Mutex::new(model));
+                loaded.insert(path, model.clone());
+                m.by_scene.insert(scene.clone(), model);
+            }
+            Err(e) => {
+                tracing::error!(scene = %scene_name(scene), model = %path.display(), error = %e, "Detection model cannot be loaded; this scene has no local fallback.");
+                m.errors.insert(scene.clone(), e);
+            }
+        }
+    }
+    m
+}
+
+fn scene_name(s: &str) -> &str {
+    if s.is_empty() {
+        "(default)"
+    } else {
+        s
+    }
+}
+
+impl Models {
+    fn for_scene(&self, scene: &str) -> Result<Arc<Mutex<LocalModel>>, String> {
+        if let Some(m) = self.by_scene.get(scene).or_else(|| self.by_scene.get("")) {
+            return Ok(m.clone());
+        }
+        let why = self
+            .errors
+            .get(scene)
+            .or_else(|| self.errors.get(""))
+            .cloned()
+            .unwrap_or_else(|| format!("no model for scene '{scene}'"));
+        Err(format!("no local model: {why}"))
+    }
+}
+
+struct Schemas {
+    request: Arc<MsgSchema>,
+    status: Arc<MsgSchema>,
+    det2d: Arc<MsgSchema>,
+    det3d: Arc<MsgSchema>,
+    camera_info: Arc<MsgSchema>,
+}
+
+/// What the service knows about the request in service beyond the machine's view.
+struct InService {
+    id: String,
+    req: Request,
+    accepted: Instant,
+    frame: Option<Arc<Frame>>,
+    frame_at: Option<Instant>,
+    cloud_sent: Option<(Instant, usize, usize)>,
+    cloud: Option<(CloudAnswer, Instant)>,
+    local: Option<(Vec<Found>, StageTimes, String)>,
+}
+
+struct LocalDone {
+    id: String,
+    result: Result<(Vec<Found>, StageTimes, String), String>,
+}
+
+/// Starts the service. `busy` is true while a request is served (the OTA installer
+/// waits with a switch until it is false).
+#[allow(clippy::too_many_arguments)]
+pub async fn start(
+    settings: DetectSettings,
+    onnx: OnnxConfig,
+    transport: Arc<dyn Transport>,
+    registry: Arc<Registry>,
+    link: LinkHandle,
+    slot: Option<watch::Receiver<Option<PathBuf>>>,
+    busy: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let schema = |n: &str| {
+        registry
+            .schema(n)
+            .with_context(|| format!("message type {n} is needed for detection"))
+    };
+    let tn = |n: &str| TypeName::parse(n).with_context(|| format!("type name {n}"));
+    let schemas = Schemas {
+        request: schema("edge_agent_msgs/msg/DetectionRequest")?,
+        status: schema("edge_agent_msgs/msg/DetectionStatus")?,
+        det2d: schema("vision_msgs/msg/Detection2DArray")?,
+        det3d: schema("vision_msgs/msg/Detection3DArray")?,
+        camera_info: schema("sensor_msgs/msg/CameraInfo")?,
+    };
+    let (req_tx, req_rx) = mpsc::channel(16);
+    transport.subscribe(
+        &settings.request_topic,
+        &tn("edge_agent_msgs/msg/DetectionRequest")?,
+        schemas.request.clone(),
+        Qos::ros_default(),
+        req_tx,
+    )?;
+    let image_type = match settings.image_kind {
+        ImageKind::Raw => "sensor_msgs/msg/Image",
+        ImageKind::Compressed => "sensor_msgs/msg/CompressedImage",
+    };
+    let (img_tx, img_rx) = mpsc::channel(2);
+    transport.subscribe(
+        &settings.image_topic,
+        &tn(image_type)?,
+        schema(image_type)?,
+        Qos::sensor_data(),
+        img_tx,
+    )?;
+    let (depth_tx, depth_rx) = mpsc::channel(2);
+    let (info_tx, info_rx) = mpsc::channel(2);
+    if let (Some(d), Some(i)) = (&settings.depth_topic, &settings.camera_info_topic) {
+        transport.subscribe(
+            d,
+            &tn("sensor_msgs/msg/Image")?,
+            schema("sensor_msgs/msg/Image")?,
+            Qos::sensor_data(),
+            depth_tx,
+        )?;
+        transport.subscribe(
+            i,
+            &tn("sensor_msgs/msg/CameraInfo")?,
+            schemas.camera_info.clone(),
+            Qos::sensor_data(),
+            info_tx,
+        )?;
+    }
+    let status_pub = transport.publisher(
+        &settings.status_topic,
+        &tn("edge_agent_msgs/msg/DetectionStatus")?,
+        schemas.status.clone(),
+        Qos {
+            reliability: Reliability::Reliable,
+            durability: Durability::TransientLocal,
+            depth: 1,
+        },
+    )?;
+    let det2d_pub = transport.publisher(
+        &settings.result_topic,
+        &tn("vision_msgs/msg/Detection2DArray")?,
+        schemas.det2d.clone(),
+        Qos::ros_default(),
+    )?;
+    let det3d_pub = transport.publisher(
+        &settings.result_3d_topic,
+        &tn("vision_msgs/msg/Detection3DArray")?,
+        schemas.det3d.clone(),
+        Qos::ros_default(),
+    )?;
+    let cloud_rx = if settings.policy == super::machine::Policy::LocalOnly {
+        None
+    } else {
+        Some(
+            link.subscribe(&settings.cloud_response_topic, QoS::AtLeastOnce, 16)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot subscribe to the detection responses: {e}"))?,
+        )
+    };
+    let models = {
+        let s = settings.clone();
+        let o = onnx.clone();
+        let dir = slot.as_ref().and_then(|w| w.borrow().clone());
+        tokio::task::spawn_blocking(move || load_models(&s, &o, dir.as_deref()))
+            .await
+            .context("model loading stopped")?
+    };
+    let svc = Service {
+        machine: Machine::new(settings.policy, settings.timing, settings.breaker()),
+        settings,
+        onnx,
+        schemas,
+        link,
+        models: Arc::new(RwLock::new(models)),
+        status_pub,
+        det2d_pub,
+        det3d_pub,
+        busy,
+        t0: Instant::now(),
+        latest_frame: None,
+        depth: None,
+        intrinsics: None,
+        in_service: None,
+        pending: HashMap::new(),
+        warned_depth: false,
+    };
+    Ok(tokio::spawn(svc.run(
+        req_rx, img_rx, depth_rx, info_rx, cloud_rx, slot, shutdown,
+    )))
+}
+
+struct Service {
+    settings: DetectSettings,
+    onnx: OnnxConfig,
+    schemas: Schemas,
+    link: LinkHandle,
+    models: Arc<RwLock<Models>>,
+    machine: Machine,
+    status_pub: Arc<dyn RawPublisher>,
+    det2d_pub: Arc<dyn RawPublisher>,
+    det3d_pub: Arc<dyn RawPublisher>,
+    busy: watch::Sender<bool>,
+    t0: Instant,
+    latest_frame: Option<(Bytes, Instant)>,
+    depth: Option<Bytes>,
+    intrinsics: Option<Intrinsics>,
+    in_service: Option<InService>,
+    /// Requests queued in the machine, with when they arrived.
+    pending: HashMap<String, (Request, Instant)>,
+    warned_depth: bool,
+}
+
+fn stamp_now() -> Value {
+    let ms = now_ms();
+    json!({"sec": (ms / 1000) as i64, "nanosec": ((ms % 1000) * 1_000_000) as u32})
+}
+
+impl Service {
+    fn now(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        mut self,
+        mut req_rx: mpsc::Receiver<Sample>,
+        mut img_rx: mpsc::Receiver<Sample>,
+        mut depth_rx: mpsc::Receiver<Sample>,
+        mut info_rx: mpsc::Receiver<Sample>,
+        mut cloud_rx: Option<mpsc::Receiver<crate::mqtt::Incoming>>,
+        mut slot: Option<watch::Receiver<Option<PathBuf>>>,
+        shutdown: CancellationToken,
+    ) {
+        let (local_tx, mut local_rx) = mpsc::channel::<LocalDone>(8);
+        let (swap_tx, mut swap_rx) = mpsc::channel::<Models>(1);
+        self.publish_status(&self.machine.status());
+        tracing::info!(policy = ?self.settings.policy, request = %self.settings.request_topic, image = %self.settings.image_topic, "Detection service ready.");
+        loop {
+            let wake = self
+                .machine
+                .next_deadline()
+                .map(|ms| self.t0 + Duration::from_millis(ms))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(s) = req_rx.recv() => self.on_request(&s.cdr, &local_tx),
+                Some(s) = img_rx.recv() => {
+                    self.latest_frame = Some((s.cdr, Instant::now()));
+                    self.maybe_capture(&local_tx);
+                }
+                Some(s) = depth_rx.recv() => self.depth = Some(s.cdr),
+                Some(s) = info_rx.recv() => self.on_camera_info(&s.cdr),
+                Some(m) = async { match cloud_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                    self.on_cloud(&m.payload, &local_tx);
+                }
+                Some(done) = local_rx.recv() => self.on_local(done, &local_tx),
+                Ok(()) = async { match slot.as_mut() { Some(s) => s.changed().await, None => std::future::pending().await } } => {
+                    let dir = slot.as_ref().and_then(|s| s.borrow().clone());
+                    let (s, o, tx) = (self.settings.clone(), self.onnx.clone(), swap_tx.clone());
+                    tracing::info!(slot = ?dir, "New OTA slot active; loading its detection models.");
+                    tokio::task::spawn_blocking(move || {
+                        let m = load_models(&s, &o, dir.as_deref());
+                        let _ = tx.blocking_send(m);
+                    });
+                }
+                Some(m) = swap_rx.recv() => {
+                    if let Ok(mut cur) = self.models.write() {
+                        *cur = m;
+                    }
+                    tracing::info!("Detection models swapped.");
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = self.now();
+                    self.feed(Input::Tick, now, &local_tx);
+                }
+            }
+        }
+        let _ = self.busy.send(false);
+    }
+
+    fn feed(&mut self, input: Input, now: u64, local_tx: &mpsc::Sender<LocalDone>) {
+        let mut todo: std::collections::VecDeque<Action> = self.machine.handle(input, now).into();
+        while let Some(a) = todo.pop_front() {
+            for more in self.act(a, local_tx) {
+                todo.extend(self.machine.handle(more, self.now()));
+            }
+        }
+        self.maybe_capture(local_tx);
+    }
+
+    /// Carries out one action; returns inputs it produced at once.
+    fn act(&mut self, a: Action, local_tx: &mpsc::Sender<LocalDone>) -> Vec<Input> {
+        match a {
+            Action::Status(s) => {
+                self.begin_if_new(&s);
+                let _ = self.busy.send(s.request_flag);
+                self.publish_status(&s);
+                vec![]
+            }
+            // No camera service is configured: the camera is expected to stream.
+            Action::ActivateSensor { .. } => vec![Input::SensorReady],
+            Action::DeactivateSensor => vec![],
+            Action::AskCloud { id, probe } => self.ask_cloud(&id, probe),
+            Action::RunLocal { id } => {
+                self.run_local(&id, local_tx);
+                vec![]
+            }
+            Action::Publish { id, source } => {
+                self.publish_answer(&id, source);
+                vec![]
+            }
+            Action::Fail { id, error } => {
+                tracing::warn!(request = %id, error = %error, "Detection request failed.");
+                let latency = self
+                    .in_service
+                    .as_ref()
+                    .filter(|s| s.id == id)
+                    .map(|s| s.accepted.elapsed().as_secs_f64() * 1e3);
+                self.report(json!({"id": id, "error": error, "latency_ms": {"total": latency}}));
+                self.in_service = None;
+                vec![]
+            }
+            Action::Reject { id, error } => {
+                tracing::warn!(request = %id, error = %error, "Detection request rejected.");
+                self.pending.remove(&id);
+                self.report(json!({"id": id, "error": error}));
+                let mut s = self.machine.status();
+                s.request_id = id;
+                s.state = super::machine::State::Error;
+                s.error = error;
+                self.publish_status(&s);
+                vec![]
+            }
+            Action::Breaker { open: true } => {
+                tracing::warn!(
+                    failures = self.machine.breaker.failures(),
+                    "Cloud detector not answering; using the local model until it does."
+                );
+                vec![]
+            }
+            Action::Breaker { open: false } => {
+                tracing::info!("Cloud detector answering again.");
+                vec![]
+            }
+        }
+    }
+
+    /// A request the machine just started (from the queue or new) gets its record.
+    fn begin_if_new(&mut self, s: &Status) {
+        if s.state != super::machine::State::Accepted {
+            return;
+        }
+        if self
+            .in_service
+            .as_ref()
+            .is_some_and(|r| r.id == s.request_id)
+        {
+            return;
+        }
+        let Some((req, at)) = self.pending.remove(&s.request_id) else {
+            return;
+        };
+        self.in_service = Some(InService {
+            id: req.id.clone(),
+            req,
+            accepted: at,
+            frame: None,
+            frame_at: None,
+            cloud_sent: None,
+            cloud: None,
+            local: None,
+        });
+    }
+
+    fn on_request(&mut self, cdr: &Bytes, local_tx: &mpsc::Sender<LocalDone>) {
+        let v = match decode_to_value(&self.schemas.request, cdr, &DecodeOptions::default()) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "A detection request could not be decoded; ignored.");
+                return;
+            }
+        };
+        let id = v["request_id"].as_str().unwrap_or_default().to_owned();
+        if id.is_empty() {
+            tracing::warn!("A detection request without request_id was ignored.");
+            return;
+        }
+        let now = self.now();
+        if v["cancel"].as_bool() == Some(true) {
+            tracing::info!(request = %id, "Detection request cancelled.");
+            self.feed(Input::Cancel(id), now, local_tx);
+            return;
+        }
+        let req = Request {
+            id: id.clone(),
+            scene: v["scene"].as_str().unwrap_or("").to_owned(),
+            deadline_ms: v["deadline_ms"].as_u64().unwrap_or(0),
+            depth: v["depth_positioning"].as_bool().unwrap_or(false),
+        };
+        tracing::debug!(request = %id, scene = %req.scene, "Detection requested.");
+        if self.machine.current().map(|r| r.id.as_str()) != Some(id.as_str()) {
+            self.pending
+                .entry(id)
+                .or_insert_with(|| (req.clone(), Instant::now()));
+        }
+        self.feed(Input::Request(req), now, local_tx);
+    }
+
+    /// Takes a frame for the request waiting for one: the latest if recent enough.
+    fn maybe_capture(&mut self, local_tx: &mpsc::Sender<LocalDone>) {
+        if self.machine.state() != super::machine::State::SensorActivating {
+            return;
+        }
+        let Some(svc) = self.in_service.as_mut() else {
+            return;
+        };
+        if svc.frame.is_some() {
+            return;
+        }
+        let Some((cdr, at)) = self.latest_frame.as_ref() else {
+            return;
+        };
+        // A frame from before the request is used only if recent enough.
+        if *at < svc.accepted && at.elapsed() > self.settings.frame_max_age {
+            return;
+        }
+        let result = match self.settings.image_kind {
+            ImageKind::Raw => frame::from_image(cdr),
+            ImageKind::Compressed => frame::from_compressed(cdr),
+        };
+        self.latest_frame = None;
+        let input = match result {
+            Ok(f) => {
+                svc.frame = Some(Arc::new(f));
+                svc.frame_at = Some(Instant::now());
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        let now = self.now();
+        self.feed(Input::Frame(input), now, local_tx);
+    }
+
+    fn ask_cloud(&mut self, id: &str, probe: bool) -> Vec<Input> {
+        let fail = |e: String| {
+            vec![Input::Cloud {
+                id: id.to_owned(),
+                ok: Err(e),
+            }]
+        };
+        if *self.link.state().borrow() != LinkState::Up {
+            return fail("the link to the broker is down".into());
+        }
+        let Some(svc) = self.in_service.as_mut().filter(|s| s.id == id) else {
+            return vec![];
+        };
+        let Some(f) = svc.frame.clone() else {
+            return vec![];
+        };
+        let max = if self.settings.max_jpeg_bytes > 0 {
+            self.settings.max_jpeg_bytes
+        } else {
+            // Base64 grows by 4/3; leave room for the rest of the request.
+            self.link.max_packet_size().saturating_sub(4096) / 4 * 3
+        };
+        let (jpeg, w, h) = match frame::jpeg_within(&f, self.settings.jpeg_quality, max) {
+            Ok(j) => j,
+            Err(e) => return fail(e),
+        };
+        let deadline = if svc.req.deadline_ms == 0 {
+            self.settings.timing.default_deadline_ms
+        } else {
+            svc.req.deadline_ms
+        };
+        let payload = cloud::request_json(&cloud::CloudRequest {
+            id,
+            scene: &svc.req.scene,
+            deadline_ms: deadline,
+            timestamp_ms: now_ms(),
+            frame_id: &f.frame_id,
+            jpeg: &jpeg,
+            width: w,
+            height: h,
+            camera: self.intrinsics,
+        });
+        svc.cloud_sent = Some((Instant::now(), w, h));
+        let msg = Message::new(
+            self.settings.cloud_request_topic.clone(),
+            payload,
+            QoS::AtMostOnce,
+        );
+        let link = self.link.clone();
+        let id2 = id.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = link.publish(msg, "telemetry").await {
+                tracing::warn!(request = %id2, error = %e, "Detection request not sent to the cloud.");
+            }
+        });
+        tracing::debug!(request = %id, probe, bytes = jpeg.len(), "Detection request sent to the cloud.");
+        vec![]
+    }
+
+    fn run_local(&mut self, id: &str, local_tx: &mpsc::Sender<LocalDone>) {
+        let Some(svc) = self.in_service.as_ref().filter(|s| s.id == id) else {
+            return;
+        };
+        let Some(f) = svc.frame.clone() else {
+            return;
+        };
+        let model = self
+            .models
+            .read()
+            .map_err(|_| "model lock poisoned".to_owned())
+            .and_then(|m| m.for_scene(&svc.req.scene));
+        let post = self.settings.post;
+        let tx = local_tx.clone();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let result = model.and_then(|m| {
+                let mut m = m.lock().map_err(|_| "model lock poisoned".to_owned())?;
+                let (found, times) = m.detect(&f.rgb, &post)?;
+                let name = m.path.display().to_string();
+                let version = m
+                    .version
+                    .clone()
+                    .map(|v| format!(" {v}"))
+                    .unwrap_or_default();
+                Ok((found, times, format!("{name}{version}")))
+            });
+            let _ = tx.blocking_send(LocalDone { id, result });
+        });
+    }
+
+    fn on_local(&mut self, done: LocalDone, local_tx: &mpsc::Sender<LocalDone>) {
+        let ok = match done.result {
+            Ok(r) => {
+                if let Some(s) = self.in_service.as_mut().filter(|s| s.id == done.id) {
+                    s.local = Some(r);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(request = %done.id, error = %e, "Local detection failed.");
+                Err(e)
+            }
+        };
+        let now = self.now();
+        self.feed(Input::Local { id: done.id, ok }, now, local_tx);
+    }
+
+    fn on_cloud(&mut self, payload: &[u8], local_tx: &mpsc::Sender<LocalDone>) {
+        let Some(id) = cloud::response_id(payload) else {
+            tracing::warn!(
+                bytes = payload.len(),
+                "A detection response without an id was ignored."
+            );
+            return;
+        };
+        let Some(svc) = self.in_service.as_mut().filter(|s| s.id == id) else {
+            tracing::debug!(request = %id, "A detection response for no current request was ignored.");
+            return;
+        };
+        let Some((_, w, h)) = svc.cloud_sent else {
+            return;
+        };
+        let Some(f) = svc.frame.as_ref() else {
+            return;
+        };
+        let ok = match cloud::parse_response(payload, (w, h), (f.rgb.width, f.rgb.height)) {
+            Ok(a) => {
+                svc.cloud = Some((a, Instant::now()));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(request = %id, error = %e, "The cloud detector's answer is not usable.");
+                Err(e)
+            }
+        };
+        let now = self.now();
+        self.feed(Input::Cloud { id, ok }, now, local_tx);
+    }
+
+    fn on_camera_info(&mut self, cdr: &Bytes) {
+        match decode_to_value(&self.schemas.camera_info, cdr, &DecodeOptions::default())
+            .map_err(|e| e.to_string())
+            .and_then(|v| Intrinsics::from_camera_info(&v))
+        {
+            Ok(k) => self.intrinsics = Some(k),
+            Err(e) => {
+                if self.intrinsics.is_none() && !self.warned_depth {
+                    self.warned_depth = true;
+                    tracing::warn!(error = %e, "CameraInfo not usable; no depth positioning.");
+                }
+            }
+        }
+    }
+
+    fn publish_status(&self, s: &Status) {
+        let v = json!({
+            "header": {"stamp": stamp_now(), "frame_id": ""},
+            "request_flag": s.request_flag,
+            "request_id": s.request_id,
+            "state": s.state.as_str(),
+            "last_source": s.last_source.map_or(0, |x| x as u8),
+            "error": s.error,
+        });
+        self.publish_ros(&self.status_pub, &self.schemas.status, &v, "status");
+    }
+
+    fn publish_ros(&self, p: &Arc<dyn RawPublisher>, schema: &MsgSchema, v: &Value, what: &str) {
+        match encode_value(schema, v, &EncodeOptions::default()) {
+            Ok(cdr) => {
+                if let Err(e) = p.publish(&Bytes::from(cdr)) {
+                    tracing::warn!(error = %e, "Detection {what} not published.");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "Detection {what} cannot be encoded."),
+        }
+    }
+
+    fn publish_answer(&mut self, id: &str, source: Source) {
+        let Some(svc) = self.in_service.take().filter(|s| s.id == id) else {
+            return;
+        };
+        let Some(f) = svc.frame.clone() else {
+            return;
+        };
+        let (found, model) = match source {
+            Source::Cloud => svc
+                .cloud
+                .as_ref()
+                .map(|(a, _)| {
+                    (
+                        a.found.clone(),
+                        a.model_version.clone().unwrap_or_else(|| "cloud".into()),
+                    )
+                })
+                .unwrap_or_default(),
+            Source::Local => svc
+                .local
+                .as_ref()
+                .map(|(f, _, m)| (f.clone(), m.clone()))
+                .unwrap_or_default(),
+        };
+        let header = json!({"stamp": {"sec": f.stamp_sec, "nanosec": f.stamp_nanosec}, "frame_id": f.frame_id});
+        let dets: Vec<Value> = found
+            .iter()
+            .map(|d| {
+                let [x1, y1, x2, y2] = d.bbox.map(f64::from);
+                json!({
+                    "header": header,
+                    "results": [{"hypothesis": {"class_id": d.class_name, "score": f64::from(d.score)}}],
+                    "bbox": {"center": {"position": {"x": (x1 + x2) / 2.0, "y": (y1 + y2) / 2.0}, "theta": 0.0},
+                             "size_x": x2 - x1, "size_y": y2 - y1},
+                    "id": id,
+                })
+            })
+            .collect();
+        self.publish_ros(
+            &self.det2d_pub,
+            &self.schemas.det2d,
+            &json!({"header": header, "detections": dets}),
+            "result",
+        );
+        let mut positioned = None;
+        if svc.req.depth {
+            positioned = Some(self.publish_3d(id, &f, &found, &header));
+        }
+        let total = svc.accepted.elapsed().as_secs_f64() * 1e3;
+        let mut counts = serde_json::Map::new();
+        for d in &found {
+            let c = counts.entry(d.class_name.clone()).or_insert(json!(0));
+            *c = json!(c.as_u64().unwrap_or(0) + 1);
+        }
+        let since = |t: Instant| t.saturating_duration_since(svc.accepted).as_secs_f64() * 1e3;
+        let mut latency = json!({"total": total, "frame": svc.frame_at.map(since)});
+        if let (Source::Cloud, Some((sent, ..)), Some((_, got))) =
+            (source, svc.cloud_sent, svc.cloud.as_ref())
+        {
+            latency["cloud"] = json!(got.saturating_duration_since(sent).as_secs_f64() * 1e3);
+        }
+        if let (Source::Local, Some((_, t, _))) = (source, svc.local.as_ref()) {
+            latency["local"] = json!({"pre": t.pre_ms, "infer": t.infer_ms, "post": t.post_ms});
+        }
+        tracing::info!(request = %id, source = ?source, detections = found.len(), ms = total.round(), "Detection answered.");
+        self.report(json!({
+            "id": id,
+            "scene": svc.req.scene,
+            "source": source,
+            "detections": found.len(),
+            "counts": counts,
+            "positioned": positioned,
+            "model": model,
+            "latency_ms": latency,
+        }));
+    }
+
+    /// Publishes the Detection3DArray; returns how many detections got a position.
+    fn publish_3d(&mut self, id: &str, f: &Frame, found: &[Found], header: &Value) -> usize {
+        let depth: Option<Depth> =
+            self.depth
+                .as_ref()
+                .and_then(|d| match frame::depth_from_image(d) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        if !self.warned_depth {
+                            self.warned_depth = true;
+                            tracing::warn!(error = %e, "Depth image not usable; no positions.");
+                        }
+                        None
+                    }
+                });
+        let (Some(depth), Some(k)) = (depth, self.intrinsics) else {
+            if !self.warned_depth {
+                self.warned_depth = true;
+                tracing::warn!(request = %id, "Depth positioning asked for, but no depth image or CameraInfo has arrived; publishing no positions.");
+            }
+            return 0;
+        };
+        let dets: Vec<Value> = found
+            .iter()
+            .filter_map(|d| {
+                let (p, size) = frame::position(&depth, &k, d.bbox, f.rgb.width, f.rgb.height)?;
+                Some(json!({
+                    "header": header,
+                    "results": [{"hypothesis": {"class_id": d.class_name, "score": f64::from(d.score)},
+                                 "pose": {"pose": {"position": {"x": p[0], "y": p[1], "z": p[2]},
+                                                   "orientation": {"w": 1.0}}}}],
+                    "bbox": {"center": {"position": {"x": p[0], "y": p[1], "z": p[2]}, "orientation": {"w": 1.0}},
+                             "size": {"x": size[0], "y": size[1], "z": 0.0}},
+                    "id": id,
+                }))
+            })
+            .collect();
+        let n = dets.len();
+        self.publish_ros(
+            &self.det3d_pub,
+            &self.schemas.det3d,
+            &json!({"header": header, "detections": dets}),
+            "3D result",
+        );
+        n
+    }
+
+    fn report(&self, mut v: Value) {
+        v["timestamp"] = json!(now_ms());
+        let msg = Message::new(
+            self.settings.report_topic.clone(),
+            serde_json::to_vec(&v).unwrap_or_default(),
+            QoS::AtLeastOnce,
+        );
+        let link = self.link.clone();
+        tokio::spawn(async move {
+            if let Err(e) = link.publish(msg, "telemetry").await {
+                tracing::debug!(error = %e, "Detection report not stored.");
+            }
+        });
+    }
+}

@@ -1,0 +1,476 @@
+//! Request_object_detection end to end with real peers: a Cyclone DDS 0.10 ROS 2 peer
+//! publishes camera images and requests and reads the Detection2DArray and status; a
+//! test cloud on mosquitto answers in time, late, never, or with garbage; the local
+//! model runs on ONNX Runtime from the onnxruntime wheel.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use support::agent::{payloads, spawn_run, stop, AgentDir};
+use support::mosquitto::{ready_sub, Mosquitto, Options};
+use support::ota::{make_package, ota, stderr, HttpServer};
+use support::ros_peer::RosPeer;
+
+const REQ_TOPIC: &str = "/pk1/robot-7/user/detect/request";
+const RESP_TOPIC: &str = "/pk1/robot-7/user/detect/response";
+const REPORT_TOPIC: &str = "/pk1/robot-7/user/detect/result";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    InTime,
+    Late(u64),
+    Never,
+    Garbage,
+}
+
+/// The cloud detector: answers each request on the response topic as `mode` says, with
+/// one "cloud-apple" box, and keeps every request it saw.
+struct TestCloud {
+    mode: Arc<Mutex<Mode>>,
+    requests: Arc<Mutex<Vec<Value>>>,
+}
+
+impl TestCloud {
+    fn start(port: u16) -> Self {
+        let mode = Arc::new(Mutex::new(Mode::InTime));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let mut opts = rumqttc::MqttOptions::new("test-cloud", "127.0.0.1", port);
+        opts.set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut conn) = rumqttc::Client::new(opts, 64);
+        client
+            .subscribe(REQ_TOPIC, rumqttc::QoS::AtLeastOnce)
+            .unwrap();
+        let (m, r) = (mode.clone(), requests.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                let p = match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                        continue;
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => p,
+                    Ok(_) => continue,
+                    Err(_) => break,
+                };
+                let req: Value = serde_json::from_slice(&p.payload).unwrap();
+                let id = req["id"].as_str().unwrap().to_owned();
+                let (w, h) = (
+                    req["image"]["width"].as_f64().unwrap(),
+                    req["image"]["height"].as_f64().unwrap(),
+                );
+                r.lock().unwrap().push(req);
+                let answer = json!({"id": id, "model_version": "cloud-9",
+                    "detections": [{"class": "cloud-apple", "score": 0.875, "box": [w / 4.0, h / 4.0, w / 2.0, h / 2.0]}]});
+                let mode = *m.lock().unwrap();
+                let c = client.clone();
+                let send = move |payload: String| {
+                    c.publish(RESP_TOPIC, rumqttc::QoS::AtLeastOnce, false, payload)
+                        .unwrap();
+                };
+                match mode {
+                    Mode::InTime => send(answer.to_string()),
+                    Mode::Late(ms) => {
+                        std::thread::spawn(move || {
+                            std::thread::sleep(Duration::from_millis(ms));
+                            send(answer.to_string());
+                        });
+                    }
+                    Mode::Never => {}
+                    Mode::Garbage => send(json!({"id": id, "detections": "many"}).to_string()),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the test cloud could not subscribe");
+        TestCloud { mode, requests }
+    }
+
+    fn set(&self, m: Mode) {
+        *self.mode.lock().unwrap() = m;
+    }
+
+    fn seen(&self) -> Vec<Value> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn image(w: u32, h: u32, sec: i64, seed: u8) -> Value {
+    let px: Vec<u8> = (0..w * h * 3)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    json!({"header": {"stamp": {"sec": sec, "nanosec": 5}, "frame_id": "camera_color_optical_frame"},
+           "height": h, "width": w, "encoding": "rgb8", "step": w * 3,
+           "data": base64::engine::general_purpose::STANDARD.encode(px)})
+}
+
+fn detect_config(model: &str, policy: &str, extra: &str) -> String {
+    format!(
+        r#"[onnx]
+library = "{lib}"
+[detect]
+enabled = true
+policy = "{policy}"
+image_topic = "/camera/color/image_raw"
+model = "{model}"
+deadline = "1500ms"
+expected_local = "400ms"
+frame_timeout = "700ms"
+frame_max_age = "10s"
+{extra}
+"#,
+        lib = support::onnxruntime_lib().display()
+    )
+}
+
+struct Robot {
+    peer: RosPeer,
+}
+
+impl Robot {
+    fn start(domain: u16) -> Self {
+        let mut peer = RosPeer::start(domain);
+        peer.publisher(
+            "img",
+            "/camera/color/image_raw",
+            "sensor_msgs/msg/Image",
+            json!({}),
+        );
+        peer.publisher(
+            "req",
+            "/edge_agent/detect/request",
+            "edge_agent_msgs/msg/DetectionRequest",
+            json!({}),
+        );
+        peer.subscriber(
+            "det",
+            "/edge_agent/detect/detections",
+            "vision_msgs/msg/Detection2DArray",
+            json!({}),
+        );
+        peer.subscriber(
+            "status",
+            "/edge_agent/detect/status",
+            "edge_agent_msgs/msg/DetectionStatus",
+            json!({"durability": "transient-local", "depth": 100}),
+        );
+        peer.wait_matched("img");
+        peer.wait_matched("req");
+        // The agent's transient-local status reaches a matched reader: the graph is ready.
+        peer.wait_received("status", 1, Duration::from_secs(20));
+        Robot { peer }
+    }
+
+    /// Publishes a frame stamped `sec`, then the request.
+    fn ask(&mut self, id: &str, sec: i64, encoding: Option<&str>) {
+        let mut img = image(320, 240, sec, sec as u8);
+        if let Some(e) = encoding {
+            img["encoding"] = json!(e);
+        }
+        self.peer.write("img", img);
+        self.peer.write(
+            "req",
+            json!({"request_id": id, "scene": "day", "deadline_ms": 0}),
+        );
+    }
+
+    fn detections(&self) -> Vec<Value> {
+        self.peer
+            .received("det")
+            .into_iter()
+            .map(|m| m["value"].clone())
+            .collect()
+    }
+
+    fn statuses(&self) -> Vec<Value> {
+        self.peer
+            .received("status")
+            .into_iter()
+            .map(|m| m["value"].clone())
+            .collect()
+    }
+}
+
+fn report_for(lines: &[String], id: &str) -> Option<Value> {
+    payloads(lines, REPORT_TOPIC)
+        .into_iter()
+        .find(|r| r["id"] == id)
+}
+
+fn wait_report(sub: &support::mosquitto::Sub, id: &str) -> Value {
+    let lines = sub.wait_for(
+        &format!("the report of {id}"),
+        Duration::from_secs(20),
+        |l| report_for(l, id).is_some(),
+    );
+    report_for(&lines, id).unwrap()
+}
+
+fn classes(arr: &Value) -> Vec<String> {
+    arr["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d["results"][0]["hypothesis"]["class_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_closes() {
+    let domain = 81;
+    let broker = Mosquitto::start(Options::default());
+    let cloud = TestCloud::start(broker.port);
+    let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("fruit.onnx");
+    support::make_model("yolo-fixed", &model);
+    let a = AgentDir::new(
+        broker.port,
+        domain,
+        "",
+        &detect_config(
+            model.to_str().unwrap(),
+            "cloud-first",
+            "breaker_failures = 3\nbreaker_probe = \"4s\"\n",
+        ),
+    );
+    let agent = spawn_run(&a.config(), &[]);
+    let mut robot = Robot::start(domain);
+    // The agent is subscribed to the responses once its link is up: wait for its status.
+    sub.wait_for("nothing", Duration::from_millis(200), |_| true);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // (request, cloud mode, expected source, cloud asked)
+    let cases = [
+        ("r1", Mode::InTime, "cloud", true),
+        ("r2", Mode::Garbage, "local", true),
+        ("r3", Mode::Late(2500), "local", true),
+        ("r4", Mode::Never, "local", true), // third failure in a row: the breaker opens
+        ("r5", Mode::InTime, "local", false), // open: local at once, the cloud not asked
+    ];
+    for (i, (id, mode, source, asked)) in cases.iter().enumerate() {
+        cloud.set(*mode);
+        let before = cloud.seen().len();
+        robot.ask(id, 100 + i as i64, None);
+        let rep = wait_report(&sub, id);
+        assert_eq!(rep["source"], *source, "{id}: {rep}");
+        assert!(rep.get("error").is_none(), "{id}: {rep}");
+        // The answer arrives within the deadline (1500 ms), plus the local model's time
+        // once it had to answer.
+        let total = rep["latency_ms"]["total"].as_f64().unwrap();
+        assert!(total <= 1500.0 + 2000.0, "{id}: {rep}");
+        assert_eq!(cloud.seen().len() > before, *asked, "{id}");
+        let dets = robot
+            .peer
+            .wait_received("det", i + 1, Duration::from_secs(10));
+        let arr = &dets[i]["value"];
+        assert_eq!(arr["header"]["stamp"]["sec"], 100 + i as i64, "{arr}");
+        assert_eq!(arr["header"]["frame_id"], "camera_color_optical_frame");
+        if *source == "cloud" {
+            assert_eq!(classes(arr), ["cloud-apple"]);
+            let b = &arr["detections"][0]["bbox"];
+            // The cloud's box [80, 60, 160, 120] in the 320x240 image sent.
+            assert_eq!(b["center"]["position"]["x"], 120.0, "{b}");
+            assert_eq!(b["size_x"], 80.0, "{b}");
+            assert_eq!(
+                arr["detections"][0]["results"][0]["hypothesis"]["score"],
+                0.875
+            );
+            assert_eq!(rep["model"], "cloud-9");
+        } else {
+            // The fixed model's answer (see make_models.py): apple, pear, apple, leaf, ...
+            let c = classes(arr);
+            assert_eq!(&c[..2], ["apple", "pear"], "{arr}");
+            assert!(
+                rep["latency_ms"]["local"]["infer"].as_f64().is_some(),
+                "{rep}"
+            );
+        }
+    }
+    // The cloud request carried the frame as JPEG with its size and the scene.
+    let first = &cloud.seen()[0];
+    assert_eq!(first["id"], "r1");
+    assert_eq!(first["scene"], "day");
+    assert_eq!(
+        (
+            first["image"]["width"].as_u64(),
+            first["image"]["height"].as_u64()
+        ),
+        (Some(320), Some(240))
+    );
+    let jpeg = base64::engine::general_purpose::STANDARD
+        .decode(first["image"]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(&jpeg[..2], [0xFF, 0xD8]);
+
+    // After the probe interval the next request also probes the cloud; its answer in
+    // time closes the breaker (this answer still comes from the local model)...
+    std::thread::sleep(Duration::from_secs(4));
+    cloud.set(Mode::InTime);
+    let before = cloud.seen().len();
+    robot.ask("r6", 106, None);
+    let rep = wait_report(&sub, "r6");
+    assert_eq!(rep["source"], "local", "{rep}");
+    assert_eq!(cloud.seen().len(), before + 1, "the probe was not sent");
+    // ...and the one after is answered by the cloud again.
+    robot.ask("r7", 107, None);
+    let rep = wait_report(&sub, "r7");
+    assert_eq!(rep["source"], "cloud", "{rep}");
+
+    // Failures: a frame in an unsupported encoding, and no frame at all.
+    robot.ask("r8", 108, Some("yuv422"));
+    let rep = wait_report(&sub, "r8");
+    assert!(
+        rep["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("bad camera frame: image encoding 'yuv422' is not supported"),
+        "{rep}"
+    );
+    robot
+        .peer
+        .write("req", json!({"request_id": "r9", "deadline_ms": 5000}));
+    let rep = wait_report(&sub, "r9");
+    assert_eq!(rep["error"], "no camera frame within 700 ms", "{rep}");
+
+    // The status topic went through every state and tells the source and errors.
+    let st = robot.statuses();
+    let states = |id: &str| -> Vec<String> {
+        st.iter()
+            .filter(|s| s["request_id"] == id)
+            .map(|s| s["state"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        states("r1"),
+        [
+            "accepted",
+            "sensor_activating",
+            "frame_captured",
+            "cloud_pending",
+            "answered",
+            "published",
+            "idle"
+        ]
+    );
+    let r1_published = st
+        .iter()
+        .find(|s| s["request_id"] == "r1" && s["state"] == "published")
+        .unwrap();
+    assert_eq!(r1_published["last_source"], 1);
+    assert_eq!(r1_published["request_flag"], true);
+    assert_eq!(st.last().unwrap()["request_flag"], false);
+    assert!(states("r9").contains(&"error".to_owned()));
+    // Only answered requests produced detection arrays.
+    assert_eq!(robot.detections().len(), 7);
+
+    let log = stop(agent);
+    assert!(log.contains("Cloud detector not answering"), "{log}");
+    assert!(log.contains("Cloud detector answering again"), "{log}");
+}
+
+#[test]
+fn a_model_installed_by_ota_is_swapped_in_without_losing_a_request() {
+    let domain = 82;
+    let broker = Mosquitto::start(Options::default());
+    let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);
+    let www = tempfile::tempdir().unwrap();
+    let srv = HttpServer::start(www.path());
+    let models = tempfile::tempdir().unwrap();
+    let (m1, m2) = (models.path().join("m1.onnx"), models.path().join("m2.onnx"));
+    support::make_model("yolo-fixed", &m1);
+    support::make_model("yolo-e2e", &m2);
+    let files = |m: &std::path::Path| vec![("models/detector.onnx", std::fs::read(m).unwrap())];
+    let a = AgentDir::new(
+        broker.port,
+        domain,
+        "",
+        &format!(
+            "{}[ota]\nprotocol = \"http\"\nallow_http = true\nconfirm_after = \"1s\"\nhttp_server = \"{}\"\nhttp_interval = \"1s\"\n",
+            detect_config("models/detector.onnx", "local-only", ""),
+            srv.url("")
+        ),
+    );
+    let ota_dir = a.path().join("state/ota");
+    let v1 = make_package(www.path(), "1.0.0", &files(&m1), None, None);
+    let o = ota(&[
+        "install",
+        v1.package.to_str().unwrap(),
+        "--yes",
+        "--state-dir",
+        ota_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let old_slot = std::fs::read_link(ota_dir.join("current"))
+        .unwrap()
+        .display()
+        .to_string();
+    let agent = spawn_run(&a.config(), &[]);
+    let mut robot = Robot::start(domain);
+
+    let v2 = make_package(www.path(), "2.0.0", &files(&m2), None, None);
+    let mut n = 0;
+    let mut offered = false;
+    let mut first_new = None;
+    let started = Instant::now();
+    // A stream of requests, 10 a second; the update is offered after 10 of them.
+    loop {
+        n += 1;
+        robot.ask(&format!("s{n}"), n, None);
+        std::thread::sleep(Duration::from_millis(100));
+        if n == 10 {
+            std::fs::write(
+                www.path().join("check_update.json"),
+                json!({"update_available": true, "latest_version": "2.0.0",
+                       "url": srv.url(v2.package.file_name().unwrap().to_str().unwrap()), "sha256": v2.sha256})
+                .to_string(),
+            )
+            .unwrap();
+            offered = true;
+        }
+        if offered && first_new.is_none() {
+            let lines = sub.snapshot();
+            first_new = payloads(&lines, REPORT_TOPIC)
+                .iter()
+                .find(|r| r["model"].as_str().is_some_and(|m| !m.contains(&old_slot)))
+                .map(|r| r["id"].clone());
+        }
+        if first_new.is_some() && n >= 10 + 20 || started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    assert!(
+        first_new.is_some(),
+        "the new model was never used; the agent's log:\n{}",
+        stop(agent)
+    );
+    // Every request was answered: a report without error and a detection array each.
+    let lines = sub.wait_for("every report", Duration::from_secs(20), |l| {
+        (1..=n).all(|i| report_for(l, &format!("s{i}")).is_some())
+    });
+    for i in 1..=n {
+        let r = report_for(&lines, &format!("s{i}")).unwrap();
+        assert!(r.get("error").is_none(), "{r}");
+        assert_eq!(r["source"], "local");
+    }
+    let dets = robot
+        .peer
+        .wait_received("det", n as usize, Duration::from_secs(20));
+    assert_eq!(dets.len(), n as usize);
+    // The two models answer differently: the old one finds a leaf, the new one does not.
+    let last = &dets.last().unwrap()["value"];
+    assert!(!classes(last).contains(&"leaf".to_owned()), "{last}");
+    assert!(classes(&dets[0]["value"]).contains(&"leaf".to_owned()));
+    let log = stop(agent);
+    assert!(log.contains("Detection models swapped"), "{log}");
+}
