@@ -15,6 +15,29 @@ use support::mosquitto::{ready_sub, Mosquitto, Options};
 use support::ota::{make_package, ota, stderr, HttpServer};
 use support::ros_peer::RosPeer;
 
+/// The agent process, killed if the test fails before stopping it (so it cannot answer
+/// the next run's requests on the same ROS domain).
+struct Agent(Option<std::process::Child>);
+
+impl Agent {
+    fn start(config: &std::path::Path) -> Self {
+        Agent(Some(spawn_run(config, &[])))
+    }
+
+    fn stop(mut self) -> String {
+        stop(self.0.take().unwrap())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 const REQ_TOPIC: &str = "/pk1/robot-7/user/detect/request";
 const RESP_TOPIC: &str = "/pk1/robot-7/user/detect/response";
 const REPORT_TOPIC: &str = "/pk1/robot-7/user/detect/result";
@@ -241,10 +264,10 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
         &detect_config(
             model.to_str().unwrap(),
             "cloud-first",
-            "breaker_failures = 3\nbreaker_probe = \"4s\"\n",
+            "breaker_failures = 3\nbreaker_probe = \"4s\"\ndepth_topic = \"/camera/depth\"\ncamera_info_topic = \"/camera/color/camera_info\"\n",
         ),
     );
-    let agent = spawn_run(&a.config(), &[]);
+    let agent = Agent::start(&a.config());
     let mut robot = Robot::start(domain);
     // The agent is subscribed to the responses once its link is up: wait for its status.
     sub.wait_for("nothing", Duration::from_millis(200), |_| true);
@@ -343,6 +366,65 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
     let rep = wait_report(&sub, "r9");
     assert_eq!(rep["error"], "no camera frame within 700 ms", "{rep}");
 
+    // Depth positioning: an aligned 16UC1 depth image at 1.5 m and the intrinsics.
+    robot
+        .peer
+        .publisher("depth", "/camera/depth", "sensor_msgs/msg/Image", json!({}));
+    robot.peer.publisher(
+        "info",
+        "/camera/color/camera_info",
+        "sensor_msgs/msg/CameraInfo",
+        json!({}),
+    );
+    robot.peer.subscriber(
+        "det3d",
+        "/edge_agent/detect/detections_3d",
+        "vision_msgs/msg/Detection3DArray",
+        json!({}),
+    );
+    robot.peer.wait_matched("depth");
+    robot.peer.wait_matched("info");
+    let mm: Vec<u8> = (0..320 * 240).flat_map(|_| 1500u16.to_le_bytes()).collect();
+    robot.peer.write(
+        "depth",
+        json!({"header": {"frame_id": "camera_color_optical_frame"},
+        "height": 240, "width": 320, "encoding": "16UC1", "step": 640,
+        "data": base64::engine::general_purpose::STANDARD.encode(mm)}),
+    );
+    robot.peer.write(
+        "info",
+        json!({"header": {"frame_id": "camera_color_optical_frame"},
+        "height": 240, "width": 320, "k": [300.0, 0.0, 160.0, 0.0, 300.0, 120.0, 0.0, 0.0, 1.0]}),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    cloud.set(Mode::InTime);
+    let mut img = image(320, 240, 110, 7);
+    img["header"]["stamp"]["sec"] = json!(110);
+    robot.peer.write("img", img);
+    robot.peer.write(
+        "req",
+        json!({"request_id": "r10", "depth_positioning": true}),
+    );
+    let rep = wait_report(&sub, "r10");
+    assert_eq!(rep["positioned"], 1, "{rep}");
+    let d3 = robot
+        .peer
+        .wait_received("det3d", 1, Duration::from_secs(10));
+    let det = &d3[0]["value"]["detections"][0];
+    let p = &det["results"][0]["pose"]["pose"]["position"];
+    // The cloud's box [80, 60, 160, 120] has its centre at (120, 90): 1.5 m deep.
+    assert_eq!(p["z"], 1.5, "{det}");
+    assert!(
+        (p["x"].as_f64().unwrap() - (120.0 - 160.0) * 1.5 / 300.0).abs() < 1e-9,
+        "{det}"
+    );
+    assert!(
+        (p["y"].as_f64().unwrap() - (90.0 - 120.0) * 1.5 / 300.0).abs() < 1e-9,
+        "{det}"
+    );
+    assert_eq!(det["results"][0]["hypothesis"]["class_id"], "cloud-apple");
+    assert_eq!(d3[0]["value"]["header"]["stamp"]["sec"], 110);
+
     // The status topic went through every state and tells the source and errors.
     let st = robot.statuses();
     let states = |id: &str| -> Vec<String> {
@@ -372,9 +454,9 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
     assert_eq!(st.last().unwrap()["request_flag"], false);
     assert!(states("r9").contains(&"error".to_owned()));
     // Only answered requests produced detection arrays.
-    assert_eq!(robot.detections().len(), 7);
+    assert_eq!(robot.detections().len(), 8);
 
-    let log = stop(agent);
+    let log = agent.stop();
     assert!(log.contains("Cloud detector not answering"), "{log}");
     assert!(log.contains("Cloud detector answering again"), "{log}");
 }
@@ -415,7 +497,7 @@ fn a_model_installed_by_ota_is_swapped_in_without_losing_a_request() {
         .unwrap()
         .display()
         .to_string();
-    let agent = spawn_run(&a.config(), &[]);
+    let agent = Agent::start(&a.config());
     let mut robot = Robot::start(domain);
 
     let v2 = make_package(www.path(), "2.0.0", &files(&m2), None, None);
@@ -452,7 +534,7 @@ fn a_model_installed_by_ota_is_swapped_in_without_losing_a_request() {
     assert!(
         first_new.is_some(),
         "the new model was never used; the agent's log:\n{}",
-        stop(agent)
+        agent.stop()
     );
     // Every request was answered: a report without error and a detection array each.
     let lines = sub.wait_for("every report", Duration::from_secs(20), |l| {
@@ -471,6 +553,6 @@ fn a_model_installed_by_ota_is_swapped_in_without_losing_a_request() {
     let last = &dets.last().unwrap()["value"];
     assert!(!classes(last).contains(&"leaf".to_owned()), "{last}");
     assert!(classes(&dets[0]["value"]).contains(&"leaf".to_owned()));
-    let log = stop(agent);
+    let log = agent.stop();
     assert!(log.contains("Detection models swapped"), "{log}");
 }

@@ -158,9 +158,9 @@ pub struct Depth {
 /// A depth `sensor_msgs/Image`: 16UC1 / mono16 in millimetres or 32FC1 in metres.
 pub fn depth_from_image(cdr: &Bytes) -> Result<Depth, String> {
     let img = parse_image(cdr).map_err(|e| e.to_string())?;
-    let (bpp, scale) = match img.encoding.as_str() {
-        "16UC1" | "mono16" => (2, 0.001f32),
-        "32FC1" => (4, 1.0f32),
+    let (bpp, per_metre) = match img.encoding.as_str() {
+        "16UC1" | "mono16" => (2, 1000.0f64),
+        "32FC1" => (4, 1.0f64),
         other => {
             return Err(format!(
                 "depth encoding '{other}' is not supported (use 16UC1 in mm or 32FC1 in m)"
@@ -185,7 +185,8 @@ pub fn depth_from_image(cdr: &Bytes) -> Result<Depth, String> {
                 } else {
                     u16::from_le_bytes([px[0], px[1]])
                 };
-                f32::from(raw) * scale
+                // Through f64, so whole millimetres give the nearest f32 metres.
+                (f64::from(raw) / per_metre) as f32
             } else {
                 let b = [px[0], px[1], px[2], px[3]];
                 if img.is_bigendian {

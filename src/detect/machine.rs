@@ -6,7 +6,8 @@
 //! `idle -> accepted -> sensor_activating -> frame_captured -> cloud_pending ->
 //! answered -> published -> idle`. Requests arriving while one is served wait in a
 //! FIFO queue of `max_queued`; beyond that they are rejected at once with an error
-//! status, and a request whose id is already served or queued is ignored. Each request
+//! status, and a request whose id is in service, queued, or among the last 64 served is
+//! ignored (DDS may deliver a sample twice). Each request
 //! has a deadline (its own `deadline_ms`, else the configured default) counted from
 //! when it was accepted; time spent queued counts.
 //!
@@ -271,7 +272,12 @@ pub struct Machine {
     last_error: String,
     state: State,
     sensor_on: bool,
+    /// Ids of the last requests served, so a request delivered twice is served once.
+    recent: VecDeque<String>,
 }
+
+/// How many served request ids are remembered.
+const RECENT: usize = 64;
 
 impl Machine {
     pub fn new(policy: Policy, timing: Timing, breaker: Breaker) -> Self {
@@ -286,6 +292,7 @@ impl Machine {
             last_error: String::new(),
             state: State::Idle,
             sensor_on: false,
+            recent: VecDeque::new(),
         }
     }
 
@@ -308,6 +315,13 @@ impl Machine {
 
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Whether a request with this id is in service, queued, or was served lately.
+    pub fn knows(&self, id: &str) -> bool {
+        self.current.as_ref().is_some_and(|a| a.req.id == id)
+            || self.queue.iter().any(|(q, _)| q.id == id)
+            || self.recent.iter().any(|r| r == id)
     }
 
     /// The request in service.
@@ -377,9 +391,7 @@ impl Machine {
     }
 
     fn on_request(&mut self, req: Request, now: u64, out: &mut Vec<Action>) {
-        let dup = self.current.as_ref().is_some_and(|a| a.req.id == req.id)
-            || self.queue.iter().any(|(q, _)| q.id == req.id);
-        if dup {
+        if self.knows(&req.id) {
             return;
         }
         if self.current.is_none() {
@@ -657,6 +669,10 @@ impl Machine {
     /// The request is over: serve the next one, or go idle.
     fn finish(&mut self, now: u64, out: &mut Vec<Action>) {
         if let Some(a) = self.current.take() {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(a.req.id.clone());
             self.last_id = a.req.id;
         }
         // Queued requests whose deadline already passed are failed without being served.
@@ -1010,6 +1026,9 @@ mod tests {
         // r2's deadline counts from when it was queued.
         m.handle(Input::Frame(ok()), 150);
         assert_eq!(m.next_deadline(), Some(60 + 1000 + 700));
+        // r1 again, after it was served (a sample delivered twice): ignored.
+        assert!(m.handle(Input::Request(req("r1", 0)), 200).is_empty());
+        assert_eq!(m.queued(), 0);
     }
 
     #[test]

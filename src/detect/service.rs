@@ -464,11 +464,11 @@ impl Service {
             depth: v["depth_positioning"].as_bool().unwrap_or(false),
         };
         tracing::debug!(request = %id, scene = %req.scene, "Detection requested.");
-        if self.machine.current().map(|r| r.id.as_str()) != Some(id.as_str()) {
-            self.pending
-                .entry(id)
-                .or_insert_with(|| (req.clone(), Instant::now()));
+        if self.machine.knows(&id) {
+            tracing::debug!(request = %id, "A repeated detection request was ignored.");
+            return;
         }
+        self.pending.insert(id, (req.clone(), Instant::now()));
         self.feed(Input::Request(req), now, local_tx);
     }
 
