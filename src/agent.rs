@@ -155,8 +155,9 @@ pub async fn start(
     let n = notifier.clone();
     let mut state = handle.state();
     let stop = shutdown.clone();
+    let stop_ready = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        let up = tokio::time::timeout(READY_WAIT, async {
+        let wait = tokio::time::timeout(READY_WAIT, async {
             loop {
                 if *state.borrow_and_update() == LinkState::Up {
                     return;
@@ -166,8 +167,12 @@ pub async fn start(
                 }
             }
         })
-        .await
-        .is_ok();
+;
+        let up = tokio::select! {
+            r = wait => r.is_ok(),
+            // Stopping before the broker was reached: nothing to announce.
+            _ = stop_ready.cancelled() => return,
+        };
         if up {
             n.notify("READY=1\nSTATUS=Bridging; MQTT link up");
         } else {

@@ -556,3 +556,52 @@ fn a_model_installed_by_ota_is_swapped_in_without_losing_a_request() {
     let log = agent.stop();
     assert!(log.contains("Detection models swapped"), "{log}");
 }
+
+#[test]
+fn the_camera_is_switched_on_for_a_request_and_off_afterwards() {
+    let domain = 83;
+    let broker = Mosquitto::start(Options::default());
+    let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("fruit.onnx");
+    support::make_model("yolo-fixed", &model);
+    let a = AgentDir::new(
+        broker.port,
+        domain,
+        "",
+        &detect_config(
+            model.to_str().unwrap(),
+            "local-only",
+            "camera_service = \"/camera/set_enabled\"\ncamera_service_rmw = \"cyclonedds\"\n",
+        )
+        .replace("frame_timeout = \"700ms\"", "frame_timeout = \"5s\""),
+    );
+    let agent = Agent::start(&a.config());
+    let mut robot = Robot::start(domain);
+    robot.peer.cmd(
+        json!({"op": "setbool_server", "id": "cam", "service": "/camera/set_enabled",
+                          "success": true, "message": "ok"}),
+    );
+    let switched = |robot: &Robot| -> Vec<bool> {
+        robot
+            .peer
+            .received("cam")
+            .iter()
+            .map(|m| m["value"]["data"].as_bool().unwrap())
+            .collect()
+    };
+    // A frame from before the request is not used: the camera was off.
+    robot.peer.write("img", image(320, 240, 1, 1));
+    robot.peer.write("req", json!({"request_id": "c1"}));
+    robot.peer.wait_received("cam", 1, Duration::from_secs(10));
+    assert_eq!(switched(&robot), [true]);
+    robot.peer.write("img", image(320, 240, 2, 2));
+    let rep = wait_report(&sub, "c1");
+    assert_eq!(rep["source"], "local", "{rep}");
+    let dets = robot.peer.wait_received("det", 1, Duration::from_secs(10));
+    assert_eq!(dets[0]["value"]["header"]["stamp"]["sec"], 2);
+    robot.peer.wait_received("cam", 2, Duration::from_secs(10));
+    assert_eq!(switched(&robot), [true, false]);
+    let log = agent.stop();
+    assert!(!log.contains("could not be switched"), "{log}");
+}

@@ -49,6 +49,12 @@ pub struct DetectConfig {
     pub depth_topic: Option<String>,
     /// sensor_msgs/msg/CameraInfo of the colour camera (needed with depth).
     pub camera_info_topic: Option<String>,
+    /// A `std_srvs/srv/SetBool` service that switches the camera on (true) for a
+    /// request and off (false) when nothing is left to serve.
+    pub camera_service: Option<String>,
+    /// How the robot's middleware carries service calls: `fastrtps` or `cyclonedds`.
+    #[serde(default)]
+    pub camera_service_rmw: crate::ros::transport::ServiceRmw,
     /// A frame this recent when a request arrives is used at once; else the next one.
     #[serde(default = "d_frame_max_age")]
     pub frame_max_age: Dur,
@@ -179,6 +185,8 @@ pub struct DetectSettings {
     pub depth_topic: Option<String>,
     pub camera_info_topic: Option<String>,
     pub frame_max_age: Duration,
+    pub camera_service: Option<String>,
+    pub camera_service_rmw: crate::ros::transport::ServiceRmw,
     pub cloud_request_topic: String,
     pub cloud_response_topic: String,
     pub report_topic: String,
@@ -336,6 +344,8 @@ impl DetectConfig {
             depth_topic: opt_topic("detect.depth_topic", &self.depth_topic)?,
             camera_info_topic: opt_topic("detect.camera_info_topic", &self.camera_info_topic)?,
             frame_max_age: self.frame_max_age.0,
+            camera_service: opt_topic("detect.camera_service", &self.camera_service)?,
+            camera_service_rmw: self.camera_service_rmw,
             cloud_request_topic: device_topic(
                 "detect.cloud_request_topic",
                 &self.cloud_request_topic,

@@ -123,6 +123,44 @@ struct InService {
     local: Option<(Vec<Found>, StageTimes, String)>,
 }
 
+/// Switches the camera through its SetBool service, one call at a time and in order
+/// (so an "off" for one request cannot overtake the "on" of the next). The outcome of
+/// each "on" goes back to the service.
+fn camera_task(
+    transport: Arc<dyn Transport>,
+    service: String,
+    rmw: crate::ros::transport::ServiceRmw,
+    timeout: Duration,
+    mut rx: mpsc::Receiver<bool>,
+    done: mpsc::Sender<Result<(), String>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failing = false;
+        while let Some(on) = rx.recv().await {
+            let r = transport.set_bool(&service, rmw, on, timeout).await;
+            let r = match r {
+                Ok(reply) if reply.success => Ok(()),
+                Ok(reply) => Err(format!("{service} refused: {}", reply.message)),
+                Err(e) => Err(e.to_string()),
+            };
+            match (&r, failing) {
+                (Err(e), false) => {
+                    failing = true;
+                    tracing::warn!(service = %service, on, error = %e, "The camera could not be switched.");
+                }
+                (Ok(()), true) => {
+                    failing = false;
+                    tracing::info!(service = %service, "The camera switches again.");
+                }
+                _ => {}
+            }
+            if on && done.send(r).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
 struct LocalDone {
     id: String,
     result: Result<(Vec<Found>, StageTimes, String), String>,
@@ -231,7 +269,24 @@ pub async fn start(
             .await
             .context("model loading stopped")?
     };
+    let (camera_tx, camera_done) = match &settings.camera_service {
+        Some(name) => {
+            let (tx, rx) = mpsc::channel(8);
+            let (done_tx, done_rx) = mpsc::channel(8);
+            camera_task(
+                transport.clone(),
+                name.clone(),
+                settings.camera_service_rmw,
+                Duration::from_millis(settings.timing.frame_timeout_ms.max(100)),
+                rx,
+                done_tx,
+            );
+            (Some(tx), Some(done_rx))
+        }
+        None => (None, None),
+    };
     let svc = Service {
+        camera_tx,
         machine: Machine::new(settings.policy, settings.timing, settings.breaker()),
         settings,
         onnx,
@@ -251,11 +306,20 @@ pub async fn start(
         warned_depth: false,
     };
     Ok(tokio::spawn(svc.run(
-        req_rx, img_rx, depth_rx, info_rx, cloud_rx, slot, shutdown,
+        req_rx,
+        img_rx,
+        depth_rx,
+        info_rx,
+        cloud_rx,
+        camera_done,
+        slot,
+        shutdown,
     )))
 }
 
 struct Service {
+    /// The camera's on/off switch, when one is configured.
+    camera_tx: Option<mpsc::Sender<bool>>,
     settings: DetectSettings,
     onnx: OnnxConfig,
     schemas: Schemas,
@@ -294,6 +358,7 @@ impl Service {
         mut depth_rx: mpsc::Receiver<Sample>,
         mut info_rx: mpsc::Receiver<Sample>,
         mut cloud_rx: Option<mpsc::Receiver<crate::mqtt::Incoming>>,
+        mut camera_done: Option<mpsc::Receiver<Result<(), String>>>,
         mut slot: Option<watch::Receiver<Option<PathBuf>>>,
         shutdown: CancellationToken,
     ) {
@@ -320,6 +385,14 @@ impl Service {
                     self.on_cloud(&m.payload, &local_tx);
                 }
                 Some(done) = local_rx.recv() => self.on_local(done, &local_tx),
+                Some(r) = async { match camera_done.as_mut() { Some(c) => c.recv().await, None => std::future::pending().await } } => {
+                    let input = match r {
+                        Ok(()) => Input::SensorReady,
+                        Err(e) => Input::SensorFailed(e),
+                    };
+                    let now = self.now();
+                    self.feed(input, now, &local_tx);
+                }
                 Ok(()) = async { match slot.as_mut() { Some(s) => s.changed().await, None => std::future::pending().await } } => {
                     let dir = slot.as_ref().and_then(|s| s.borrow().clone());
                     let (s, o, tx) = (self.settings.clone(), self.onnx.clone(), swap_tx.clone());
@@ -363,9 +436,26 @@ impl Service {
                 self.publish_status(&s);
                 vec![]
             }
-            // No camera service is configured: the camera is expected to stream.
-            Action::ActivateSensor { .. } => vec![Input::SensorReady],
-            Action::DeactivateSensor => vec![],
+            Action::ActivateSensor { .. } => match &self.camera_tx {
+                // Frames older than the switch-on are not this request's.
+                Some(tx) => {
+                    self.latest_frame = None;
+                    match tx.try_send(true) {
+                        Ok(()) => vec![],
+                        Err(_) => vec![Input::SensorFailed(
+                            "the camera switch is not answering".into(),
+                        )],
+                    }
+                }
+                // No camera service: the camera is expected to stream.
+                None => vec![Input::SensorReady],
+            },
+            Action::DeactivateSensor => {
+                if let Some(tx) = &self.camera_tx {
+                    let _ = tx.try_send(false);
+                }
+                vec![]
+            }
             Action::AskCloud { id, probe } => self.ask_cloud(&id, probe),
             Action::RunLocal { id } => {
                 self.run_local(&id, local_tx);

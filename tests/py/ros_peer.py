@@ -9,6 +9,11 @@ It is driven over stdin/stdout, one JSON object per line. Commands:
   {"op":"write","id":ID,"value":{...},"count":N,"interval_ms":M}      -> {"ok":ID,"written":N}
   {"op":"sub","id":ID,"topic":"/t","type":"pkg/msg/T","qos":{...}}     -> {"ok":ID}
   {"op":"nodes","id":ID}                                                -> {"ok":ID,"nodes":[...]}
+  {"op":"setbool_server","id":ID,"service":"/s","success":B,"message":M} -> {"ok":ID}
+      serves std_srvs/srv/SetBool as rmw_cyclonedds does (topics rq/<s>Request and
+      rr/<s>Reply; each sample starts with the client's 8-byte id and the sequence
+      number, echoed in the reply); each request is an event {"event":"msg","id":ID,
+      "value":{"data":B}}
   {"op":"quit"}
 Events: {"event":"msg","id":ID,"value":{...},"cdr":"<hex of Cyclone's serialization>"}
 qos: {"reliability":"reliable"|"best-effort","durability":"volatile"|"transient-local","depth":N}
@@ -178,6 +183,29 @@ class Matched(Listener):
         self.count = status.current_count
 
 
+def serve_set_bool(dp, cmd):
+    qos = Qos(Policy.Reliability.Reliable(max_blocking_time=100_000_000), Policy.Durability.Volatile,
+              Policy.History.KeepLast(10))
+    req_t = make_idl_struct("SetBoolRq", "std_srvs::srv::dds_::SetBool_Request_",
+                            {"client": T.uint64, "seq": T.uint64, "data": bool})
+    rep_t = make_idl_struct("SetBoolRp", "std_srvs::srv::dds_::SetBool_Response_",
+                            {"client": T.uint64, "seq": T.uint64, "success": bool, "message": str})
+    name = cmd["service"].lstrip("/")
+    reader = DataReader(dp, Topic(dp, f"rq/{name}Request", req_t, qos=qos), qos=qos)
+    writer = DataWriter(dp, Topic(dp, f"rr/{name}Reply", rep_t, qos=qos), qos=qos)
+
+    def serve():
+        while True:
+            for r in reader.take(16):
+                emit({"event": "msg", "id": cmd["id"], "value": {"data": bool(r.data)}})
+                writer.write(rep_t(client=r.client, seq=r.seq, success=bool(cmd.get("success", True)),
+                                   message=cmd.get("message", "")))
+            time.sleep(0.005)
+
+    threading.Thread(target=serve, daemon=True).start()
+    emit({"ok": cmd["id"]})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--domain", type=int, required=True)
@@ -263,6 +291,8 @@ def main():
                 with lock:
                     readers[cmd["id"]] = (r, cmd["type"])
                 emit({"ok": cmd["id"]})
+            elif op == "setbool_server":
+                serve_set_bool(dp, cmd)
             elif op == "nodes":
                 emit({"ok": cmd["id"], "nodes": [n for v in nodes.values() for n in v]})
             elif op == "quit":

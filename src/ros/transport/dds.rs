@@ -16,8 +16,8 @@ use ros2_client::{MessageTypeName, Name, NodeName, NodeOptions};
 use tokio::sync::mpsc;
 
 use super::{
-    Durability, Qos, RawBody, RawCdr, RawCdrSeed, RawPublisher, Reliability, Sample, Transport,
-    TransportError,
+    Durability, Qos, RawBody, RawCdr, RawCdrSeed, RawPublisher, Reliability, Sample, ServiceRmw,
+    SetBoolReply, Transport, TransportError,
 };
 use crate::ros::registry::TypeName;
 use crate::ros::schema::MsgSchema;
@@ -32,9 +32,26 @@ pub struct DdsOptions {
     pub only_networks: Vec<IpAddr>,
 }
 
+/// `std_srvs/srv/SetBool` request and response.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SetBoolRequest {
+    data: bool,
+}
+impl ros2_client::Message for SetBoolRequest {}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SetBoolResponse {
+    success: bool,
+    message: String,
+}
+impl ros2_client::Message for SetBoolResponse {}
+
+type SetBoolClient = ros2_client::Client<SetBoolRequest, SetBoolResponse>;
+
 pub struct DdsTransport {
     context: Context,
     node: Mutex<Node>,
+    set_bool_clients: Mutex<std::collections::HashMap<(String, ServiceRmw), Arc<SetBoolClient>>>,
     fq_name: String,
     spinner: tokio::task::JoinHandle<()>,
     readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -76,6 +93,47 @@ fn topic_name(topic: &str) -> Result<Name, TransportError> {
 }
 
 impl DdsTransport {
+    /// The client of a SetBool service, made on first use and kept.
+    fn set_bool_client(
+        &self,
+        service: &str,
+        rmw: ServiceRmw,
+    ) -> Result<Arc<SetBoolClient>, TransportError> {
+        let key = (service.to_owned(), rmw);
+        let mut clients = self
+            .set_bool_clients
+            .lock()
+            .map_err(|_| TransportError::Start("service client lock poisoned".into()))?;
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let name = topic_name(service)?;
+        let mapping = match rmw {
+            ServiceRmw::Fastrtps => ros2_client::ServiceMapping::Enhanced,
+            ServiceRmw::Cyclonedds => ros2_client::ServiceMapping::Cyclone,
+        };
+        let qos = to_profile(Qos::ros_default());
+        let client = self
+            .node
+            .lock()
+            .map_err(|_| TransportError::Start("node lock poisoned".into()))?
+            .create_client::<SetBoolRequest, SetBoolResponse>(
+                mapping,
+                &name,
+                &ros2_client::ServiceTypeName::new("std_srvs", "SetBool"),
+                qos.clone(),
+                qos,
+            )
+            .map_err(|e| TransportError::Create {
+                what: "a service client",
+                topic: service.to_owned(),
+                reason: format!("{e:?}"),
+            })?;
+        let client = Arc::new(client);
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
     /// Joins the domain and starts the node. Needs a tokio runtime.
     pub fn start(opts: &DdsOptions) -> Result<Self, TransportError> {
         if let Ok(distro) = std::env::var("ROS_DISTRO") {
@@ -117,6 +175,7 @@ impl DdsTransport {
         Ok(Self {
             context,
             node: Mutex::new(node),
+            set_bool_clients: Mutex::new(std::collections::HashMap::new()),
             fq_name,
             spinner,
             readers: Mutex::new(Vec::new()),
@@ -280,5 +339,48 @@ impl Transport for DdsTransport {
 
     fn node_name(&self) -> String {
         self.fq_name.clone()
+    }
+
+    fn set_bool(
+        &self,
+        service: &str,
+        rmw: ServiceRmw,
+        data: bool,
+        timeout: std::time::Duration,
+    ) -> futures::future::BoxFuture<'static, Result<SetBoolReply, TransportError>> {
+        let client = self.set_bool_client(service, rmw);
+        let service = service.to_owned();
+        Box::pin(async move {
+            let client = client?;
+            let call = |reason: String| TransportError::Call {
+                service: service.clone(),
+                reason,
+            };
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let id = client
+                    .async_send_request(SetBoolRequest { data })
+                    .await
+                    .map_err(|e| call(format!("{e:?}")))?;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let wait = left.min(std::time::Duration::from_millis(500));
+                match tokio::time::timeout(wait, client.async_receive_response(id)).await {
+                    Ok(Ok(r)) => {
+                        return Ok(SetBoolReply {
+                            success: r.success,
+                            message: r.message,
+                        })
+                    }
+                    Ok(Err(e)) => return Err(call(format!("{e:?}"))),
+                    Err(_) if tokio::time::Instant::now() >= deadline => {
+                        return Err(TransportError::NoReply {
+                            service,
+                            ms: timeout.as_millis() as u64,
+                        })
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
     }
 }

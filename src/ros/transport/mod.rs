@@ -82,6 +82,10 @@ pub enum TransportError {
     },
     #[error("cannot publish on {topic}: {reason}")]
     Publish { topic: String, reason: String },
+    #[error("service {service} did not answer within {ms} ms")]
+    NoReply { service: String, ms: u64 },
+    #[error("cannot call service {service}: {reason}")]
+    Call { service: String, reason: String },
 }
 
 /// A publisher of raw CDR on one topic.
@@ -90,6 +94,24 @@ pub trait RawPublisher: Send + Sync {
     fn publish(&self, cdr: &Bytes) -> Result<(), TransportError>;
     /// How many subscriptions on the graph match this publisher.
     fn subscription_count(&self) -> usize;
+}
+
+/// How the robot's ROS 2 middleware carries service calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceRmw {
+    /// rmw_fastrtps (ROS 2's default): the request id travels in the sample's metadata.
+    #[default]
+    Fastrtps,
+    /// rmw_cyclonedds: the request id is the first 16 bytes of each sample.
+    Cyclonedds,
+}
+
+/// The answer of a `std_srvs/srv/SetBool` service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetBoolReply {
+    pub success: bool,
+    pub message: String,
 }
 
 /// The ROS 2 side of the agent.
@@ -119,4 +141,15 @@ pub trait Transport: Send + Sync {
 
     /// The node's fully qualified name, e.g. `/robot/edge_agent`.
     fn node_name(&self) -> String;
+
+    /// Calls the `std_srvs/srv/SetBool` service `service` (a camera's on/off switch),
+    /// sending the request again every 500 ms until a reply or `timeout` (the server
+    /// may not be discovered yet; switching on or off twice is harmless).
+    fn set_bool(
+        &self,
+        service: &str,
+        rmw: ServiceRmw,
+        data: bool,
+        timeout: std::time::Duration,
+    ) -> futures::future::BoxFuture<'static, Result<SetBoolReply, TransportError>>;
 }
