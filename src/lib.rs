@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod detect;
 pub mod exit;
 pub mod health;

@@ -86,7 +86,9 @@ where
 {
     // RUST_LOG as `target=level` pairs (e.g. `edge_agent=debug,warn`); no regular
     // expressions, which keeps the binary (and its memory) smaller.
-    let default: Targets = format!("warn,edge_agent={level}")
+    // The DDS stack warns about every datagram it cannot route (e.g. no multicast on a
+    // loopback-only host): not something a technician can act on, so errors only.
+    let default: Targets = format!("warn,rustdds=error,edge_agent={level}")
         .parse()
         .unwrap_or_default();
     let filter = std::env::var("RUST_LOG")

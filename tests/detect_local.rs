@@ -200,3 +200,46 @@ fn bad_models_and_images_are_refused_with_the_reason() {
     assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
     assert!(stderr(&o).contains("bad JPEG"), "{}", stderr(&o));
 }
+
+#[test]
+fn the_shipped_demo_detector_finds_each_apple_of_the_demo_scene_once() {
+    use edge_agent::demo::scene;
+    let dir = tempfile::tempdir().unwrap();
+    let model = support::repo().join("assets/demo/detector.onnx");
+    for tree in [1u64, 2, 3, 17] {
+        let png = dir.path().join(format!("tree{tree}.png"));
+        let mut enc = png::Encoder::new(
+            std::fs::File::create(&png).unwrap(),
+            scene::WIDTH as u32,
+            scene::HEIGHT as u32,
+        );
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().unwrap();
+        w.write_image_data(&scene::render(tree, 5)).unwrap();
+        drop(w);
+        for ort in [true, false] {
+            let d = detections(&detect(&model, &png, ort));
+            let mut centres: Vec<(usize, usize)> = d
+                .iter()
+                .map(|x| {
+                    assert_eq!(x["class_name"], "apple");
+                    let b: Vec<f64> = x["box"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap())
+                        .collect();
+                    (
+                        ((b[0] + b[2]) / 2.0 / 32.0) as usize,
+                        ((b[1] + b[3]) / 2.0 / 32.0) as usize,
+                    )
+                })
+                .collect();
+            centres.sort_unstable();
+            let mut want = scene::apples(tree);
+            want.sort_unstable();
+            assert_eq!(centres, want, "tree {tree}, onnxruntime {ort}");
+        }
+    }
+}

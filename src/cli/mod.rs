@@ -2,6 +2,7 @@
 //! code to `main`.
 
 pub mod agent;
+pub mod demo;
 pub mod detect;
 pub mod mqtt;
 pub mod msg;
@@ -57,6 +58,9 @@ pub enum Command {
     Ota(ota::OtaCommand),
     /// Run the local detector on an image file and print the detections as JSON.
     Detect(detect::DetectArgs),
+    /// The whole loop on this machine: an embedded broker, a simulated robot and cloud,
+    /// and the agent between them.
+    Demo(demo::DemoArgs),
 }
 
 /// Where message definitions are looked up, beside `AMENT_PREFIX_PATH` and the bundled ones.
@@ -109,6 +113,7 @@ pub fn run(cli: Cli, ros: rosargs::RosArgs) -> Result<(), Failure> {
         Command::Outbox(cmd) => mqtt::run_outbox(cmd),
         Command::Ota(cmd) => ota::run(cmd),
         Command::Detect(args) => detect::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }
 

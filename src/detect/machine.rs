@@ -248,8 +248,6 @@ struct Active {
     frame_asked_at: Option<u64>,
     cloud: Leg,
     local: Leg,
-    /// The cloud request is only a probe: its answer is not used.
-    probe: bool,
     /// When cloud-first hands over to the local model.
     local_at: Option<u64>,
 }
@@ -274,6 +272,9 @@ pub struct Machine {
     sensor_on: bool,
     /// Ids of the last requests served, so a request delivered twice is served once.
     recent: VecDeque<String>,
+    /// The breaker's probe in flight: request id and when it counts as failed. Its
+    /// answer may come after the request was answered locally.
+    probe: Option<(String, u64)>,
 }
 
 /// How many served request ids are remembered.
@@ -293,6 +294,7 @@ impl Machine {
             state: State::Idle,
             sensor_on: false,
             recent: VecDeque::new(),
+            probe: None,
         }
     }
 
@@ -331,8 +333,11 @@ impl Machine {
 
     /// When `Tick` must next be fed, if anything is timed.
     pub fn next_deadline(&self) -> Option<u64> {
-        let a = self.current.as_ref()?;
-        let mut t = Vec::new();
+        let probe = self.probe.as_ref().map(|(_, t)| *t);
+        let Some(a) = self.current.as_ref() else {
+            return probe;
+        };
+        let mut t: Vec<u64> = probe.into_iter().collect();
         if let (State::SensorActivating, Some(at)) = (a.state, a.frame_asked_at) {
             t.push(at + self.timing.frame_timeout_ms);
         }
@@ -425,7 +430,6 @@ impl Machine {
             frame_asked_at: None,
             cloud: Leg::Unused,
             local: Leg::Unused,
-            probe: false,
             local_at: None,
         });
         self.set_state(State::Accepted, out);
@@ -487,8 +491,8 @@ impl Machine {
                     return;
                 }
                 allow => {
+                    // Cloud-only: even a probe's answer is this request's answer.
                     a.cloud = Leg::Running;
-                    a.probe = false;
                     acts.push(Action::AskCloud {
                         id: id.clone(),
                         probe: allow == Allow::Probe,
@@ -497,13 +501,22 @@ impl Machine {
             },
             Policy::CloudFirst | Policy::Race => {
                 let allow = self.breaker.allow(now);
-                if allow != Allow::No {
-                    a.cloud = Leg::Running;
-                    a.probe = allow == Allow::Probe;
-                    acts.push(Action::AskCloud {
-                        id: id.clone(),
-                        probe: a.probe,
-                    });
+                match allow {
+                    Allow::Cloud => {
+                        a.cloud = Leg::Running;
+                        acts.push(Action::AskCloud {
+                            id: id.clone(),
+                            probe: false,
+                        });
+                    }
+                    Allow::Probe => {
+                        self.probe = Some((id.clone(), a.deadline_at));
+                        acts.push(Action::AskCloud {
+                            id: id.clone(),
+                            probe: true,
+                        });
+                    }
+                    Allow::No => {}
                 }
                 let local_now = self.policy == Policy::Race || allow != Allow::Cloud;
                 if local_now {
@@ -518,14 +531,24 @@ impl Machine {
                 }
             }
         }
-        let cloud_running = a.cloud == Leg::Running && !a.probe;
-        if cloud_running {
+        if a.cloud == Leg::Running {
             self.set_state(State::CloudPending, out);
         }
         out.extend(acts);
     }
 
     fn on_cloud(&mut self, id: &str, ok: Result<(), String>, now: u64, out: &mut Vec<Action>) {
+        if self.probe.as_ref().is_some_and(|(p, _)| p == id) {
+            self.probe = None;
+            match ok {
+                Ok(()) if self.breaker.success() => out.push(Action::Breaker { open: false }),
+                Ok(()) => {}
+                Err(_) => {
+                    self.breaker.failure(now);
+                }
+            }
+            return;
+        }
         let Some(a) = self.current.as_mut() else {
             return;
         };
@@ -537,21 +560,13 @@ impl Machine {
                 if self.breaker.success() {
                     out.push(Action::Breaker { open: false });
                 }
-                if a.probe {
-                    a.cloud = Leg::Failed; // done; the local answer is used
-                    return;
-                }
                 self.answer(Source::Cloud, now, out);
             }
             Err(e) => {
                 a.cloud = Leg::Failed;
-                let probe = a.probe;
                 self.last_error = format!("cloud: {e}");
                 if self.breaker.failure(now) {
                     out.push(Action::Breaker { open: true });
-                }
-                if probe {
-                    return;
                 }
                 self.cloud_gone(now, out);
             }
@@ -591,8 +606,7 @@ impl Machine {
             Ok(()) => self.answer(Source::Local, now, out),
             Err(e) => {
                 a.local = Leg::Failed;
-                let cloud_waiting = a.cloud == Leg::Running && !a.probe;
-                if cloud_waiting {
+                if a.cloud == Leg::Running {
                     self.last_error = format!("model failure: {e}");
                 } else {
                     self.fail(format!("model failure: {e}"), now, out);
@@ -602,6 +616,11 @@ impl Machine {
     }
 
     fn on_tick(&mut self, now: u64, out: &mut Vec<Action>) {
+        if self.probe.as_ref().is_some_and(|(_, t)| now >= *t) {
+            // The probe was not answered in time: the breaker stays open.
+            self.probe = None;
+            self.breaker.failure(now);
+        }
         let Some(a) = self.current.as_mut() else {
             return;
         };
@@ -615,7 +634,7 @@ impl Machine {
         if a.local == Leg::Unused && a.local_at.is_some_and(|t| now >= t) {
             // Cloud-first hands over: the cloud did not answer in time.
             a.local_at = None;
-            if a.cloud == Leg::Running && !a.probe {
+            if a.cloud == Leg::Running {
                 a.cloud = Leg::Failed;
                 self.last_error = "cloud: no answer in time".into();
                 if self.breaker.failure(now) {
@@ -638,7 +657,7 @@ impl Machine {
                 (_, Leg::Running) => "model failure: the local model did not finish",
                 _ => "no answer",
             };
-            if a.cloud == Leg::Running && !a.probe && self.breaker.failure(now) {
+            if a.cloud == Leg::Running && self.breaker.failure(now) {
                 out.push(Action::Breaker { open: true });
             }
             self.fail(format!("{why} within {waited} ms"), now, out);
@@ -864,14 +883,18 @@ mod tests {
                 Action::RunLocal { id: "r4".into() }
             ]
         );
-        let a = m.handle(cloud("r4", ok()), t + 100);
-        assert_eq!(others(&a), [Action::Breaker { open: false }]);
-        assert!(!m.breaker.is_open());
-        let a = m.handle(local("r4", ok()), t + 150);
+        // The local model answers first; the probe's answer still closes the breaker.
+        let a = m.handle(local("r4", ok()), t + 50);
         assert!(others(&a).contains(&Action::Publish {
             id: "r4".into(),
             source: Source::Local
         }));
+        assert!(m.breaker.is_open());
+        assert_eq!(m.next_deadline(), Some(t + 1000));
+        let a = m.handle(cloud("r4", ok()), t + 100);
+        assert_eq!(others(&a), [Action::Breaker { open: false }]);
+        assert!(!m.breaker.is_open());
+        assert_eq!(m.next_deadline(), None);
         // Closed again: the next request asks the cloud first.
         let a = to_frame(&mut m, "r5", t + 1000);
         assert_eq!(
@@ -881,6 +904,28 @@ mod tests {
                 probe: false
             }]
         );
+    }
+
+    #[test]
+    fn an_unanswered_probe_counts_as_a_failure_at_its_deadline() {
+        let mut m = Machine::new(Policy::CloudFirst, timing(), Breaker::new(1, 1000));
+        to_frame(&mut m, "r1", 0);
+        m.handle(cloud("r1", Err("x".into())), 10);
+        m.handle(local("r1", ok()), 20);
+        assert!(m.breaker.is_open());
+        let a = to_frame(&mut m, "r2", 2000);
+        assert!(others(&a).contains(&Action::AskCloud {
+            id: "r2".into(),
+            probe: true
+        }));
+        m.handle(local("r2", ok()), 2060);
+        assert_eq!(m.next_deadline(), Some(3000));
+        m.handle(Input::Tick, 3000);
+        assert_eq!(m.breaker.failures(), 2);
+        assert!(m.breaker.is_open());
+        // A late answer to the expired probe changes nothing.
+        assert!(m.handle(cloud("r2", ok()), 3100).is_empty());
+        assert!(m.breaker.is_open());
     }
 
     #[test]

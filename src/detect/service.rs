@@ -304,6 +304,7 @@ pub async fn start(
         in_service: None,
         pending: HashMap::new(),
         warned_depth: false,
+        probe: None,
     };
     Ok(tokio::spawn(svc.run(
         req_rx,
@@ -338,7 +339,13 @@ struct Service {
     /// Requests queued in the machine, with when they arrived.
     pending: HashMap<String, (Request, Instant)>,
     warned_depth: bool,
+    /// The breaker's probe in flight: request id, size sent, source size. Its answer
+    /// may come after the request was answered by the local model.
+    probe: Option<Probe>,
 }
+
+/// A probe's request id, the size of the image sent, and the source image's size.
+type Probe = (String, (usize, usize), (usize, usize));
 
 fn stamp_now() -> Value {
     let ms = now_ms();
@@ -640,6 +647,9 @@ impl Service {
             camera: self.intrinsics,
         });
         svc.cloud_sent = Some((Instant::now(), w, h));
+        if probe {
+            self.probe = Some((id.to_owned(), (w, h), (f.rgb.width, f.rgb.height)));
+        }
         let msg = Message::new(
             self.settings.cloud_request_topic.clone(),
             payload,
@@ -712,6 +722,17 @@ impl Service {
             );
             return;
         };
+        if let Some((pid, sent, src)) = self.probe.clone().filter(|(p, ..)| *p == id) {
+            // The breaker's probe: only whether it is a usable answer matters.
+            self.probe = None;
+            let ok = cloud::parse_response(payload, sent, src).map(|_| ());
+            if let Err(e) = &ok {
+                tracing::debug!(request = %pid, error = %e, "The cloud detector's probe answer is not usable.");
+            }
+            let now = self.now();
+            self.feed(Input::Cloud { id: pid, ok }, now, local_tx);
+            return;
+        }
         let Some(svc) = self.in_service.as_mut().filter(|s| s.id == id) else {
             tracing::debug!(request = %id, "A detection response for no current request was ignored.");
             return;
@@ -900,6 +921,11 @@ impl Service {
 
     fn report(&self, mut v: Value) {
         v["timestamp"] = json!(now_ms());
+        v["breaker"] = json!(if self.machine.breaker.is_open() {
+            "open"
+        } else {
+            "closed"
+        });
         let msg = Message::new(
             self.settings.report_topic.clone(),
             serde_json::to_vec(&v).unwrap_or_default(),

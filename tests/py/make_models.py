@@ -11,6 +11,10 @@ usage: make_models.py KIND OUT
               average pooling, a 1x1 convolution, sigmoid, scaled -> [1,4+3,400]
   yolo-bench  about the compute of a YOLOv8n at 640x640 (strided 3x3 convolutions with
               SiLU, three heads) -> [1,84,8400], names for 80 classes
+  demo        the detector `edge-agent demo` ships (assets/demo/detector.onnx): finds red
+              discs ("apple") in 32x32 cells of the 640x640 input — 32x32 average pooling,
+              redness R - (G+B)/2, score sigmoid(30 * (redness - 0.05)), a 28x28 box at
+              the cell's centre -> [1,5,400]
 """
 
 import sys
@@ -170,10 +174,34 @@ def yolo_bench():
     return helper.make_graph(nodes, "yolo_bench", [x], [y], inits), names, (640, 640)
 
 
+def demo():
+    cells = 20
+    xs = (np.arange(cells, dtype=np.float32) + 0.5) * 32
+    cx = np.tile(xs, cells).reshape(1, 1, cells * cells)
+    cy = np.repeat(xs, cells).reshape(1, 1, cells * cells)
+    wh = np.full((1, 2, cells * cells), 28, np.float32)
+    w = np.array([1.0, -0.5, -0.5], np.float32).reshape(1, 3, 1, 1) * 30
+    b = np.array([-0.05 * 30], np.float32)
+    inits = [numpy_helper.from_array(cx, "cx"), numpy_helper.from_array(cy, "cy"),
+             numpy_helper.from_array(wh, "wh"), numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(b, "b"),
+             numpy_helper.from_array(np.array([1, 1, cells * cells], np.int64), "shape")]
+    nodes = [
+        helper.make_node("AveragePool", ["images"], ["p"], kernel_shape=[32, 32], strides=[32, 32]),
+        helper.make_node("Conv", ["p", "w", "b"], ["r"]),
+        helper.make_node("Sigmoid", ["r"], ["s"]),
+        helper.make_node("Reshape", ["s", "shape"], ["score"]),
+        helper.make_node("Concat", ["cx", "cy", "wh", "score"], ["output0"], axis=1),
+    ]
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 640, 640])
+    y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, cells * cells])
+    return helper.make_graph(nodes, "demo_apples", [x], [y], inits), {0: "apple"}, (640, 640)
+
+
 def main():
     kind, out = sys.argv[1], sys.argv[2]
     yolo = {"yolo-fixed": yolo_fixed, "yolo-e2e": yolo_e2e, "yolo-conv": yolo_conv,
-            "yolo-bench": yolo_bench}
+            "yolo-bench": yolo_bench, "demo": demo}
     if kind in yolo:
         graph, names, imgsz = yolo[kind]()
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
