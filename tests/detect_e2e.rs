@@ -264,13 +264,24 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
         &detect_config(
             model.to_str().unwrap(),
             "cloud-first",
-            "breaker_failures = 3\nbreaker_probe = \"4s\"\ndepth_topic = \"/camera/depth\"\ncamera_info_topic = \"/camera/color/camera_info\"\n",
+            "breaker_failures = 3\nbreaker_probe = \"4s\"\ndepth_topic = \"/camera/depth\"\ncamera_info_topic = \"/camera/color/camera_info\"\npose_topic = \"/robot/pose\"\n",
         ),
     );
     let agent = Agent::start(&a.config());
     let mut robot = Robot::start(domain);
-    // The agent is subscribed to the responses once its link is up: wait for its status.
-    sub.wait_for("nothing", Duration::from_millis(200), |_| true);
+    // The robot's pose goes with each cloud request.
+    robot.peer.publisher(
+        "pose",
+        "/robot/pose",
+        "geometry_msgs/msg/PoseStamped",
+        json!({}),
+    );
+    robot.peer.wait_matched("pose");
+    robot.peer.write(
+        "pose",
+        json!({"header": {"frame_id": "map"},
+        "pose": {"position": {"x": 12.5, "y": -3.0, "z": 0.0}, "orientation": {"w": 1.0}}}),
+    );
     std::thread::sleep(Duration::from_millis(500));
 
     // (request, cloud mode, expected source, cloud asked)
@@ -324,6 +335,12 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
     let first = &cloud.seen()[0];
     assert_eq!(first["id"], "r1");
     assert_eq!(first["scene"], "day");
+    assert_eq!(
+        first["pose"]["pose"]["position"]["x"], 12.5,
+        "{}",
+        first["pose"]
+    );
+    assert_eq!(first["pose"]["header"]["frame_id"], "map");
     assert_eq!(
         (
             first["image"]["width"].as_u64(),

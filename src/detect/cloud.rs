@@ -2,7 +2,7 @@
 //!
 //! Request (up, QoS 0 — a stale request is of no use after the deadline):
 //! `{"id","scene","deadline_ms","timestamp","frame_id","image":{"format":"jpeg",
-//! "width","height","data":"<base64>"},"camera":{"fx","fy","cx","cy"}?}`.
+//! "width","height","data":"<base64>"},"camera":{"fx","fy","cx","cy"}?,"pose":{…}?}`.
 //!
 //! Response (down): `{"id":"<request id>","detections":[{"class":"apple","score":0.93,
 //! "box":[x1,y1,x2,y2]}],"model_version":"…"}` with boxes in pixels of the image sent,
@@ -23,6 +23,8 @@ pub struct CloudRequest<'a> {
     pub width: usize,
     pub height: usize,
     pub camera: Option<super::frame::Intrinsics>,
+    /// The robot's latest pose message, as JSON.
+    pub pose: Option<&'a Value>,
 }
 
 pub fn request_json(r: &CloudRequest<'_>) -> Vec<u8> {
@@ -39,6 +41,9 @@ pub fn request_json(r: &CloudRequest<'_>) -> Vec<u8> {
             "data": base64::engine::general_purpose::STANDARD.encode(r.jpeg),
         },
     });
+    if let Some(p) = r.pose {
+        v["pose"] = p.clone();
+    }
     if let Some(k) = r.camera {
         v["camera"] = json!({"fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy,
                              "width": k.width, "height": k.height});

@@ -49,6 +49,11 @@ pub struct DetectConfig {
     pub depth_topic: Option<String>,
     /// sensor_msgs/msg/CameraInfo of the colour camera (needed with depth).
     pub camera_info_topic: Option<String>,
+    /// The robot's pose, sent with each cloud request (its latest message, as JSON).
+    pub pose_topic: Option<String>,
+    /// The type on `pose_topic`.
+    #[serde(default = "d_pose_type")]
+    pub pose_type: String,
     /// A `std_srvs/srv/SetBool` service that switches the camera on (true) for a
     /// request and off (false) when nothing is left to serve.
     pub camera_service: Option<String>,
@@ -108,6 +113,9 @@ impl Default for DetectConfig {
     }
 }
 
+fn d_pose_type() -> String {
+    "geometry_msgs/msg/PoseStamped".into()
+}
 fn d_image_topic() -> String {
     "/camera/color/image_raw".into()
 }
@@ -187,6 +195,8 @@ pub struct DetectSettings {
     pub frame_max_age: Duration,
     pub camera_service: Option<String>,
     pub camera_service_rmw: crate::ros::transport::ServiceRmw,
+    /// Topic and type of the robot's pose.
+    pub pose: Option<(String, String)>,
     pub cloud_request_topic: String,
     pub cloud_response_topic: String,
     pub report_topic: String,
@@ -346,6 +356,8 @@ impl DetectConfig {
             frame_max_age: self.frame_max_age.0,
             camera_service: opt_topic("detect.camera_service", &self.camera_service)?,
             camera_service_rmw: self.camera_service_rmw,
+            pose: opt_topic("detect.pose_topic", &self.pose_topic)?
+                .map(|t| (t, self.pose_type.clone())),
             cloud_request_topic: device_topic(
                 "detect.cloud_request_topic",
                 &self.cloud_request_topic,

@@ -230,6 +230,15 @@ pub async fn start(
             info_tx,
         )?;
     }
+    let (pose_tx, pose_rx) = mpsc::channel(4);
+    let pose_schema = match &settings.pose {
+        Some((topic, ty)) => {
+            let sch = schema(ty)?;
+            transport.subscribe(topic, &tn(ty)?, sch.clone(), Qos::ros_default(), pose_tx)?;
+            Some(sch)
+        }
+        None => None,
+    };
     let status_pub = transport.publisher(
         &settings.status_topic,
         &tn("edge_agent_msgs/msg/DetectionStatus")?,
@@ -305,12 +314,15 @@ pub async fn start(
         pending: HashMap::new(),
         warned_depth: false,
         probe: None,
+        pose_schema,
+        pose: None,
     };
     Ok(tokio::spawn(svc.run(
         req_rx,
         img_rx,
         depth_rx,
         info_rx,
+        pose_rx,
         cloud_rx,
         camera_done,
         slot,
@@ -342,6 +354,9 @@ struct Service {
     /// The breaker's probe in flight: request id, size sent, source size. Its answer
     /// may come after the request was answered by the local model.
     probe: Option<Probe>,
+    pose_schema: Option<Arc<MsgSchema>>,
+    /// The robot's latest pose, for cloud requests.
+    pose: Option<Value>,
 }
 
 /// A probe's request id, the size of the image sent, and the source image's size.
@@ -364,6 +379,7 @@ impl Service {
         mut img_rx: mpsc::Receiver<Sample>,
         mut depth_rx: mpsc::Receiver<Sample>,
         mut info_rx: mpsc::Receiver<Sample>,
+        mut pose_rx: mpsc::Receiver<Sample>,
         mut cloud_rx: Option<mpsc::Receiver<crate::mqtt::Incoming>>,
         mut camera_done: Option<mpsc::Receiver<Result<(), String>>>,
         mut slot: Option<watch::Receiver<Option<PathBuf>>>,
@@ -388,6 +404,14 @@ impl Service {
                 }
                 Some(s) = depth_rx.recv() => self.depth = Some(s.cdr),
                 Some(s) = info_rx.recv() => self.on_camera_info(&s.cdr),
+                Some(s) = pose_rx.recv() => {
+                    if let Some(sch) = &self.pose_schema {
+                        match decode_to_value(sch, &s.cdr, &DecodeOptions::default()) {
+                            Ok(v) => self.pose = Some(v),
+                            Err(e) => tracing::debug!(error = %e, "A pose message could not be decoded."),
+                        }
+                    }
+                }
                 Some(m) = async { match cloud_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
                     self.on_cloud(&m.payload, &local_tx);
                 }
@@ -645,6 +669,7 @@ impl Service {
             width: w,
             height: h,
             camera: self.intrinsics,
+            pose: self.pose.as_ref(),
         });
         svc.cloud_sent = Some((Instant::now(), w, h));
         if probe {
