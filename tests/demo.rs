@@ -148,3 +148,65 @@ fn the_demo_shows_every_stage_of_the_loop() {
             .unwrap_or("")
             .contains("health check failed")));
 }
+
+#[test]
+fn ctrl_c_stops_the_demo_cleanly_with_a_summary() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = agent()
+        .args(["demo", "--fast", "--domain", "85", "--port"])
+        .arg(port.to_string())
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start edge-agent demo");
+    let stdout = child.stdout.take().unwrap();
+    let out = Arc::new(Mutex::new(Vec::<String>::new()));
+    let o2 = out.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            o2.lock().unwrap().push(line);
+        }
+    });
+    let t0 = Instant::now();
+    while !out
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("watch it: mosquitto_sub"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the demo did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    support::agent::signal(&child, "-INT");
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the demo did not stop on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let lines = out.lock().unwrap().clone();
+    assert!(status.success(), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("summary-json ")),
+        "{lines:?}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("edge-agent-demo.log")).unwrap();
+    assert!(
+        log.contains("edge-agent") || log.contains("Detection service ready"),
+        "{log}"
+    );
+    assert!(!log.contains("did not stop in time"), "{log}");
+    assert!(!log.contains("did not close in time"), "{log}");
+}

@@ -410,6 +410,7 @@ pub async fn run(opts: DemoOptions, dir: &Path, live: bool) -> anyhow::Result<Su
             }
         }
     }
+    tracing::info!(seconds = started.elapsed().as_secs(), "Demo stopping.");
     let summary = summarize(&state, &running, started.elapsed());
     shutdown.cancel();
     let _ = robot.await;
