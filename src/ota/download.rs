@@ -283,8 +283,13 @@ async fn attempt_once(
         };
         f.write_all(&chunk)
             .map_err(|e| Attempt::Fatal(io(part, e)))?;
+        let before = offset;
         offset += chunk.len() as u64;
-        crash_point("download: chunk written");
+        // One crash point per 16 KiB written, however the network cut the data into
+        // reads (so the points of an install are the same in every run).
+        for _ in before / 16_384..offset / 16_384 {
+            crash_point("download: 16 KiB written");
+        }
         if offset > settings.max_bytes {
             return Err(Attempt::Fatal(DownloadError::TooBig {
                 size: offset,
