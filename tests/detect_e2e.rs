@@ -622,3 +622,96 @@ fn the_camera_is_switched_on_for_a_request_and_off_afterwards() {
     let log = agent.stop();
     assert!(!log.contains("could not be switched"), "{log}");
 }
+
+#[test]
+fn compressed_camera_frames_go_to_the_cloud_as_they_are() {
+    let domain = 86;
+    let broker = Mosquitto::start(Options::default());
+    let cloud = TestCloud::start(broker.port);
+    let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("fruit.onnx");
+    support::make_model("yolo-fixed", &model);
+    let a = AgentDir::new(
+        broker.port,
+        domain,
+        "",
+        &detect_config(
+            model.to_str().unwrap(),
+            "cloud-first",
+            "image_kind = \"compressed\"\nimage_topic = \"/camera/color/image_raw/compressed\"\n",
+        )
+        .replace("image_topic = \"/camera/color/image_raw\"\n", ""),
+    );
+    let agent = Agent::start(&a.config());
+    let mut peer = RosPeer::start(domain);
+    peer.publisher(
+        "img",
+        "/camera/color/image_raw/compressed",
+        "sensor_msgs/msg/CompressedImage",
+        json!({}),
+    );
+    peer.publisher(
+        "req",
+        "/edge_agent/detect/request",
+        "edge_agent_msgs/msg/DetectionRequest",
+        json!({}),
+    );
+    peer.subscriber(
+        "det",
+        "/edge_agent/detect/detections",
+        "vision_msgs/msg/Detection2DArray",
+        json!({}),
+    );
+    peer.wait_matched("img");
+    peer.wait_matched("req");
+    std::thread::sleep(Duration::from_millis(500));
+    // A 320x240 JPEG as a camera driver's compressed transport sends it.
+    let (w, h) = (320u16, 240u16);
+    let px: Vec<u8> = (0..w as usize * h as usize * 3)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let mut jpeg = Vec::new();
+    jpeg_encoder::Encoder::new(&mut jpeg, 85)
+        .encode(&px, w, h, jpeg_encoder::ColorType::Rgb)
+        .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&jpeg);
+    peer.write(
+        "img",
+        json!({"header": {"stamp": {"sec": 77, "nanosec": 0}, "frame_id": "cam"},
+        "format": "rgb8; jpeg compressed bgr8", "data": b64}),
+    );
+    peer.write("req", json!({"request_id": "z1"}));
+    let rep = wait_report(&sub, "z1");
+    assert_eq!(rep["source"], "cloud", "{rep}");
+    let sent = &cloud.seen()[0];
+    assert_eq!(
+        sent["image"]["data"], b64,
+        "the camera's JPEG was not passed as it is"
+    );
+    assert_eq!(
+        (
+            sent["image"]["width"].as_u64(),
+            sent["image"]["height"].as_u64()
+        ),
+        (Some(320), Some(240))
+    );
+    let dets = peer.wait_received("det", 1, Duration::from_secs(10));
+    assert_eq!(dets[0]["value"]["header"]["stamp"]["sec"], 77);
+    assert_eq!(classes(&dets[0]["value"]), ["cloud-apple"]);
+    // A compressed frame that is not an image fails the request with the reason.
+    peer.write(
+        "img",
+        json!({"header": {"frame_id": "cam"}, "format": "jpeg", "data": "AAAA"}),
+    );
+    peer.write("req", json!({"request_id": "z2"}));
+    let rep = wait_report(&sub, "z2");
+    assert!(
+        rep["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("bad camera frame: compressed image (jpeg)"),
+        "{rep}"
+    );
+    agent.stop();
+}
