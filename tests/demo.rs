@@ -15,23 +15,19 @@ use serde_json::Value;
 use support::agent::{agent, payloads};
 use support::mosquitto::{free_port, ready_sub};
 
-#[test]
-fn the_demo_shows_every_stage_of_the_loop() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
+/// `edge-agent demo ARGS --port P --dir D` with its stdout collected; returns once the
+/// demo printed where its broker is.
+fn start_demo(
+    args: &[&str],
+    port: u16,
+    dir: &std::path::Path,
+) -> (std::process::Child, Arc<Mutex<Vec<String>>>) {
     let mut child = agent()
-        .args([
-            "demo",
-            "--fast",
-            "--duration",
-            "60",
-            "--domain",
-            "84",
-            "--port",
-        ])
+        .args(args)
+        .arg("--port")
         .arg(port.to_string())
         .arg("--dir")
-        .arg(dir.path())
+        .arg(dir)
         .env("ORT_DYLIB_PATH", support::onnxruntime_lib())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -45,7 +41,6 @@ fn the_demo_shows_every_stage_of_the_loop() {
             o2.lock().unwrap().push(line);
         }
     });
-    // The broker is up once the demo printed where it is.
     let t0 = Instant::now();
     while !out
         .lock()
@@ -60,6 +55,19 @@ fn the_demo_shows_every_stage_of_the_loop() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    (child, out)
+}
+
+#[test]
+fn the_demo_shows_every_stage_of_the_loop() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, out) = start_demo(
+        &["demo", "--fast", "--duration", "60", "--domain", "84"],
+        port,
+        dir.path(),
+    );
+    let t0 = Instant::now();
     let sub = ready_sub(port, "#", "probe/ready", &["-q", "1"]);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -153,36 +161,8 @@ fn the_demo_shows_every_stage_of_the_loop() {
 fn ctrl_c_stops_the_demo_cleanly_with_a_summary() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = agent()
-        .args(["demo", "--fast", "--domain", "85", "--port"])
-        .arg(port.to_string())
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start edge-agent demo");
-    let stdout = child.stdout.take().unwrap();
-    let out = Arc::new(Mutex::new(Vec::<String>::new()));
-    let o2 = out.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            o2.lock().unwrap().push(line);
-        }
-    });
+    let (mut child, out) = start_demo(&["demo", "--fast", "--domain", "85"], port, dir.path());
     let t0 = Instant::now();
-    while !out
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("watch it: mosquitto_sub"))
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the demo did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     std::thread::sleep(Duration::from_secs(6));
     support::agent::signal(&child, "-INT");
     let status = loop {

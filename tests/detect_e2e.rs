@@ -151,19 +151,34 @@ frame_max_age = "10s"
     )
 }
 
+/// The agent on `domain` with the fixed-output model; `config` makes its `[onnx]` and
+/// `[detect]` sections from the model's path. Keep the returned folders alive.
+fn start_agent(
+    port: u16,
+    domain: u16,
+    config: impl Fn(&str) -> String,
+) -> (tempfile::TempDir, AgentDir, Agent) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("fruit.onnx");
+    support::make_model("yolo-fixed", &model);
+    let a = AgentDir::new(port, domain, "", &config(model.to_str().unwrap()));
+    let agent = Agent::start(&a.config());
+    (dir, a, agent)
+}
+
 struct Robot {
     peer: RosPeer,
 }
 
 impl Robot {
     fn start(domain: u16) -> Self {
+        Self::with_camera(domain, ("/camera/color/image_raw", "sensor_msgs/msg/Image"))
+    }
+
+    /// The robot with its camera on (topic, type).
+    fn with_camera(domain: u16, camera: (&str, &str)) -> Self {
         let mut peer = RosPeer::start(domain);
-        peer.publisher(
-            "img",
-            "/camera/color/image_raw",
-            "sensor_msgs/msg/Image",
-            json!({}),
-        );
+        peer.publisher("img", camera.0, camera.1, json!({}));
         peer.publisher(
             "req",
             "/edge_agent/detect/request",
@@ -254,20 +269,13 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
     let broker = Mosquitto::start(Options::default());
     let cloud = TestCloud::start(broker.port);
     let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("fruit.onnx");
-    support::make_model("yolo-fixed", &model);
-    let a = AgentDir::new(
-        broker.port,
-        domain,
-        "",
-        &detect_config(
-            model.to_str().unwrap(),
+    let (_dir, _a, agent) = start_agent(broker.port, domain, |model| {
+        detect_config(
+            model,
             "cloud-first",
             "breaker_failures = 3\nbreaker_probe = \"4s\"\ndepth_topic = \"/camera/depth\"\ncamera_info_topic = \"/camera/color/camera_info\"\npose_topic = \"/robot/pose\"\n",
-        ),
-    );
-    let agent = Agent::start(&a.config());
+        )
+    });
     let mut robot = Robot::start(domain);
     // The robot's pose goes with each cloud request.
     robot.peer.publisher(
@@ -579,21 +587,14 @@ fn the_camera_is_switched_on_for_a_request_and_off_afterwards() {
     let domain = 83;
     let broker = Mosquitto::start(Options::default());
     let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("fruit.onnx");
-    support::make_model("yolo-fixed", &model);
-    let a = AgentDir::new(
-        broker.port,
-        domain,
-        "",
-        &detect_config(
-            model.to_str().unwrap(),
+    let (_dir, _a, agent) = start_agent(broker.port, domain, |model| {
+        detect_config(
+            model,
             "local-only",
             "camera_service = \"/camera/set_enabled\"\ncamera_service_rmw = \"cyclonedds\"\n",
         )
-        .replace("frame_timeout = \"700ms\"", "frame_timeout = \"5s\""),
-    );
-    let agent = Agent::start(&a.config());
+        .replace("frame_timeout = \"700ms\"", "frame_timeout = \"5s\"")
+    });
     let mut robot = Robot::start(domain);
     robot.peer.cmd(
         json!({"op": "setbool_server", "id": "cam", "service": "/camera/set_enabled",
@@ -629,43 +630,22 @@ fn compressed_camera_frames_go_to_the_cloud_as_they_are() {
     let broker = Mosquitto::start(Options::default());
     let cloud = TestCloud::start(broker.port);
     let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("fruit.onnx");
-    support::make_model("yolo-fixed", &model);
-    let a = AgentDir::new(
-        broker.port,
-        domain,
-        "",
-        &detect_config(
-            model.to_str().unwrap(),
+    let (_dir, _a, agent) = start_agent(broker.port, domain, |model| {
+        detect_config(
+            model,
             "cloud-first",
             "image_kind = \"compressed\"\nimage_topic = \"/camera/color/image_raw/compressed\"\n",
         )
-        .replace("image_topic = \"/camera/color/image_raw\"\n", ""),
+        .replace("image_topic = \"/camera/color/image_raw\"\n", "")
+    });
+    let robot = Robot::with_camera(
+        domain,
+        (
+            "/camera/color/image_raw/compressed",
+            "sensor_msgs/msg/CompressedImage",
+        ),
     );
-    let agent = Agent::start(&a.config());
-    let mut peer = RosPeer::start(domain);
-    peer.publisher(
-        "img",
-        "/camera/color/image_raw/compressed",
-        "sensor_msgs/msg/CompressedImage",
-        json!({}),
-    );
-    peer.publisher(
-        "req",
-        "/edge_agent/detect/request",
-        "edge_agent_msgs/msg/DetectionRequest",
-        json!({}),
-    );
-    peer.subscriber(
-        "det",
-        "/edge_agent/detect/detections",
-        "vision_msgs/msg/Detection2DArray",
-        json!({}),
-    );
-    peer.wait_matched("img");
-    peer.wait_matched("req");
-    std::thread::sleep(Duration::from_millis(500));
+    let mut peer = robot.peer;
     // A 320x240 JPEG as a camera driver's compressed transport sends it.
     let (w, h) = (320u16, 240u16);
     let px: Vec<u8> = (0..w as usize * h as usize * 3)
