@@ -158,6 +158,12 @@ impl RawImage {
     /// Checks that the data holds `height` rows of `step` bytes, each with `width` pixels.
     fn check(&self) -> Result<usize, ImageError> {
         let bpp = self.bpp()?;
+        self.rows(bpp).map(|_| bpp)
+    }
+
+    /// The pixel bytes of each row, once the data is known to hold `height` rows of
+    /// `step` bytes with `width` pixels of `bpp` bytes each.
+    pub fn rows(&self, bpp: usize) -> Result<impl Iterator<Item = &[u8]> + '_, ImageError> {
         let row = self.width as u64 * bpp as u64;
         let need = if self.height == 0 {
             0
@@ -173,7 +179,8 @@ impl RawImage {
                 have: self.data.len(),
             });
         }
-        Ok(bpp)
+        let (step, row) = (self.step as usize, row as usize);
+        Ok((0..self.height as usize).map(move |y| &self.data[y * step..y * step + row]))
     }
 
     /// Tightly packed pixels, scaled (nearest neighbour) to at most `max_width`.

@@ -58,20 +58,12 @@ fn to_rgb(img: &RawImage) -> Result<Rgb, String> {
             ))
         }
     };
-    let (w, h, step) = (img.width as usize, img.height as usize, img.step as usize);
+    let (w, h) = (img.width as usize, img.height as usize);
     if w == 0 || h == 0 {
         return Err(format!("image of {w}x{h} has no pixels"));
     }
-    let need = step * (h - 1) + w * bpp;
-    if step < w * bpp || img.data.len() < need {
-        return Err(format!(
-            "image of {w}x{h} with step {step} needs {need} bytes of data but has {}",
-            img.data.len()
-        ));
-    }
     let mut data = Vec::with_capacity(w * h * 3);
-    for y in 0..h {
-        let row = &img.data[y * step..y * step + w * bpp];
+    for row in img.rows(bpp).map_err(|e| e.to_string())? {
         if bpp == 3 && order == [0, 1, 2] {
             data.extend_from_slice(row);
             continue;
@@ -167,17 +159,12 @@ pub fn depth_from_image(cdr: &Bytes) -> Result<Depth, String> {
             ))
         }
     };
-    let (w, h, step) = (img.width as usize, img.height as usize, img.step as usize);
-    let need = if h == 0 { 0 } else { step * (h - 1) + w * bpp };
-    if w == 0 || h == 0 || step < w * bpp || img.data.len() < need {
-        return Err(format!(
-            "depth image of {w}x{h} with step {step} needs {need} bytes but has {}",
-            img.data.len()
-        ));
+    let (w, h) = (img.width as usize, img.height as usize);
+    if w == 0 || h == 0 {
+        return Err(format!("depth image of {w}x{h} has no pixels"));
     }
     let mut metres = Vec::with_capacity(w * h);
-    for y in 0..h {
-        let row = &img.data[y * step..y * step + w * bpp];
+    for row in img.rows(bpp).map_err(|e| format!("depth {e}"))? {
         for px in row.chunks_exact(bpp) {
             let v = if bpp == 2 {
                 let raw = if img.is_bigendian {
