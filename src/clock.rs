@@ -10,6 +10,12 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Now as a ROS `builtin_interfaces/Time` in its JSON form: `{"sec","nanosec"}`.
+pub fn ros_stamp_now() -> serde_json::Value {
+    let ms = now_ms();
+    serde_json::json!({"sec": (ms / 1000) as i64, "nanosec": ((ms % 1000) * 1_000_000) as u32})
+}
+
 /// `2026-11-22T05:20:13.250Z`
 pub fn rfc3339_ms(ms: u64) -> String {
     let secs = ms / 1000;

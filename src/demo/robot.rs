@@ -43,11 +43,6 @@ impl Pub {
     }
 }
 
-fn stamp() -> Value {
-    let ms = crate::clock::now_ms();
-    json!({"sec": (ms / 1000) as i64, "nanosec": ((ms % 1000) * 1_000_000) as u32})
-}
-
 /// Runs until `shutdown`. A detection request goes out every `request_every`; the tree
 /// in front of the camera changes with each request.
 pub async fn run(
@@ -194,7 +189,7 @@ pub async fn run(
                     tree += 1;
                 }
                 let el = start.elapsed().as_secs_f64();
-                let st = stamp();
+                let st = crate::clock::ros_stamp_now();
                 // 10 Hz: the arm.
                 let a = (el * 0.8).sin();
                 joints.send(&json!({"header": {"stamp": st, "frame_id": "arm_base"},

@@ -88,6 +88,17 @@ pub struct Timing {
     pub max_queued: usize,
 }
 
+impl Timing {
+    /// A request's deadline in ms: its own, or the default when it gives 0.
+    pub fn deadline_of(&self, req: &Request) -> u64 {
+        if req.deadline_ms == 0 {
+            self.default_deadline_ms
+        } else {
+            req.deadline_ms
+        }
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Timing {
@@ -415,11 +426,7 @@ impl Machine {
     }
 
     fn start(&mut self, req: Request, accepted_at: u64, now: u64, out: &mut Vec<Action>) {
-        let deadline = if req.deadline_ms == 0 {
-            self.timing.default_deadline_ms
-        } else {
-            req.deadline_ms
-        };
+        let deadline = self.timing.deadline_of(&req);
         let id = req.id.clone();
         self.last_error.clear();
         self.current = Some(Active {
@@ -696,11 +703,7 @@ impl Machine {
         }
         // Queued requests whose deadline already passed are failed without being served.
         while let Some((req, at)) = self.queue.pop_front() {
-            let deadline = if req.deadline_ms == 0 {
-                self.timing.default_deadline_ms
-            } else {
-                req.deadline_ms
-            };
+            let deadline = self.timing.deadline_of(&req);
             if now >= at + deadline {
                 out.push(Action::Reject {
                     id: req.id,

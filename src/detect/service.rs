@@ -113,7 +113,6 @@ struct Schemas {
 
 /// What the service knows about the request in service beyond the machine's view.
 struct InService {
-    id: String,
     req: Request,
     accepted: Instant,
     frame: Option<Arc<Frame>>,
@@ -359,17 +358,29 @@ struct Service {
     pose: Option<Value>,
 }
 
+/// The next message on an optional channel; never, when there is no channel.
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A probe's request id, the size of the image sent, and the source image's size.
 type Probe = (String, (usize, usize), (usize, usize));
-
-fn stamp_now() -> Value {
-    let ms = now_ms();
-    json!({"sec": (ms / 1000) as i64, "nanosec": ((ms % 1000) * 1_000_000) as u32})
-}
 
 impl Service {
     fn now(&self) -> u64 {
         self.t0.elapsed().as_millis() as u64
+    }
+
+    /// The request in service, if it is `id`.
+    fn serving(&self, id: &str) -> Option<&InService> {
+        self.in_service.as_ref().filter(|s| s.req.id == id)
+    }
+
+    fn serving_mut(&mut self, id: &str) -> Option<&mut InService> {
+        self.in_service.as_mut().filter(|s| s.req.id == id)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -412,11 +423,11 @@ impl Service {
                         }
                     }
                 }
-                Some(m) = async { match cloud_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                Some(m) = recv_opt(&mut cloud_rx) => {
                     self.on_cloud(&m.payload, &local_tx);
                 }
                 Some(done) = local_rx.recv() => self.on_local(done, &local_tx),
-                Some(r) = async { match camera_done.as_mut() { Some(c) => c.recv().await, None => std::future::pending().await } } => {
+                Some(r) = recv_opt(&mut camera_done) => {
                     let input = match r {
                         Ok(()) => Input::SensorReady,
                         Err(e) => Input::SensorFailed(e),
@@ -499,9 +510,7 @@ impl Service {
             Action::Fail { id, error } => {
                 tracing::warn!(request = %id, error = %error, "Detection request failed.");
                 let latency = self
-                    .in_service
-                    .as_ref()
-                    .filter(|s| s.id == id)
+                    .serving(&id)
                     .map(|s| s.accepted.elapsed().as_secs_f64() * 1e3);
                 self.report(json!({"id": id, "error": error, "latency_ms": {"total": latency}}));
                 self.in_service = None;
@@ -540,7 +549,7 @@ impl Service {
         if self
             .in_service
             .as_ref()
-            .is_some_and(|r| r.id == s.request_id)
+            .is_some_and(|r| r.req.id == s.request_id)
         {
             return;
         }
@@ -548,7 +557,6 @@ impl Service {
             return;
         };
         self.in_service = Some(InService {
-            id: req.id.clone(),
             req,
             accepted: at,
             frame: None,
@@ -638,7 +646,7 @@ impl Service {
         if *self.link.state().borrow() != LinkState::Up {
             return fail("the link to the broker is down".into());
         }
-        let Some(svc) = self.in_service.as_mut().filter(|s| s.id == id) else {
+        let Some(svc) = self.in_service.as_mut().filter(|s| s.req.id == id) else {
             return vec![];
         };
         let Some(f) = svc.frame.clone() else {
@@ -654,11 +662,7 @@ impl Service {
             Ok(j) => j,
             Err(e) => return fail(e),
         };
-        let deadline = if svc.req.deadline_ms == 0 {
-            self.settings.timing.default_deadline_ms
-        } else {
-            svc.req.deadline_ms
-        };
+        let deadline = self.settings.timing.deadline_of(&svc.req);
         let payload = cloud::request_json(&cloud::CloudRequest {
             id,
             scene: &svc.req.scene,
@@ -692,7 +696,7 @@ impl Service {
     }
 
     fn run_local(&mut self, id: &str, local_tx: &mpsc::Sender<LocalDone>) {
-        let Some(svc) = self.in_service.as_ref().filter(|s| s.id == id) else {
+        let Some(svc) = self.serving(id) else {
             return;
         };
         let Some(f) = svc.frame.clone() else {
@@ -725,7 +729,7 @@ impl Service {
     fn on_local(&mut self, done: LocalDone, local_tx: &mpsc::Sender<LocalDone>) {
         let ok = match done.result {
             Ok(r) => {
-                if let Some(s) = self.in_service.as_mut().filter(|s| s.id == done.id) {
+                if let Some(s) = self.serving_mut(&done.id) {
                     s.local = Some(r);
                 }
                 Ok(())
@@ -758,7 +762,7 @@ impl Service {
             self.feed(Input::Cloud { id: pid, ok }, now, local_tx);
             return;
         }
-        let Some(svc) = self.in_service.as_mut().filter(|s| s.id == id) else {
+        let Some(svc) = self.serving_mut(&id) else {
             tracing::debug!(request = %id, "A detection response for no current request was ignored.");
             return;
         };
@@ -799,7 +803,7 @@ impl Service {
 
     fn publish_status(&self, s: &Status) {
         let v = json!({
-            "header": {"stamp": stamp_now(), "frame_id": ""},
+            "header": {"stamp": crate::clock::ros_stamp_now(), "frame_id": ""},
             "request_flag": s.request_flag,
             "request_id": s.request_id,
             "state": s.state.as_str(),
@@ -821,7 +825,7 @@ impl Service {
     }
 
     fn publish_answer(&mut self, id: &str, source: Source) {
-        let Some(svc) = self.in_service.take().filter(|s| s.id == id) else {
+        let Some(svc) = self.in_service.take().filter(|s| s.req.id == id) else {
             return;
         };
         let Some(f) = svc.frame.clone() else {
