@@ -61,7 +61,6 @@ pub fn run(a: DemoArgs) -> Result<(), Failure> {
         duration: a.duration.map(Duration::from_secs),
         fast: a.fast,
         model: a.model.clone(),
-        dir: a.dir.clone(),
         domain: a.domain,
     };
     let live = std::io::IsTerminal::is_terminal(&std::io::stdout());

@@ -183,6 +183,7 @@ pub async fn run(
     let upgrade = format!("/ota/device/upgrade/{pk}/{dn}");
     let progress = format!("/ota/device/progress/{pk}/{dn}");
     let result = format!("/{pk}/{dn}/user/ota/result");
+    let report = format!("/{pk}/{dn}/user/detect/result");
     let start = tokio::time::Instant::now();
     let mut pushed = 0usize;
     let mut nth_request = 0usize;
@@ -229,7 +230,7 @@ pub async fn run(
                 continue;
             }
         };
-        state.cloud_received(&p.topic, p.payload.len());
+        state.cloud_received(&p.topic);
         let body: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
         if p.topic == det_req {
             let answer = SCHEDULE[nth_request % SCHEDULE.len()];
@@ -274,6 +275,8 @@ pub async fn run(
             state.ota_progress(&step, &desc);
         } else if p.topic == result {
             state.ota_result(&body);
+        } else if p.topic == report {
+            state.detection_report(&body);
         }
     }
 }

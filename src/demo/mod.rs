@@ -75,7 +75,7 @@ impl DemoState {
         i.events.push(text);
     }
 
-    pub fn requested(&self, _id: &str) {
+    pub fn requested(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -126,13 +126,13 @@ impl DemoState {
         }
     }
 
-    /// Every message the cloud receives, by topic; detection reports also tell the
-    /// source and the breaker.
-    pub fn cloud_received(&self, topic: &str, _bytes: usize) {
+    /// Every message the cloud receives, by topic.
+    pub fn cloud_received(&self, topic: &str) {
         *self.lock().topics.entry(topic.to_owned()).or_default() += 1;
     }
 
-    fn detection_report(&self, v: &Value) {
+    /// A detection report the cloud received: the source of the answer, and the breaker.
+    pub fn detection_report(&self, v: &Value) {
         let mut i = self.lock();
         match v["source"].as_str() {
             Some(src) => {
@@ -177,7 +177,6 @@ pub struct DemoOptions {
     /// A quicker schedule: a request every second, updates after 12 and 30 s.
     pub fast: bool,
     pub model: Option<PathBuf>,
-    pub dir: Option<PathBuf>,
     pub domain: u16,
 }
 
@@ -359,17 +358,6 @@ pub async fn run(opts: DemoOptions, dir: &Path, live: bool) -> anyhow::Result<Su
         model: dir.join("models/detector.onnx"),
     };
     let cloud_task = tokio::spawn(cloud::run(plan, state.clone(), shutdown.clone()));
-    let report_topic = format!(
-        "/{}/{}/user/detect/result",
-        settings.file.device.product_key, settings.file.device.device_name
-    );
-    // Detection reports reach the view through the cloud's subscription.
-    let mut reports = running
-        .link
-        .subscribe(&report_topic, crate::mqtt::QoS::AtLeastOnce, 64)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut drawn = 0usize;
@@ -379,11 +367,6 @@ pub async fn run(opts: DemoOptions, dir: &Path, live: bool) -> anyhow::Result<Su
         tokio::select! {
             _ = crate::agent::termination() => break,
             _ = async { match end { Some(e) => tokio::time::sleep_until(e).await, None => std::future::pending().await } } => break,
-            Some(m) = reports.recv() => {
-                if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
-                    state.detection_report(&v);
-                }
-            }
             _ = tick.tick() => {
                 let lines = view(&state, &running, started.elapsed());
                 let events: Vec<String> = state.lock().events[shown_events..].to_vec();

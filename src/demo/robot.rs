@@ -227,7 +227,7 @@ pub async fn run(
                 if request_now {
                     next_request += request_every;
                     let id = format!("tree-{tree}");
-                    state.requested(&id);
+                    state.requested();
                     request.send(&json!({"request_id": id, "scene": "day", "deadline_ms": 1500}));
                 }
             }
