@@ -12,7 +12,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use support::agent::{payloads, spawn_run, stop, AgentDir};
 use support::mosquitto::{ready_sub, Mosquitto, Options};
-use support::ota::{make_package, ota, stderr, HttpServer};
+use support::ota::{install_committed, make_package, HttpServer};
 use support::ros_peer::RosPeer;
 
 /// The agent process, killed if the test fails before stopping it (so it cannot answer
@@ -510,14 +510,7 @@ fn a_model_installed_by_ota_is_swapped_in_without_losing_a_request() {
     );
     let ota_dir = a.path().join("state/ota");
     let v1 = make_package(www.path(), "1.0.0", &files(&m1), None, None);
-    let o = ota(&[
-        "install",
-        v1.package.to_str().unwrap(),
-        "--yes",
-        "--state-dir",
-        ota_dir.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    install_committed(&v1.package, &ota_dir);
     let old_slot = std::fs::read_link(ota_dir.join("current"))
         .unwrap()
         .display()

@@ -6,7 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::ota::{active_slot_is_complete, make_package, ota, status, stderr, HttpServer};
+use support::ota::{
+    active_slot_is_complete, install_committed, make_package, ota, status, stderr, HttpServer,
+};
 
 /// `n` files of `size` bytes: a tag, then noise that does not compress (so package
 /// sizes are what the download tests need).
@@ -334,15 +336,7 @@ fn a_failing_health_check_keeps_the_old_slot_and_a_crash_loop_rolls_back() {
     ));
     let v2 = make_package(www.path(), "2.0.0", &refs(&bad), Some("./check.sh"), None);
     let sd = state.path().to_str().unwrap();
-    assert!(ota(&[
-        "install",
-        v1.package.to_str().unwrap(),
-        "--yes",
-        "--state-dir",
-        sd
-    ])
-    .status
-    .success());
+    install_committed(&v1.package, state.path());
     let o = ota(&[
         "install",
         v2.package.to_str().unwrap(),

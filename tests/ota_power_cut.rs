@@ -12,7 +12,9 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::ota::{active_slot_is_complete, make_package, ota, status, stderr, HttpServer};
+use support::ota::{
+    active_slot_is_complete, install_committed, make_package, ota, status, stderr, HttpServer,
+};
 
 fn copy_dir(from: &Path, to: &Path) {
     let st = Command::new("cp")
@@ -57,14 +59,7 @@ fn a_power_cut_at_any_point_leaves_a_complete_slot() {
         None,
         None,
     );
-    let o = ota(&[
-        "install",
-        v1.package.to_str().unwrap(),
-        "--yes",
-        "--state-dir",
-        template.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    install_committed(&v1.package, &template);
     // v2: 2 MB over HTTP (many download chunks) in 200 files (many extraction steps).
     let v2_files: Vec<(String, Vec<u8>)> = (0..200)
         .map(|i| (format!("m/{i:03}.bin"), noise(1000 + i, 10_000)))

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::agent::{payloads, spawn_run, stop, AgentDir};
 use support::mosquitto::{publish, ready_sub, Mosquitto, Options};
-use support::ota::{active_slot_is_complete, make_package, ota, status, stderr, HttpServer};
+use support::ota::{active_slot_is_complete, install_committed, make_package, status, HttpServer};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -31,14 +31,7 @@ fn pkg_files(tag: &str) -> Vec<(&'static str, Vec<u8>)> {
 fn seed_v1(agent_dir: &Path, www: &Path) -> std::path::PathBuf {
     let ota_dir = agent_dir.join("state/ota");
     let v1 = make_package(www, "1.0.0", &pkg_files("v1"), None, None);
-    let o = ota(&[
-        "install",
-        v1.package.to_str().unwrap(),
-        "--yes",
-        "--state-dir",
-        ota_dir.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    install_committed(&v1.package, &ota_dir);
     ota_dir
 }
 

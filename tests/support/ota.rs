@@ -111,6 +111,19 @@ pub fn ota(args: &[&str]) -> Output {
         .expect("run edge-agent ota")
 }
 
+/// `edge-agent ota install PACKAGE --yes --state-dir STATE`, which must succeed: the
+/// version a test starts from, installed and committed.
+pub fn install_committed(package: &Path, state: &Path) {
+    let o = ota(&[
+        "install",
+        package.to_str().unwrap(),
+        "--yes",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
