@@ -135,8 +135,6 @@ pub async fn start(
         .await
         .context("cannot start the detection service")?;
         tasks.push(task);
-    } else {
-        drop(busy_tx);
     }
 
     let health = Health {
@@ -166,8 +164,7 @@ pub async fn start(
                     return;
                 }
             }
-        })
-;
+        });
         let up = tokio::select! {
             r = wait => r.is_ok(),
             // Stopping before the broker was reached: nothing to announce.
