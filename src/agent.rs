@@ -17,7 +17,6 @@ use crate::mqtt::config::Protocol;
 use crate::mqtt::devlog::{self, LogRecord};
 use crate::mqtt::outbox::Outbox;
 use crate::mqtt::{self, LinkHandle, LinkState, ShutdownPolicy};
-use crate::ros::transport::dds::{DdsOptions, DdsTransport};
 use crate::ros::transport::Transport;
 use crate::systemd::{self, Notifier};
 
@@ -70,15 +69,8 @@ pub async fn start(
         || !settings.rules.inbound.is_empty()
         || settings.detect.is_some();
     if needs_ros {
-        let t: Arc<dyn Transport> = Arc::new(
-            DdsTransport::start(&DdsOptions {
-                domain_id: settings.ros.domain_id,
-                node_name: settings.ros.node_name.clone(),
-                namespace: settings.ros.namespace.clone(),
-                only_networks: settings.ros.only_networks.clone(),
-            })
-            .context("cannot join the ROS 2 graph")?,
-        );
+        let t =
+            crate::ros::transport::start(&settings.ros).context("cannot join the ROS 2 graph")?;
         let b = bridge::start(
             &settings.rules,
             t.clone(),

@@ -113,6 +113,9 @@ pub struct AgentConfig {
     /// The folder relative paths in the file are relative to (the file's own).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file this configuration was read from, if any.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -163,6 +166,7 @@ impl AgentConfig {
             source,
         })?;
         let mut c = Self::parse(&text, &path.display().to_string())?;
+        c.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
         c.base_dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -206,7 +210,7 @@ impl AgentConfig {
         } else {
             self.base_dir.clone()
         };
-        let ros = self.ros.resolve(&base)?;
+        let ros = self.ros.resolve(&base, self.source.as_deref())?;
         let registry = Registry::standard(&ros.interfaces).map_err(|e| {
             invalid(
                 "ros.interfaces",
@@ -223,6 +227,22 @@ impl AgentConfig {
             link.protocol == Protocol::V5,
             &classes,
         )?;
+        #[cfg(feature = "rcl")]
+        if ros.transport == crate::ros::config::TransportKind::Rcl {
+            let outbound = rules
+                .outbound
+                .iter()
+                .map(|r| (&r.file, &r.name, &r.type_name));
+            let inbound = rules
+                .inbound
+                .iter()
+                .map(|r| (&r.file, &r.name, &r.type_name));
+            for (file, name, t) in outbound.chain(inbound) {
+                crate::ros::transport::rcl::check_type(t).map_err(|reason| {
+                    invalid(&format!("{file}: rule '{name}': ros_type"), t, reason)
+                })?;
+            }
+        }
         let hi = self.bridge.health_interval.0;
         if hi < std::time::Duration::from_secs(1) {
             return Err(invalid(

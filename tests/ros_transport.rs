@@ -120,6 +120,9 @@ async fn large_samples_of_every_size_modulo_4_reach_cyclone() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // ... and for the reader's side of it: a volatile reader drops what a writer sent
+    // before the reader matched it.
+    tokio::task::block_in_place(|| peer.wait_matched("big"));
     let sizes: Vec<usize> = [1400usize, 2000, 5000, 100_000]
         .iter()
         .flat_map(|b| (0..4).map(move |k| b + k))

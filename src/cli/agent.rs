@@ -111,11 +111,15 @@ pub fn check_config(file: PathBuf) -> Result<(), Failure> {
         }
     ));
     out.push_str(&format!(
-        "  ros        node {}{}{}, domain {}\n",
+        "  ros        node {}{}{}, domain {}, {} transport\n",
         s.ros.namespace.trim_end_matches('/'),
         "/",
         s.ros.node_name,
-        s.ros.domain_id
+        s.ros.domain_id,
+        match s.ros.transport {
+            crate::ros::config::TransportKind::Dds => "dds",
+            crate::ros::config::TransportKind::Rcl => "rcl",
+        }
     ));
     out.push_str(&format!(
         "  ota        {}, {}{}\n",

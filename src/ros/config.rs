@@ -1,7 +1,7 @@
 //! `[ros]`: how the agent joins the ROS 2 graph.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -24,6 +24,30 @@ pub struct RosConfig {
     /// prefixes), searched after `AMENT_PREFIX_PATH` and the bundled ones.
     #[serde(default)]
     pub interfaces: Vec<PathBuf>,
+    /// `dds` (built in, no ROS install) or `rcl` (an ordinary rcl node; only in a
+    /// binary built with the cargo feature `rcl`, where it is the default).
+    pub transport: Option<TransportKind>,
+}
+
+/// Which ROS 2 stack carries the agent's topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    /// ros2-client: DDS over UDP in pure Rust.
+    Dds,
+    /// r2r on the robot's rcl and RMW (cargo feature `rcl`).
+    Rcl,
+}
+
+impl TransportKind {
+    /// The default of this build: `rcl` when it was built with that feature.
+    pub const fn default_for_build() -> Self {
+        if cfg!(feature = "rcl") {
+            TransportKind::Rcl
+        } else {
+            TransportKind::Dds
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +57,10 @@ pub struct RosSettings {
     pub namespace: String,
     pub only_networks: Vec<IpAddr>,
     pub interfaces: Vec<PathBuf>,
+    pub transport: TransportKind,
+    /// The configuration file the agent was started with (the node's `config_file`
+    /// parameter under the rcl transport).
+    pub config_file: Option<PathBuf>,
 }
 
 fn invalid(key: &str, value: impl std::fmt::Display, reason: &str) -> ConfigError {
@@ -56,7 +84,21 @@ pub fn valid_namespace(ns: &str) -> bool {
 }
 
 impl RosConfig {
-    pub fn resolve(&self, base: &std::path::Path) -> Result<RosSettings, ConfigError> {
+    pub fn resolve(
+        &self,
+        base: &std::path::Path,
+        config_file: Option<&std::path::Path>,
+    ) -> Result<RosSettings, ConfigError> {
+        let transport = self
+            .transport
+            .unwrap_or_else(TransportKind::default_for_build);
+        if transport == TransportKind::Rcl && !cfg!(feature = "rcl") {
+            return Err(invalid(
+                "ros.transport",
+                "\"rcl\"",
+                "this edge-agent was built without the rcl transport; rebuild it with `--features rcl` in a sourced ROS 2 environment, or use \"dds\"",
+            ));
+        }
         let domain_id = match self.domain_id {
             Some(d) => d,
             None => match std::env::var("ROS_DOMAIN_ID") {
@@ -102,6 +144,8 @@ impl RosConfig {
             namespace,
             only_networks: self.only_networks.clone(),
             interfaces: self.interfaces.iter().map(|p| base.join(p)).collect(),
+            transport,
+            config_file: config_file.map(Path::to_path_buf),
         })
     }
 }

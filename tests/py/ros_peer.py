@@ -6,6 +6,7 @@ rosbags' standard definitions plus the .msg files of the given folders.
 It is driven over stdin/stdout, one JSON object per line. Commands:
   {"op":"pub","id":ID,"topic":"/t","type":"pkg/msg/T","qos":{...}}     -> {"ok":ID}
   {"op":"wait_matched","id":ID,"count":N,"timeout_ms":T}             -> {"ok":ID} or {"error":...}
+      (ID is a publisher or a subscription: waits until N endpoints of the other side match)
   {"op":"write","id":ID,"value":{...},"count":N,"interval_ms":M}      -> {"ok":ID,"written":N}
   {"op":"sub","id":ID,"topic":"/t","type":"pkg/msg/T","qos":{...}}     -> {"ok":ID}
   {"op":"nodes","id":ID}                                                -> {"ok":ID,"nodes":[...]}
@@ -182,6 +183,9 @@ class Matched(Listener):
     def on_publication_matched(self, writer, status):
         self.count = status.current_count
 
+    def on_subscription_matched(self, reader, status):
+        self.count = status.current_count
+
 
 def serve_set_bool(dp, cmd):
     qos = Qos(Policy.Reliability.Reliable(max_blocking_time=100_000_000), Policy.Durability.Volatile,
@@ -214,7 +218,7 @@ def main():
     args = ap.parse_args()
     types = Types(args.dirs, args.distro)
     dp = DomainParticipant(args.domain)
-    writers, readers, topics = {}, {}, {}
+    writers, readers, topics, reader_matches = {}, {}, {}, {}
     lock = threading.Lock()
 
     def topic(name, tname, qos):
@@ -268,7 +272,7 @@ def main():
                 writers[cmd["id"]] = (w, cmd["type"], listener)
                 emit({"ok": cmd["id"]})
             elif op == "wait_matched":
-                w, _, listener = writers[cmd["id"]]
+                listener = writers[cmd["id"]][2] if cmd["id"] in writers else reader_matches[cmd["id"]]
                 end = time.time() + cmd.get("timeout_ms", 10000) / 1000
                 while listener.count < cmd.get("count", 1) and time.time() < end:
                     time.sleep(0.01)
@@ -287,7 +291,9 @@ def main():
                 emit({"ok": cmd["id"], "written": n})
             elif op == "sub":
                 qos = make_qos(cmd.get("qos"))
-                r = DataReader(dp, topic(cmd["topic"], cmd["type"], qos), qos=qos)
+                matched = Matched()
+                r = DataReader(dp, topic(cmd["topic"], cmd["type"], qos), qos=qos, listener=matched)
+                reader_matches[cmd["id"]] = matched
                 with lock:
                     readers[cmd["id"]] = (r, cmd["type"])
                 emit({"ok": cmd["id"]})

@@ -4,6 +4,8 @@
 
 mod cdr_serde;
 pub mod dds;
+#[cfg(feature = "rcl")]
+pub mod rcl;
 
 use std::sync::Arc;
 
@@ -13,8 +15,40 @@ use tokio::sync::mpsc;
 
 pub use cdr_serde::{RawBody, RawCdr, RawCdrSeed};
 
+use super::config::{RosSettings, TransportKind};
 use super::registry::TypeName;
 use super::schema::MsgSchema;
+
+/// Joins the ROS 2 graph with the transport the configuration names.
+pub fn start(ros: &RosSettings) -> Result<Arc<dyn Transport>, TransportError> {
+    match ros.transport {
+        TransportKind::Dds => Ok(Arc::new(dds::DdsTransport::start(&dds::DdsOptions {
+            domain_id: ros.domain_id,
+            node_name: ros.node_name.clone(),
+            namespace: ros.namespace.clone(),
+            only_networks: ros.only_networks.clone(),
+        })?)),
+        #[cfg(feature = "rcl")]
+        TransportKind::Rcl => {
+            if !ros.only_networks.is_empty() {
+                tracing::warn!(
+                    "ros.only_networks is not used by the rcl transport: configure the RMW \
+                     (e.g. CYCLONEDDS_URI) instead."
+                );
+            }
+            Ok(Arc::new(rcl::RclTransport::start(&rcl::RclOptions {
+                node_name: ros.node_name.clone(),
+                namespace: ros.namespace.clone(),
+                domain_id: ros.domain_id,
+                config_file: ros.config_file.clone(),
+            })?))
+        }
+        #[cfg(not(feature = "rcl"))]
+        TransportKind::Rcl => Err(TransportError::Start(
+            "this edge-agent was built without the rcl transport".into(),
+        )),
+    }
+}
 
 /// One message taken from a topic: its serialized form (encapsulation header
 /// included, little-endian) and the publisher's timestamp.

@@ -1,0 +1,78 @@
+"""An rclpy node for the rcl transport's tests (run in a sourced ROS 2 environment).
+
+    rclpy_peer.py pub TOPIC TYPE JSON [--rate HZ] [--seconds S]
+    rclpy_peer.py echo TOPIC TYPE [--count N] [--seconds S]
+    rclpy_peer.py setbool SERVICE std_srvs/srv/SetBool [--seconds S]
+
+`pub` publishes the message given as JSON (fields as in `ros2 topic pub`) until killed or
+S seconds pass. `echo` prints each message received as one JSON line, after the line
+`ready`, and exits after N messages or S seconds. `setbool` serves a std_srvs/SetBool
+service (a camera switch): it prints `ready`, then `called <data>` for each call, and
+answers success with the message "on" or "off". TYPE is `pkg/msg/Name`.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import rclpy
+from rosidl_runtime_py.convert import message_to_ordereddict
+from rosidl_runtime_py.set_message import set_message_fields
+from rosidl_runtime_py.utilities import get_message
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("op", choices=["pub", "echo", "setbool"])
+    ap.add_argument("topic")
+    ap.add_argument("type")
+    ap.add_argument("json", nargs="?", default="{}")
+    ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument("--count", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    a = ap.parse_args()
+
+    rclpy.init()
+    node = rclpy.create_node("rclpy_peer")
+    end = time.monotonic() + a.seconds
+    if a.op == "setbool":
+        from std_srvs.srv import SetBool
+
+        def on_call(req, resp):
+            print(f"called {req.data}", flush=True)
+            resp.success = True
+            resp.message = "on" if req.data else "off"
+            return resp
+
+        node.create_service(SetBool, a.topic, on_call)
+        print("ready", flush=True)
+        while time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        return 0
+    cls = get_message(a.type)
+    if a.op == "pub":
+        msg = cls()
+        set_message_fields(msg, json.loads(a.json))
+        pub = node.create_publisher(cls, a.topic, 10)
+        while time.monotonic() < end:
+            pub.publish(msg)
+            rclpy.spin_once(node, timeout_sec=1.0 / a.rate)
+    else:
+        got = []
+
+        def on_msg(m):
+            got.append(m)
+            print(json.dumps(message_to_ordereddict(m)), flush=True)
+
+        node.create_subscription(cls, a.topic, on_msg, 10)
+        print("ready", flush=True)
+        while len(got) < a.count and time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.1)
+    node.destroy_node()
+    rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
