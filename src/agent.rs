@@ -139,6 +139,10 @@ pub async fn start(
         started_ms: now_ms(),
     };
     tasks.push(tokio::spawn(health.run(shutdown.clone())));
+    tasks.push(tokio::spawn(crate::memory::release_periodically(
+        Duration::from_secs(60),
+        shutdown.clone(),
+    )));
 
     // systemd: READY once the broker is reached (or after READY_WAIT without it), then
     // watchdog pings for as long as the runtime runs.

@@ -14,6 +14,7 @@ pub mod detect;
 pub mod exit;
 pub mod health;
 pub mod logging;
+pub mod memory;
 pub mod mqtt;
 pub mod ota;
 pub mod ros;

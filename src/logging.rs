@@ -108,8 +108,11 @@ where
     } else {
         fmt.boxed()
     };
+    // Each layer has its own filter, so events no layer wants are never built: the
+    // DDS stack's per-packet debug records stop at the `log` crate's level check.
+    let shipped = Targets::new().with_target("edge_agent", tracing::Level::INFO);
     let registry = tracing_subscriber::registry()
-        .with(extra)
+        .with(extra.map(|l| l.with_filter(shipped)))
         .with(fmt.with_filter(filter));
     let _ = registry.try_init();
 }
