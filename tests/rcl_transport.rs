@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::agent::{agent, payloads, stop};
+use support::agent::{agent, payloads, stop, AgentDir};
 use support::mosquitto::{publish, ready_sub, Mosquitto, Options};
 
 const RULES: &str = r#"
@@ -51,29 +51,13 @@ fn ros_sourced() {
 }
 
 /// A state folder, rules and a configuration for the rcl transport on `domain`.
-fn write_config(dir: &Path, port: u16, domain: u16, rules: &str) -> std::path::PathBuf {
-    std::fs::write(dir.join("rules.toml"), rules).unwrap();
-    let cfg = format!(
-        r#"state_dir = "{state}"
-[device]
-product_key = "pk1"
-device_name = "robot-7"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-keep_alive = "5s"
-[ros]
-transport = "rcl"
-domain_id = {domain}
-[bridge]
-mappings = ["rules.toml"]
-health_interval = "1s"
-"#,
-        state = dir.join("state").display()
-    );
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
+fn agent_dir(port: u16, domain: u16, rules: &str) -> AgentDir {
+    AgentDir::with_ros(
+        port,
+        &format!("transport = \"rcl\"\ndomain_id = {domain}"),
+        rules,
+        "",
+    )
 }
 
 struct Kill(Child);
@@ -175,8 +159,8 @@ fn standard_and_custom_types_cross_both_ways() {
     let domain = 111;
     let broker = Mosquitto::start(Options::default());
     let sub = ready_sub(broker.port, "#", "probe/ready", &["-q", "1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, domain, RULES);
+    let dir = agent_dir(broker.port, domain, RULES);
+    let config = dir.config();
     let agent = spawn_agent(&config, domain, &[]);
 
     // ROS 2 -> MQTT: a standard and an edge_agent_msgs type from rclpy.
@@ -278,8 +262,8 @@ fn node_name_namespace_and_config_file_parameter() {
     ros_sourced();
     let domain = 112;
     let broker = Mosquitto::start(Options::default());
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, domain, RULES);
+    let dir = agent_dir(broker.port, domain, RULES);
+    let config = dir.config();
     let agent = spawn_agent(
         &config,
         domain,
@@ -318,8 +302,8 @@ fn ros2_launch_starts_the_agent() {
     ros_sourced();
     let domain = 113;
     let broker = Mosquitto::start(Options::default());
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, domain, RULES);
+    let dir = agent_dir(broker.port, domain, RULES);
+    let config = dir.config();
     let launch = Command::new("ros2")
         .arg("launch")
         .arg(support::repo().join("launch/edge_agent.launch.py"))
@@ -365,7 +349,6 @@ fn ros2_launch_starts_the_agent() {
 #[test]
 fn check_config_names_a_type_the_binary_was_not_built_with() {
     ros_sourced();
-    let dir = tempfile::tempdir().unwrap();
     let rules = r#"
 [[ros_to_mqtt]]
 name = "odom"
@@ -373,7 +356,8 @@ ros_topic = "/odom"
 ros_type = "nav_msgs/msg/Odometry"
 mqtt_topic = "/${productKey}/${deviceName}/user/odom"
 "#;
-    let config = write_config(dir.path(), 1883, 0, rules);
+    let bad = agent_dir(1883, 0, rules);
+    let config = bad.config();
     let out = agent().arg("check-config").arg(&config).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "check-config accepted it: {err}");
@@ -384,7 +368,8 @@ mqtt_topic = "/${productKey}/${deviceName}/user/odom"
         "{err}"
     );
 
-    let ok = write_config(dir.path(), 1883, 0, RULES);
+    let good = agent_dir(1883, 0, RULES);
+    let ok = good.config();
     let out = agent().arg("check-config").arg(&ok).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

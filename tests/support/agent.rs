@@ -12,6 +12,16 @@ impl AgentDir {
     /// A state folder, a `rules.toml` with `rules`, and `agent.toml` for `port` and ROS
     /// domain `domain` (loopback only). `extra` is appended to the configuration.
     pub fn new(port: u16, domain: u16, rules: &str, extra: &str) -> Self {
+        Self::with_ros(
+            port,
+            &format!("domain_id = {domain}\nonly_networks = [\"127.0.0.1\"]"),
+            rules,
+            extra,
+        )
+    }
+
+    /// As [`AgentDir::new`], with `ros` as the body of the `[ros]` table.
+    pub fn with_ros(port: u16, ros: &str, rules: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
         let cfg = format!(
@@ -29,8 +39,7 @@ connect_timeout = "2s"
 initial_delay = "50ms"
 max_delay = "300ms"
 [ros]
-domain_id = {domain}
-only_networks = ["127.0.0.1"]
+{ros}
 [bridge]
 mappings = ["rules.toml"]
 health_interval = "1s"
