@@ -452,3 +452,53 @@ fn camera_switch_calls_an_rclpy_setbool_service() {
     assert!(calls.contains(&"called True".to_owned()), "{calls:?}");
     assert!(calls.contains(&"called False".to_owned()), "{calls:?}");
 }
+
+#[test]
+fn auto_qos_takes_a_latched_publishers_durability() {
+    ros_sourced();
+    let domain = 115;
+    let rules = r#"
+[[ros_to_mqtt]]
+name = "map-info"
+ros_topic = "/map_info"
+ros_type = "std_msgs/msg/String"
+qos = "auto"
+mqtt_topic = "/${productKey}/${deviceName}/user/map_info"
+"#;
+    let broker = Mosquitto::start(Options::default());
+    let sub = ready_sub(broker.port, "#", "probe/ready", &["-q", "1"]);
+    // Published once, transient-local, before the agent starts: only a subscription that
+    // copied that durability gets it.
+    let _publisher = Kill(
+        rclpy(
+            domain,
+            &[
+                "pub",
+                "/map_info",
+                "std_msgs/msg/String",
+                r#"{"data": "orchard block 7"}"#,
+                "--latched",
+                "--seconds",
+                "60",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    let info = ros2_until(domain, &["topic", "info", "/map_info"], |t| {
+        t.contains("Publisher count: 1")
+    });
+    assert!(info.contains("Publisher count: 1"), "{info}");
+    let dir = agent_dir(broker.port, domain, rules);
+    let agent = spawn_agent(&dir.config(), domain, &[]);
+    let lines = sub.wait_for(
+        "the latched message on MQTT",
+        Duration::from_secs(30),
+        |l| !payloads(l, "/pk1/robot-7/user/map_info").is_empty(),
+    );
+    assert_eq!(
+        payloads(&lines, "/pk1/robot-7/user/map_info")[0],
+        json!({"data": "orchard block 7"})
+    );
+    agent.stop();
+}

@@ -1,11 +1,12 @@
 """An rclpy node for the rcl transport's tests (run in a sourced ROS 2 environment).
 
-    rclpy_peer.py pub TOPIC TYPE JSON [--rate HZ] [--seconds S]
+    rclpy_peer.py pub TOPIC TYPE JSON [--rate HZ] [--seconds S] [--latched]
     rclpy_peer.py echo TOPIC TYPE [--count N] [--seconds S]
     rclpy_peer.py setbool SERVICE std_srvs/srv/SetBool [--seconds S]
 
 `pub` publishes the message given as JSON (fields as in `ros2 topic pub`) until killed or
-S seconds pass. `echo` prints each message received as one JSON line, after the line
+S seconds pass; with --latched it publishes once, transient-local (as a map or a robot
+description is published), and stays on the graph. `echo` prints each message received as one JSON line, after the line
 `ready`, and exits after N messages or S seconds. `setbool` serves a std_srvs/SetBool
 service (a camera switch): it prints `ready`, then `called <data>` for each call, and
 answers success with the message "on" or "off". TYPE is `pkg/msg/Name`.
@@ -31,6 +32,7 @@ def main():
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--count", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--latched", action="store_true")
     a = ap.parse_args()
 
     rclpy.init()
@@ -54,9 +56,16 @@ def main():
     if a.op == "pub":
         msg = cls()
         set_message_fields(msg, json.loads(a.json))
-        pub = node.create_publisher(cls, a.topic, 10)
-        while time.monotonic() < end:
+        if a.latched:
+            from rclpy.qos import DurabilityPolicy, QoSProfile
+            qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            pub = node.create_publisher(cls, a.topic, qos)
             pub.publish(msg)
+        else:
+            pub = node.create_publisher(cls, a.topic, 10)
+        while time.monotonic() < end:
+            if not a.latched:
+                pub.publish(msg)
             rclpy.spin_once(node, timeout_sec=1.0 / a.rate)
     else:
         got = []
