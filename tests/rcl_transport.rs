@@ -447,6 +447,31 @@ fn camera_switch_calls_an_rclpy_setbool_service() {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("/no/such/switch"), "{err}");
+
+        // A switch whose node comes up after the call started: answered once it is there.
+        let script = support::repo().join("tests/py/rclpy_peer.py");
+        let _late = Kill(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "sleep 1.5; exec python3 {} setbool /camera/late std_srvs/srv/SetBool --seconds 30",
+                    script.display()
+                ))
+                .env("ROS_DOMAIN_ID", domain.to_string())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let reply = t
+            .set_bool(
+                "/camera/late",
+                ServiceRmw::default(),
+                true,
+                Duration::from_secs(15),
+            )
+            .await
+            .expect("SetBool reply from the late server");
+        assert!(reply.success && reply.message == "on", "{reply:?}");
     });
     let calls: Vec<String> = rx.try_iter().collect();
     assert!(calls.contains(&"called True".to_owned()), "{calls:?}");

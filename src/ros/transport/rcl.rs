@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _};
@@ -346,38 +346,40 @@ impl Transport for RclTransport {
                 service: service.clone(),
                 reason,
             };
-            let deadline = Instant::now() + timeout;
-            loop {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(TransportError::NoReply {
-                        service: service.clone(),
-                        ms: timeout.as_millis() as u64,
-                    });
-                }
-                let reply = client
-                    .request(serde_json::json!({ "data": data }))
-                    .map_err(|e| call_error(e.to_string()))?;
-                let wait = (deadline - now).min(Duration::from_millis(500));
-                match tokio::time::timeout(wait, reply).await {
-                    Ok(Ok(Ok(v))) => {
-                        return Ok(SetBoolReply {
-                            success: v.get("success").and_then(|s| s.as_bool()).ok_or_else(
-                                || call_error(format!("the reply has no 'success': {v}")),
-                            )?,
-                            message: v
-                                .get("message")
-                                .and_then(|m| m.as_str())
-                                .unwrap_or_default()
-                                .to_owned(),
-                        })
-                    }
-                    Ok(Ok(Err(e))) => return Err(call_error(e.to_string())),
-                    Ok(Err(e)) => return Err(call_error(e.to_string())),
-                    // Not discovered yet, or the request was lost: ask again.
-                    Err(_) => continue,
-                }
+            let no_reply = || TransportError::NoReply {
+                service: service.clone(),
+                ms: timeout.as_millis() as u64,
+            };
+            let deadline = tokio::time::Instant::now() + timeout;
+            // One request once rcl sees the server: a request sent before that would be
+            // lost, and r2r keeps a slot for every request that is never answered.
+            let available =
+                r2r::Node::is_available(&*client).map_err(|e| call_error(e.to_string()))?;
+            match tokio::time::timeout_at(deadline, available).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(call_error(e.to_string())),
+                Err(_) => return Err(no_reply()),
             }
+            let reply = client
+                .request(serde_json::json!({ "data": data }))
+                .map_err(|e| call_error(e.to_string()))?;
+            let v = match tokio::time::timeout_at(deadline, reply).await {
+                Ok(Ok(Ok(v))) => v,
+                Ok(Ok(Err(e))) => return Err(call_error(e.to_string())),
+                Ok(Err(e)) => return Err(call_error(e.to_string())),
+                Err(_) => return Err(no_reply()),
+            };
+            Ok(SetBoolReply {
+                success: v
+                    .get("success")
+                    .and_then(|s| s.as_bool())
+                    .ok_or_else(|| call_error(format!("the reply has no 'success': {v}")))?,
+                message: v
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+            })
         }
         .boxed()
     }
