@@ -10,34 +10,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use support::agent::{payloads, spawn_run, stop, AgentDir};
+use support::agent::{payloads, Agent, AgentDir};
 use support::mosquitto::{ready_sub, Mosquitto, Options};
 use support::ota::{install_committed, make_package, HttpServer};
 use support::ros_peer::RosPeer;
 
 /// The agent process, killed if the test fails before stopping it (so it cannot answer
 /// the next run's requests on the same ROS domain).
-struct Agent(Option<std::process::Child>);
-
-impl Agent {
-    fn start(config: &std::path::Path) -> Self {
-        Agent(Some(spawn_run(config, &[])))
-    }
-
-    fn stop(mut self) -> String {
-        stop(self.0.take().unwrap())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 const REQ_TOPIC: &str = "/pk1/robot-7/user/detect/request";
 const RESP_TOPIC: &str = "/pk1/robot-7/user/detect/response";
 const REPORT_TOPIC: &str = "/pk1/robot-7/user/detect/result";

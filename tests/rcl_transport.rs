@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::agent::{agent, payloads, stop, AgentDir};
+use support::agent::{agent, payloads, Agent, AgentDir};
 use support::mosquitto::{publish, ready_sub, Mosquitto, Options};
 
 const RULES: &str = r#"
@@ -78,44 +78,32 @@ fn rclpy(domain: u16, args: &[&str]) -> Command {
     c
 }
 
-/// An rclpy subscriber: its JSON lines arrive on the receiver.
-fn echo(domain: u16, topic: &str, type_name: &str) -> (Kill, mpsc::Receiver<Value>) {
-    let mut child = rclpy(domain, &["echo", topic, type_name, "--seconds", "60"])
-        .spawn()
-        .expect("python3 with rclpy (sourced ROS 2 environment)");
+/// The lines `child` prints, as they come.
+fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
     let out = BufReader::new(child.stdout.take().unwrap());
     let (tx, rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in out.lines().map_while(Result::ok) {
-            if line == "ready" {
-                let _ = ready_tx.send(());
-            } else if let Ok(v) = serde_json::from_str(&line) {
-                let _ = tx.send(v);
+            if tx.send(line).is_err() {
+                break;
             }
         }
     });
-    ready_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the rclpy subscriber started");
-    (Kill(child), rx)
+    rx
 }
 
-/// The agent, killed if the test fails before stopping it.
-struct Agent(Option<Child>);
-impl Agent {
-    /// SIGTERM; the agent's log, after checking it exited cleanly.
-    fn stop(mut self) -> String {
-        stop(self.0.take().unwrap())
-    }
-}
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// An rclpy subscriber, started: each line on the receiver is one message as JSON.
+fn echo(domain: u16, topic: &str, type_name: &str) -> (Kill, mpsc::Receiver<String>) {
+    let mut child = rclpy(domain, &["echo", topic, type_name, "--seconds", "60"])
+        .spawn()
+        .expect("python3 with rclpy (sourced ROS 2 environment)");
+    let rx = stdout_lines(&mut child);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(20)).as_deref(),
+        Ok("ready"),
+        "the rclpy subscriber started"
+    );
+    (Kill(child), rx)
 }
 
 fn spawn_agent(config: &Path, domain: u16, extra: &[&str]) -> Agent {
@@ -130,7 +118,7 @@ fn spawn_agent(config: &Path, domain: u16, extra: &[&str]) -> Agent {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start edge-agent");
-    Agent(Some(child))
+    Agent::from_child(child)
 }
 
 /// Runs a `ros2` command (without the daemon) until its output satisfies `ok` or 20 s pass.
@@ -221,12 +209,12 @@ fn standard_and_custom_types_cross_both_ways() {
     );
     let cmd = json!({"state": 4, "mode": "remote", "fruits_picked": 7, "active_faults": ["E1", "E2"],
         "emergency_stop": true});
-    let recv = |rx: &mpsc::Receiver<Value>, topic: &str, payload: &str| {
+    let recv = |rx: &mpsc::Receiver<String>, topic: &str, payload: &str| -> Value {
         // Repeat until discovery has matched the agent's publisher and the subscriber.
         for _ in 0..40 {
             publish(broker.port, topic, payload, &["-q", "1"]);
-            if let Ok(v) = rx.recv_timeout(Duration::from_millis(500)) {
-                return v;
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+                return serde_json::from_str(&line).expect("the rclpy subscriber prints JSON");
             }
         }
         panic!("nothing arrived from {topic}");
@@ -400,14 +388,8 @@ fn camera_switch_calls_an_rclpy_setbool_service() {
     )
     .spawn()
     .expect("python3 with rclpy (sourced ROS 2 environment)");
-    let server_out = BufReader::new(server.stdout.take().unwrap());
+    let rx = stdout_lines(&mut server);
     let _server = Kill(server);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in server_out.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
     assert_eq!(
         rx.recv_timeout(Duration::from_secs(20)).as_deref(),
         Ok("ready")

@@ -104,6 +104,35 @@ pub fn stop(child: Child) -> String {
     log
 }
 
+/// A running agent, killed if the test fails before stopping it.
+pub struct Agent(Option<Child>);
+
+impl Agent {
+    /// `edge-agent run --config <config>`.
+    pub fn start(config: &Path) -> Self {
+        Agent(Some(spawn_run(config, &[])))
+    }
+
+    /// An agent the test spawned itself (other arguments or environment).
+    pub fn from_child(child: Child) -> Self {
+        Agent(Some(child))
+    }
+
+    /// SIGTERM; the agent's log, after checking it exited cleanly.
+    pub fn stop(mut self) -> String {
+        stop(self.0.take().unwrap())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// The JSON payloads of `topic` among `topic payload` lines.
 pub fn payloads(lines: &[String], topic: &str) -> Vec<serde_json::Value> {
     lines
