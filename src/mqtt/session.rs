@@ -222,8 +222,7 @@ impl Session {
                 let (client, mut eventloop) = rumqttc::AsyncClient::new(o, cap);
                 let mut net = rumqttc::NetworkOptions::new();
                 net.set_connection_timeout(s.connect_timeout.as_secs().max(1));
-                // Telemetry is many small writes: do not let Nagle hold them back.
-                net.set_tcp_nodelay(true);
+                net.set_tcp_nodelay(s.tcp_nodelay);
                 eventloop.set_network_options(net);
                 let driver = tokio::spawn(async move {
                     loop {
@@ -267,7 +266,7 @@ impl Session {
                 o.set_connection_timeout(s.connect_timeout.as_secs().max(1));
                 let mut net = rumqttc::NetworkOptions::new();
                 net.set_connection_timeout(s.connect_timeout.as_secs().max(1));
-                net.set_tcp_nodelay(true);
+                net.set_tcp_nodelay(s.tcp_nodelay);
                 o.set_network_options(net);
                 let (client, mut eventloop) = v5::AsyncClient::new(o, cap);
                 let driver = tokio::spawn(async move {
