@@ -60,6 +60,9 @@ pub struct DetectConfig {
     /// How the robot's middleware carries service calls: `fastrtps` or `cyclonedds`.
     #[serde(default)]
     pub camera_service_rmw: crate::ros::transport::ServiceRmw,
+    /// Frames straight from a V4L2 camera instead of `image_topic` (cargo feature
+    /// `v4l2`), for robots without a camera driver node.
+    pub v4l2: Option<V4l2Config>,
     /// A frame this recent when a request arrives is used at once; else the next one.
     #[serde(default = "d_frame_max_age")]
     pub frame_max_age: Dur,
@@ -177,6 +180,34 @@ const fn d_max_det() -> usize {
     100
 }
 
+/// `[detect.v4l2]`: the camera device and the mode asked of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct V4l2Config {
+    pub device: String,
+    #[serde(default = "d_v4l2_width")]
+    pub width: u32,
+    #[serde(default = "d_v4l2_height")]
+    pub height: u32,
+    #[serde(default = "d_v4l2_fps")]
+    pub fps: u32,
+    #[serde(default = "d_v4l2_frame_id")]
+    pub frame_id: String,
+}
+
+fn d_v4l2_width() -> u32 {
+    640
+}
+fn d_v4l2_height() -> u32 {
+    480
+}
+fn d_v4l2_fps() -> u32 {
+    30
+}
+fn d_v4l2_frame_id() -> String {
+    "camera".into()
+}
+
 /// `[detect]` after validation.
 #[derive(Debug, Clone)]
 pub struct DetectSettings {
@@ -195,6 +226,8 @@ pub struct DetectSettings {
     pub frame_max_age: Duration,
     pub camera_service: Option<String>,
     pub camera_service_rmw: crate::ros::transport::ServiceRmw,
+    /// Frames from a V4L2 camera instead of `image_topic`.
+    pub v4l2: Option<super::v4l2::V4l2Settings>,
     /// Topic and type of the robot's pose.
     pub pose: Option<(String, String)>,
     pub cloud_request_topic: String,
@@ -332,6 +365,41 @@ impl DetectConfig {
                 "depth positioning needs both depth_topic and camera_info_topic",
             ));
         }
+        let v4l2 = match &self.v4l2 {
+            None => None,
+            Some(v) => {
+                if !cfg!(feature = "v4l2") {
+                    return Err(invalid(
+                        "detect.v4l2.device",
+                        format!("{:?}", v.device),
+                        "this build has no V4L2 capture; rebuild with `cargo build --release --features v4l2`, or publish the camera on image_topic with a driver node",
+                    ));
+                }
+                super::v4l2::device_index(&v.device)
+                    .map_err(|e| invalid("detect.v4l2.device", format!("{:?}", v.device), &e))?;
+                if self.camera_service.is_some() {
+                    return Err(invalid(
+                        "detect.camera_service",
+                        format!("{:?}", self.camera_service),
+                        "with detect.v4l2 the agent opens and closes the camera itself; remove camera_service",
+                    ));
+                }
+                if v.width == 0 || v.height == 0 || v.fps == 0 {
+                    return Err(invalid(
+                        "detect.v4l2",
+                        format!("{}x{} at {} fps", v.width, v.height, v.fps),
+                        "width, height and fps must be above 0",
+                    ));
+                }
+                Some(super::v4l2::V4l2Settings {
+                    device: v.device.clone(),
+                    width: v.width,
+                    height: v.height,
+                    fps: v.fps,
+                    frame_id: v.frame_id.clone(),
+                })
+            }
+        };
         let opt_topic =
             |key: &str, t: &Option<String>| t.as_deref().map(|t| ros_topic(key, t)).transpose();
         Ok(Some(DetectSettings {
@@ -350,12 +418,17 @@ impl DetectConfig {
             result_topic: ros_topic("detect.result_topic", &self.result_topic)?,
             result_3d_topic: ros_topic("detect.result_3d_topic", &self.result_3d_topic)?,
             image_topic: ros_topic("detect.image_topic", &self.image_topic)?,
-            image_kind: self.image_kind,
             depth_topic: opt_topic("detect.depth_topic", &self.depth_topic)?,
             camera_info_topic: opt_topic("detect.camera_info_topic", &self.camera_info_topic)?,
             frame_max_age: self.frame_max_age.0,
             camera_service: opt_topic("detect.camera_service", &self.camera_service)?,
             camera_service_rmw: self.camera_service_rmw,
+            image_kind: if v4l2.is_some() {
+                ImageKind::Raw
+            } else {
+                self.image_kind
+            },
+            v4l2,
             pose: opt_topic("detect.pose_topic", &self.pose_topic)?
                 .map(|t| (t, self.pose_type.clone())),
             cloud_request_topic: device_topic(
@@ -397,6 +470,36 @@ mod tests {
         .map_err(|e| e.to_string())?
         .validate()
         .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn v4l2_camera_keys() {
+        let base = "policy = \"cloud-only\"\n";
+        let e = check(&format!("{base}[detect.v4l2]\ndevice = \"/dev/video0\"\n")).map(|_| ());
+        if cfg!(feature = "v4l2") {
+            e.expect("a V4L2 camera in a v4l2 build");
+            let e = check(&format!("{base}[detect.v4l2]\ndevice = \"/dev/sda\"\n")).unwrap_err();
+            assert!(
+                e.contains("detect.v4l2.device") && e.contains("/dev/video0"),
+                "{e}"
+            );
+            let e = check(&format!(
+                "{base}camera_service = \"/cam/on\"\n[detect.v4l2]\ndevice = \"/dev/video0\"\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains("remove camera_service"), "{e}");
+        } else {
+            let e = e.unwrap_err();
+            assert!(
+                e.contains("detect.v4l2.device") && e.contains("--features v4l2"),
+                "{e}"
+            );
+        }
+        let e = check(&format!(
+            "{base}[detect.v4l2]\ndevice = \"/dev/video0\"\nzoom = 2\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("zoom"), "{e}");
     }
 
     #[test]

@@ -45,6 +45,42 @@ pub fn from_compressed(cdr: &Bytes) -> Result<Frame, String> {
     })
 }
 
+/// A `sensor_msgs/Image` in CDR (little-endian), as a camera driver node publishes it.
+/// `size` is (width, height, step).
+pub fn image_cdr(
+    stamp_sec: i32,
+    stamp_nanosec: u32,
+    frame_id: &str,
+    size: (u32, u32, u32),
+    encoding: &str,
+    data: &[u8],
+) -> Bytes {
+    let (width, height, step) = size;
+    let mut b = Vec::with_capacity(64 + frame_id.len() + encoding.len() + data.len());
+    b.extend_from_slice(&[0, 1, 0, 0]);
+    let align4 = |b: &mut Vec<u8>| b.resize(b.len().next_multiple_of(4), 0);
+    let push_str = |b: &mut Vec<u8>, s: &str| {
+        align4(b);
+        b.extend_from_slice(&(s.len() as u32 + 1).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+        b.push(0);
+    };
+    // The CDR body's offsets count from after the 4-byte encapsulation header.
+    b.extend_from_slice(&stamp_sec.to_le_bytes());
+    b.extend_from_slice(&stamp_nanosec.to_le_bytes());
+    push_str(&mut b, frame_id);
+    align4(&mut b);
+    b.extend_from_slice(&height.to_le_bytes());
+    b.extend_from_slice(&width.to_le_bytes());
+    push_str(&mut b, encoding);
+    b.push(0); // is_bigendian
+    align4(&mut b);
+    b.extend_from_slice(&step.to_le_bytes());
+    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    b.extend_from_slice(data);
+    Bytes::from(b)
+}
+
 fn to_rgb(img: &RawImage) -> Result<Rgb, String> {
     let (order, bpp): ([usize; 3], usize) = match img.encoding.as_str() {
         "rgb8" | "8UC3" => ([0, 1, 2], 3),
@@ -281,32 +317,7 @@ mod tests {
     use super::*;
 
     fn image_cdr(w: u32, h: u32, enc: &str, step: u32, data: &[u8]) -> Bytes {
-        let mut b = vec![0, 1, 0, 0];
-        let push_str = |b: &mut Vec<u8>, s: &str| {
-            while !b.len().is_multiple_of(4) {
-                b.push(0);
-            }
-            b.extend_from_slice(&(s.len() as u32 + 1).to_le_bytes());
-            b.extend_from_slice(s.as_bytes());
-            b.push(0);
-        };
-        b.extend_from_slice(&5i32.to_le_bytes());
-        b.extend_from_slice(&7u32.to_le_bytes());
-        push_str(&mut b, "cam");
-        while !b.len().is_multiple_of(4) {
-            b.push(0);
-        }
-        b.extend_from_slice(&h.to_le_bytes());
-        b.extend_from_slice(&w.to_le_bytes());
-        push_str(&mut b, enc);
-        b.push(0);
-        while !b.len().is_multiple_of(4) {
-            b.push(0);
-        }
-        b.extend_from_slice(&step.to_le_bytes());
-        b.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        b.extend_from_slice(data);
-        Bytes::from(b)
+        super::image_cdr(5, 7, "cam", (w, h, step), enc, data)
     }
 
     #[test]

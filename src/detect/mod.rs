@@ -8,4 +8,5 @@ pub mod local;
 pub mod machine;
 pub mod runtime;
 pub mod service;
+pub mod v4l2;
 pub mod yolo;

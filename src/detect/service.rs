@@ -204,13 +204,19 @@ pub async fn start(
         ImageKind::Compressed => "sensor_msgs/msg/CompressedImage",
     };
     let (img_tx, img_rx) = mpsc::channel(2);
-    transport.subscribe(
-        &settings.image_topic,
-        &tn(image_type)?,
-        schema(image_type)?,
-        Qos::sensor_data(),
-        img_tx,
-    )?;
+    // With a V4L2 camera the agent takes the frames itself, and the image topic is unused.
+    let v4l2_frames = if settings.v4l2.is_some() {
+        Some(img_tx)
+    } else {
+        transport.subscribe(
+            &settings.image_topic,
+            &tn(image_type)?,
+            schema(image_type)?,
+            Qos::sensor_data(),
+            img_tx,
+        )?;
+        None
+    };
     let (depth_tx, depth_rx) = mpsc::channel(2);
     let (info_tx, info_rx) = mpsc::channel(2);
     if let (Some(d), Some(i)) = (&settings.depth_topic, &settings.camera_info_topic) {
@@ -277,8 +283,22 @@ pub async fn start(
             .await
             .context("model loading stopped")?
     };
-    let (camera_tx, camera_done) = match &settings.camera_service {
-        Some(name) => {
+    let (camera_tx, camera_done) = match (&settings.camera_service, v4l2_frames) {
+        #[cfg(feature = "v4l2")]
+        (_, Some(frames)) => {
+            let v = settings
+                .v4l2
+                .clone()
+                .context("V4L2 frames without V4L2 settings")?;
+            let (tx, rx) = mpsc::channel(8);
+            let (done_tx, done_rx) = mpsc::channel(8);
+            super::v4l2::camera_task(v, rx, done_tx, frames)
+                .context("cannot start the V4L2 camera thread")?;
+            (Some(tx), Some(done_rx))
+        }
+        #[cfg(not(feature = "v4l2"))]
+        (_, Some(_)) => anyhow::bail!("detect.v4l2 needs a build with --features v4l2"),
+        (Some(name), None) => {
             let (tx, rx) = mpsc::channel(8);
             let (done_tx, done_rx) = mpsc::channel(8);
             camera_task(
@@ -291,7 +311,7 @@ pub async fn start(
             );
             (Some(tx), Some(done_rx))
         }
-        None => (None, None),
+        (None, None) => (None, None),
     };
     let svc = Service {
         camera_tx,
@@ -399,7 +419,11 @@ impl Service {
         let (local_tx, mut local_rx) = mpsc::channel::<LocalDone>(8);
         let (swap_tx, mut swap_rx) = mpsc::channel::<Models>(1);
         self.publish_status(&self.machine.status());
-        tracing::info!(policy = ?self.settings.policy, request = %self.settings.request_topic, image = %self.settings.image_topic, "Detection service ready.");
+        let image = match &self.settings.v4l2 {
+            Some(v) => v.device.as_str(),
+            None => self.settings.image_topic.as_str(),
+        };
+        tracing::info!(policy = ?self.settings.policy, request = %self.settings.request_topic, image = %image, "Detection service ready.");
         loop {
             let wake = self
                 .machine
