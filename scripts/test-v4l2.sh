@@ -6,7 +6,7 @@
 # Needs (Debian packages): qemu-system-x86 linux-image-amd64 busybox-static libclang-dev.
 # The kernel package is only read (vmlinuz and the vivid and 9p modules); the machine
 # keeps running its own kernel. Uses KVM when /dev/kvm works, else plain emulation
-# (slower: about a minute).
+# (slower: about a minute). An argument filters the tests by name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -61,18 +61,22 @@ while read -r m; do insmod /mods/\$m || echo "insmod \$m failed"; done < /order
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 host /host
 for d in proc sys dev; do mount --bind /\$d /host/\$d; done
 mount -t tmpfs tmp /host/tmp
+mount -t tmpfs shm /host/dev/shm 2>/dev/null || true
+ip link set lo up; ip link set lo multicast on
 ls /dev/video* >/dev/console
-chroot /host /bin/sh -c 'cd $repo && export HOME=/tmp RUST_BACKTRACE=1 EDGE_AGENT_V4L2_DEVICE=/dev/video0 && $testbin --test-threads 1'
+chroot /host /bin/sh -c 'cd $repo && export HOME=/tmp RUST_BACKTRACE=1 EDGE_AGENT_V4L2_DEVICE=/dev/video0 && $testbin --test-threads 1 ${1:-}'
 echo "V4L2-TESTS-EXIT=\$?"
 poweroff -f
 EOF
 chmod +x "$vm/root/init"
 (cd "$vm/root" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$vm/initrd.gz")
 
-accel=tcg
-if [ -w /dev/kvm ] && grep -qE 'vmx|svm' /proc/cpuinfo; then accel=kvm; fi
+# The test's Python wheels (numpy, onnxruntime) pick vector instructions at run time;
+# the emulated CPU offers them with "max".
+accel=tcg cpu=max
+if [ -w /dev/kvm ] && grep -qE 'vmx|svm' /proc/cpuinfo; then accel=kvm cpu=host; fi
 echo "== boot ($accel)"
-timeout 900 qemu-system-x86_64 -accel "$accel" -m 2048 -smp 2 -nographic -no-reboot \
+timeout 900 qemu-system-x86_64 -accel "$accel" -cpu "$cpu" -m 2048 -smp 2 -nographic -no-reboot \
     -kernel "$kernel" -initrd "$vm/initrd.gz" \
     -append "console=ttyS0 quiet panic=-1" \
     -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \

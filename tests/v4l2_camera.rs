@@ -3,7 +3,14 @@
 //! with vivid loaded, this machine's file system mounted read-only).
 #![cfg(feature = "v4l2")]
 
+mod support;
+
 use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::agent::{Agent, AgentDir};
+use support::mosquitto::{Mosquitto, Options};
+use support::ros_peer::RosPeer;
 
 use edge_agent::detect::frame;
 use edge_agent::detect::v4l2::{camera_task, V4l2Settings};
@@ -33,14 +40,32 @@ struct Camera {
     on: mpsc::Sender<bool>,
     done: mpsc::Receiver<Result<(), String>>,
     frames: mpsc::Receiver<Sample>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Hangs up and waits until the camera thread has let the device go, so the next test
+/// starts with the device as a fresh process finds it.
+impl Drop for Camera {
+    fn drop(&mut self) {
+        let (hung_up, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.on, hung_up));
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the camera thread ends without panicking");
+        }
+    }
 }
 
 fn start(s: V4l2Settings) -> Camera {
     let (on, rx) = mpsc::channel(4);
     let (done_tx, done) = mpsc::channel(4);
     let (frames_tx, frames) = mpsc::channel(2);
-    camera_task(s, rx, done_tx, frames_tx).expect("camera thread");
-    Camera { on, done, frames }
+    let thread = camera_task(s, rx, done_tx, frames_tx).expect("camera thread");
+    Camera {
+        on,
+        done,
+        frames,
+        thread: Some(thread),
+    }
 }
 
 impl Camera {
@@ -152,4 +177,82 @@ fn a_missing_device_is_a_clear_error_on_each_on() {
         assert!(e.contains("/dev/video63"), "{e}");
         assert!(e.contains("cannot open the camera"), "{e}");
     }
+}
+
+/// The agent's detection service with `[detect.v4l2]`: a robot (a Cyclone DDS peer) asks
+/// twice, the agent opens the camera for the first request, stops it, starts it again
+/// for the second, and each answer is a Detection2DArray of a camera frame.
+#[test]
+fn requests_are_answered_from_camera_frames() {
+    let dev = device();
+    let domain = 131;
+    let broker = Mosquitto::start(Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("fruit.onnx");
+    support::make_model("yolo-fixed", &model);
+    let detect = format!(
+        r#"[onnx]
+library = "{lib}"
+[detect]
+enabled = true
+policy = "local-only"
+model = "{model}"
+deadline = "20s"
+frame_timeout = "15s"
+local_timeout = "15s"
+[detect.v4l2]
+device = "{dev}"
+width = 640
+height = 480
+frame_id = "v4l2_camera"
+"#,
+        lib = support::onnxruntime_lib().display(),
+        model = model.display()
+    );
+    let a = AgentDir::new(broker.port, domain, "", &detect);
+    let agent = Agent::start(&a.config());
+    let mut peer = RosPeer::start(domain);
+    peer.publisher(
+        "req",
+        "/edge_agent/detect/request",
+        "edge_agent_msgs/msg/DetectionRequest",
+        json!({}),
+    );
+    peer.subscriber(
+        "det",
+        "/edge_agent/detect/detections",
+        "vision_msgs/msg/Detection2DArray",
+        json!({}),
+    );
+    peer.subscriber(
+        "status",
+        "/edge_agent/detect/status",
+        "edge_agent_msgs/msg/DetectionStatus",
+        json!({"durability": "transient-local", "depth": 100}),
+    );
+    peer.wait_matched("req");
+    peer.wait_received("status", 1, Duration::from_secs(60));
+    for (n, id) in ["cam1", "cam2"].into_iter().enumerate() {
+        peer.write("req", json!({"request_id": id, "deadline_ms": 0}));
+        let dets = peer.wait_received("det", n + 1, Duration::from_secs(60));
+        let d = &dets[n]["value"];
+        assert_eq!(d["header"]["frame_id"], "v4l2_camera", "{d}");
+        assert!(
+            d["header"]["stamp"]["sec"].as_i64().unwrap() > 1_600_000_000,
+            "stamped with the capture time: {d}"
+        );
+        let boxes = d["detections"].as_array().unwrap();
+        assert!(!boxes.is_empty(), "the fixed model finds its boxes: {d}");
+        for b in boxes {
+            let c = &b["bbox"]["center"]["position"];
+            let (x, y) = (c["x"].as_f64().unwrap(), c["y"].as_f64().unwrap());
+            assert!(
+                (0.0..=640.0).contains(&x) && (0.0..=480.0).contains(&y),
+                "boxes in the 640x480 frame's pixels: {d}"
+            );
+        }
+    }
+    let log = agent.stop();
+    assert!(!log.contains("could not be opened"), "{log}");
+    assert!(!log.contains("stopped giving frames"), "{log}");
 }

@@ -1,6 +1,6 @@
 //! Frames straight from a V4L2 camera (`/dev/videoN`), for robots without a camera
-//! driver node. The camera is opened when a request switches it on and closed when the
-//! request is done, like a camera switched through a SetBool service; its frames enter
+//! driver node. The camera streams while a request is served and stops when nothing is
+//! left to serve, like a camera switched through a SetBool service; its frames enter
 //! the detection service as `sensor_msgs/Image` rgb8, exactly as a driver node's would.
 //!
 //! The pixel conversions are plain functions, built and tested in every build; the
@@ -208,10 +208,10 @@ mod device {
         std::thread::Builder::new()
             .name("v4l2-camera".into())
             .spawn(move || {
-                // The device stays open between requests and only streams while on:
-                // its buffers are released at off, and the same handle streams again
-                // at the next on (reopening the device in one process is refused by
-                // some drivers while the old handle winds down).
+                // The device stays open between requests and streams only while on:
+                // at off the stream stops and its buffers go back to the driver; the
+                // next on starts streaming on the same handle, without enumerating the
+                // camera's modes again.
                 let mut cam: Option<Camera> = None;
                 let mut streaming = false;
                 let mut failing = false;
