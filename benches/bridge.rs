@@ -219,7 +219,7 @@ async fn via_agent(agent_pid: u32, arrivals: &Arrivals, n: usize, rate: u32) -> 
 async fn via_bare(port: u16, arrivals: &Arrivals, n: usize, rate: u32) -> Phase {
     arrivals.take();
     let mut o = rumqttc::MqttOptions::new("bench-bare", "127.0.0.1", port);
-    o.set_inflight(200).set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(1000).set_keep_alive(Duration::from_secs(30));
     let (client, mut el) = rumqttc::AsyncClient::new(o, 1000);
     let driver = tokio::spawn(async move { while el.poll().await.is_ok() {} });
     let pad: String = std::iter::repeat_n('x', 70).collect();
@@ -268,7 +268,7 @@ image = { format = "jpeg", quality = 80 }
     std::fs::write(
         &cfg,
         format!(
-            "state_dir = \"{}/state\"\n[device]\nproduct_key = \"bench\"\ndevice_name = \"robot\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nwindow = 200\n[device_log]\nenabled = false\n[ros]\ndomain_id = {DOMAIN}\nonly_networks = [\"127.0.0.1\"]\n[bridge]\nmappings = [\"rules.toml\"]\nhealth_interval = \"1h\"\n[log]\nlevel = \"warn\"\n",
+            "state_dir = \"{}/state\"\n[device]\nproduct_key = \"bench\"\ndevice_name = \"robot\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nwindow = 1000\n[device_log]\nenabled = false\n[ros]\ndomain_id = {DOMAIN}\nonly_networks = [\"127.0.0.1\"]\n[bridge]\nmappings = [\"rules.toml\"]\nhealth_interval = \"1h\"\n[log]\nlevel = \"warn\"\n",
             dir.display()
         ),
     )
