@@ -197,8 +197,9 @@ mod device {
     }
 
     /// Owns the camera on a thread of its own (capture blocks): `true` on `rx` opens it
-    /// and streams frames into `frames`, `false` closes it. The outcome of each "on"
-    /// goes to `done`, as for a camera switched through its SetBool service.
+    /// if need be and streams frames into `frames`, `false` stops the stream. The
+    /// outcome of each "on" goes to `done`, as for a camera switched through its SetBool
+    /// service. The thread ends when `rx` or `frames` is closed.
     pub fn camera_task(
         settings: V4l2Settings,
         mut rx: mpsc::Receiver<bool>,
