@@ -232,8 +232,21 @@ fn a_damaged_outbox_is_recovered_up_to_the_last_good_record() {
 
 #[test]
 fn warnings_reach_the_device_log_topic_after_an_outage() {
-    let mut broker = Mosquitto::start(Options::default());
+    const LOG_TOPIC: &str = "/sys/pk1/robot-7/thing/log/post";
+    // The watcher has a persistent QoS 1 session on a persistent broker, so the record
+    // waits for it however soon the agent reconnects after the outage.
+    let mut broker = Mosquitto::start(Options {
+        persistence: true,
+        ..Options::default()
+    });
     let port = broker.port;
+    let watch = ["-q", "1", "-c", "-i", "devlog-watch"];
+    drop(ready_sub(
+        port,
+        "/sys/pk1/robot-7/thing/log/#",
+        "/sys/pk1/robot-7/thing/log/probe",
+        &watch,
+    ));
     broker.stop();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), port, "");
@@ -241,10 +254,11 @@ fn warnings_reach_the_device_log_topic_after_an_outage() {
     let child = spawn_run(&config);
     std::thread::sleep(Duration::from_millis(1500));
     broker.start_again();
-    let sub = support::mosquitto::Sub::start(port, "/sys/pk1/robot-7/thing/log/post", &["-q", "1"]);
+    let sub = support::mosquitto::Sub::start(port, "/sys/pk1/robot-7/thing/log/#", &watch);
     let lines = sub.wait_for("a device log record", Duration::from_secs(20), |l| {
-        !l.is_empty()
+        l.iter().any(|l| l.starts_with(LOG_TOPIC))
     });
+    let lines: Vec<&String> = lines.iter().filter(|l| l.starts_with(LOG_TOPIC)).collect();
     signal(&child, "-TERM");
     let _ = finish(child);
     let body: serde_json::Value =
