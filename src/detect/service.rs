@@ -205,8 +205,8 @@ pub async fn start(
     };
     let (img_tx, img_rx) = mpsc::channel(2);
     // With a V4L2 camera the agent takes the frames itself, and the image topic is unused.
-    let v4l2_frames = if settings.v4l2.is_some() {
-        Some(img_tx)
+    let v4l2_camera = if let Some(v) = settings.v4l2.clone() {
+        Some((v, img_tx))
     } else {
         transport.subscribe(
             &settings.image_topic,
@@ -283,13 +283,9 @@ pub async fn start(
             .await
             .context("model loading stopped")?
     };
-    let (camera_tx, camera_done) = match (&settings.camera_service, v4l2_frames) {
+    let (camera_tx, camera_done) = match (&settings.camera_service, v4l2_camera) {
         #[cfg(feature = "v4l2")]
-        (_, Some(frames)) => {
-            let v = settings
-                .v4l2
-                .clone()
-                .context("V4L2 frames without V4L2 settings")?;
+        (_, Some((v, frames))) => {
             let (tx, rx) = mpsc::channel(8);
             let (done_tx, done_rx) = mpsc::channel(8);
             super::v4l2::camera_task(v, rx, done_tx, frames)

@@ -214,11 +214,11 @@ mod device {
                 // next on starts streaming on the same handle, without enumerating the
                 // camera's modes again.
                 let mut cam: Option<Camera> = None;
-                let mut streaming = false;
+                let streaming = |cam: &Option<Camera>| cam.as_ref().is_some_and(Camera::is_stream_open);
                 let mut failing = false;
                 loop {
                     // Streaming: look for a switch between frames; stopped: wait for one.
-                    let cmd = if streaming {
+                    let cmd = if streaming(&cam) {
                         match rx.try_recv() {
                             Ok(on) => Some(on),
                             Err(mpsc::error::TryRecvError::Empty) => None,
@@ -233,13 +233,12 @@ mod device {
                     match cmd {
                         Some(true) => {
                             let r = match cam.as_mut() {
-                                Some(_) if streaming => Ok(()),
+                                Some(c) if c.is_stream_open() => Ok(()),
                                 Some(c) => c
                                     .open_stream()
                                     .map_err(|e| format!("{}: cannot start streaming: {e}", settings.device)),
                                 None => open(&settings).map(|c| cam = Some(c)),
                             };
-                            streaming = r.is_ok();
                             if let Err(e) = &r {
                                 if !failing {
                                     tracing::warn!(device = %settings.device, error = %e, "The camera could not be opened.");
@@ -257,11 +256,10 @@ mod device {
                             if let Some(c) = cam.as_mut() {
                                 let _ = c.stop_stream();
                             }
-                            streaming = false;
                         }
                         None => {}
                     }
-                    if let (Some(c), true) = (cam.as_mut(), streaming) {
+                    if let Some(c) = cam.as_mut().filter(|c| c.is_stream_open()) {
                         match grab(c, &settings) {
                             // A full queue means the service has a fresh frame already.
                             Ok(sample) => {
@@ -274,7 +272,6 @@ mod device {
                             Err(e) => {
                                 tracing::warn!(device = %settings.device, error = %e, "The camera stopped giving frames; it is closed until the next request.");
                                 cam = None;
-                                streaming = false;
                             }
                         }
                     }
