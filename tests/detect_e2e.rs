@@ -158,24 +158,7 @@ impl Robot {
     fn with_camera(domain: u16, camera: (&str, &str)) -> Self {
         let mut peer = RosPeer::start(domain);
         peer.publisher("img", camera.0, camera.1, json!({}));
-        peer.publisher(
-            "req",
-            "/edge_agent/detect/request",
-            "edge_agent_msgs/msg/DetectionRequest",
-            json!({}),
-        );
-        peer.subscriber(
-            "det",
-            "/edge_agent/detect/detections",
-            "vision_msgs/msg/Detection2DArray",
-            json!({}),
-        );
-        peer.subscriber(
-            "status",
-            "/edge_agent/detect/status",
-            "edge_agent_msgs/msg/DetectionStatus",
-            json!({"durability": "transient-local", "depth": 100}),
-        );
+        peer.detection_endpoints();
         peer.wait_matched("img");
         peer.wait_matched("req");
         // The agent's transient-local status reaches a matched reader: the graph is ready.

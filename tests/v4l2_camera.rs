@@ -212,24 +212,7 @@ frame_id = "v4l2_camera"
     let a = AgentDir::new(broker.port, domain, "", &detect);
     let agent = Agent::start(&a.config());
     let mut peer = RosPeer::start(domain);
-    peer.publisher(
-        "req",
-        "/edge_agent/detect/request",
-        "edge_agent_msgs/msg/DetectionRequest",
-        json!({}),
-    );
-    peer.subscriber(
-        "det",
-        "/edge_agent/detect/detections",
-        "vision_msgs/msg/Detection2DArray",
-        json!({}),
-    );
-    peer.subscriber(
-        "status",
-        "/edge_agent/detect/status",
-        "edge_agent_msgs/msg/DetectionStatus",
-        json!({"durability": "transient-local", "depth": 100}),
-    );
+    peer.detection_endpoints();
     peer.wait_matched("req");
     peer.wait_received("status", 1, Duration::from_secs(60));
     for (n, id) in ["cam1", "cam2"].into_iter().enumerate() {

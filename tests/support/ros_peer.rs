@@ -101,6 +101,30 @@ impl RosPeer {
         self.cmd(json!({"op":"sub","id":id,"topic":topic,"type":ty,"qos":qos}));
     }
 
+    /// The robot's side of the agent's detection service at its default topics: `req`
+    /// publishes DetectionRequest, `det` reads Detection2DArray, `status` reads the
+    /// transient-local DetectionStatus.
+    pub fn detection_endpoints(&mut self) {
+        self.publisher(
+            "req",
+            "/edge_agent/detect/request",
+            "edge_agent_msgs/msg/DetectionRequest",
+            json!({}),
+        );
+        self.subscriber(
+            "det",
+            "/edge_agent/detect/detections",
+            "vision_msgs/msg/Detection2DArray",
+            json!({}),
+        );
+        self.subscriber(
+            "status",
+            "/edge_agent/detect/status",
+            "edge_agent_msgs/msg/DetectionStatus",
+            json!({"durability": "transient-local", "depth": 100}),
+        );
+    }
+
     pub fn wait_matched(&mut self, id: &str) {
         self.cmd(json!({"op":"wait_matched","id":id,"count":1,"timeout_ms":20000}));
     }
