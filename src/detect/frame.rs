@@ -321,6 +321,24 @@ mod tests {
     }
 
     #[test]
+    fn image_cdr_matches_the_codec() {
+        use base64::Engine as _;
+        let mut r = crate::ros::Registry::new();
+        r.add_bundled();
+        let schema = r.schema("sensor_msgs/msg/Image").unwrap();
+        // Frame ids of every length modulo 4, so each alignment path is taken.
+        for frame_id in ["", "c", "ca", "cam", "cam0", "v4l2_camera"] {
+            let data = [9u8, 8, 7, 6, 5, 4, 3];
+            let v = serde_json::json!({"header": {"stamp": {"sec": -3, "nanosec": 11}, "frame_id": frame_id},
+                "height": 1, "width": 2, "encoding": "rgb8", "step": 7,
+                "data": base64::engine::general_purpose::STANDARD.encode(data)});
+            let want = crate::ros::codec::encode_value(&schema, &v, &Default::default()).unwrap();
+            let got = super::image_cdr(-3, 11, frame_id, (2, 1, 7), "rgb8", &data);
+            assert_eq!(&got[..], &want[..], "frame_id {frame_id:?}");
+        }
+    }
+
+    #[test]
     fn bgr_with_padding_rows_becomes_rgb() {
         // 2x2 bgr8 with step 8 (2 bytes of row padding).
         let data = [1, 2, 3, 4, 5, 6, 0, 0, 7, 8, 9, 10, 11, 12, 0, 0];
