@@ -551,13 +551,15 @@ impl ClassLog {
                 Err(d) => return self.skip_damaged(idx, d),
             }
         }
+        // What the file holds now: the writer may have appended to this segment since
+        // the reader opened it, and may since have closed it.
+        let file_len = self.segments[idx].file_len;
         loop {
             let Some((_, reader)) = self.reader.as_mut() else {
                 return Ok(None);
             };
-            if writer_segment && reader.offset == reader.len {
-                // The writer has appended since the reader opened.
-                reader.len = self.writer.as_ref().map_or(reader.len, |w| w.len);
+            if reader.offset == reader.len {
+                reader.len = reader.len.max(file_len);
             }
             match reader.next() {
                 Ok(Some(Record::Topic)) => {}
@@ -569,6 +571,10 @@ impl ClassLog {
                 }
                 Ok(None) => {
                     // Should not happen below last_seq; resynchronise from the next segment.
+                    // What is skipped stays held and goes out after the next reconnect.
+                    tracing::warn!(class = %self.name, file = %self.segments[idx].path.display(),
+                        from_seq = self.cursor, to_seq = seg_last,
+                        "Outbox segment ended before its last message; those messages wait for the next reconnect.");
                     self.reader = None;
                     self.cursor = self
                         .segments

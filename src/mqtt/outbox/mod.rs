@@ -445,4 +445,40 @@ mod tests {
         let got: Vec<usize> = drain(&mut ob, true).into_iter().map(|(_, n)| n).collect();
         assert_eq!(got, (0..10_000).collect::<Vec<_>>());
     }
+
+    /// A sender far behind the writer reads a segment that the writer has since grown
+    /// and closed: it must read that segment to its real end, not stop where the file
+    /// ended when it was opened.
+    #[test]
+    fn a_lagging_sender_reads_a_segment_the_writer_closed_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(
+            dir.path(),
+            &[("bulk", 16 * 1024 * 1024, FullPolicy::DropOldest)],
+        );
+        let mut ob = Outbox::open(&s).unwrap();
+        let c = ob.class_index("bulk").unwrap();
+        let mut n = 0;
+        let mut got = Vec::new();
+        for _ in 0..5_000 {
+            ob.append(c, &m("/t", n, 100), 1000).unwrap();
+            n += 1;
+        }
+        // Two in, one out: the sender falls further behind and the writer rotates
+        // segments under it.
+        for _ in 0..6_000 {
+            for _ in 0..2 {
+                ob.append(c, &m("/t", n, 100), 1000).unwrap();
+                n += 1;
+            }
+            ob.flush_writes().unwrap();
+            let (cls, st) = ob.next_to_send(1000).unwrap().expect("a held message");
+            got.push(n_of(&st));
+            ob.mark_done(cls, st.seq, st.disk_size);
+        }
+        got.extend(drain(&mut ob, true).into_iter().map(|(_, x)| x));
+        assert_eq!(got.len(), n, "every accepted message is handed out once");
+        assert_eq!(got, (0..n).collect::<Vec<_>>());
+        assert_eq!(ob.held(), 0);
+    }
 }
