@@ -222,6 +222,7 @@ impl Running {
                 "The cloud link did not close in time."
             );
         }
+        crate::logging::quiet_dds_teardown();
         drop(self.transport);
     }
 }

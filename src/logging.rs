@@ -4,9 +4,10 @@
 //! by `***` before it is written.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{FilterExt as _, FilterFn, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer;
@@ -78,6 +79,20 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MakeScrubbing {
 /// For [`init`] without an extra layer.
 pub type NoLayer = tracing_subscriber::layer::Identity;
 
+/// Set once the agent lets go of its ROS node at shutdown.
+static DDS_TEARDOWN: AtomicBool = AtomicBool::new(false);
+
+/// From now on the DDS stack's own lines are dropped. Its threads report every entity
+/// they can no longer remove while the node is taken down (one ERROR per reader and
+/// writer), which would end each clean stop with a screen of errors.
+pub fn quiet_dds_teardown() {
+    DDS_TEARDOWN.store(true, Ordering::Relaxed);
+}
+
+fn dds_line_wanted(target: &str) -> bool {
+    !(DDS_TEARDOWN.load(Ordering::Relaxed) && target.starts_with("rustdds"))
+}
+
 /// Installs the global subscriber. `level` is the configured level; `RUST_LOG`
 /// overrides it. `extra` receives every event too (the device log).
 pub fn init<L>(level: &str, scrubber: Scrubber, extra: Option<L>)
@@ -113,13 +128,21 @@ where
     let shipped = Targets::new().with_target("edge_agent", tracing::Level::INFO);
     let registry = tracing_subscriber::registry()
         .with(extra.map(|l| l.with_filter(shipped)))
-        .with(fmt.with_filter(filter));
+        .with(fmt.with_filter(filter.and(FilterFn::new(|m| dds_line_wanted(m.target())))));
     let _ = registry.try_init();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dds_lines_stop_at_teardown_and_ours_do_not() {
+        assert!(dds_line_wanted("rustdds::rtps::dp_event_loop"));
+        quiet_dds_teardown();
+        assert!(!dds_line_wanted("rustdds::rtps::dp_event_loop"));
+        assert!(dds_line_wanted("edge_agent::agent"));
+    }
 
     #[test]
     fn scrubs_secrets() {
