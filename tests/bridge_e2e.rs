@@ -159,6 +159,11 @@ fn ros_topics_arrive_on_mqtt_as_json() {
         at(10, 10)
     );
     assert!(log.contains("Bridge rules started."), "{log}");
+    // A clean stop ends without errors: the journal shows what went wrong, not teardown.
+    assert!(
+        !log.lines().any(|l| l.contains("ERROR")),
+        "a clean stop logged errors:\n{log}"
+    );
 }
 
 #[test]

@@ -71,7 +71,8 @@ pub fn spawn_run(config: &Path, extra: &[&str]) -> Child {
         .args(["run", "--config"])
         .arg(config)
         .args(extra)
-        .env("RUST_LOG", "edge_agent=debug")
+        // What a technician sees, with the agent's own debug lines.
+        .env("RUST_LOG", "warn,rustdds=error,edge_agent=debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
