@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::background::Jobs;
 use super::segment::{
-    parse_segment_name, sync_dir, truncate, Damage, Record, SegmentReader, SegmentWriter, Stored,
+    parse_segment_name, truncate, Damage, Record, SegmentReader, SegmentWriter, Stored,
     MESSAGE_OVERHEAD,
 };
 use super::OutboxError;
@@ -88,6 +89,8 @@ pub struct ClassLog {
     state_dirty: bool,
     dir_dirty: bool,
     writer_dirty: bool,
+    /// fsync, renames and removals happen on the outbox thread.
+    jobs: Jobs,
     pub counters: ClassCounters,
 }
 
@@ -101,7 +104,7 @@ fn io_err(path: &Path, e: io::Error) -> OutboxError {
 impl ClassLog {
     /// Opens (or creates) the class folder and recovers it: torn or corrupt tails are
     /// cut with a WARN naming what was dropped; everything before them is kept.
-    pub fn open(dir: &Path, name: &str, cfg: ClassConfig) -> Result<Self, OutboxError> {
+    pub fn open(dir: &Path, name: &str, cfg: ClassConfig, jobs: Jobs) -> Result<Self, OutboxError> {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
         let delivered_path = dir.join("delivered");
@@ -144,6 +147,7 @@ impl ClassLog {
             state_dirty: false,
             dir_dirty: false,
             writer_dirty: false,
+            jobs,
             counters: ClassCounters::default(),
         };
         let mut next_seq = log.low_water;
@@ -323,10 +327,18 @@ impl ClassLog {
         Ok(())
     }
 
-    fn sync_writer(&mut self) -> Result<(), OutboxError> {
+    /// Makes what was appended survive a power cut: at once (`fsync_each`), or by the
+    /// outbox thread.
+    fn sync_writer(&mut self, now: bool) -> Result<(), OutboxError> {
         if self.writer_dirty {
             if let Some(w) = self.writer.as_mut() {
-                w.sync().map_err(|e| io_err(&w.path, e))?;
+                if now {
+                    w.sync().map_err(|e| io_err(&w.path, e))?;
+                } else {
+                    w.flush().map_err(|e| io_err(&w.path, e))?;
+                    let file = w.duplicate().map_err(|e| io_err(&w.path, e))?;
+                    self.jobs.sync_data(file, &w.path);
+                }
             }
             self.writer_dirty = false;
         }
@@ -334,7 +346,7 @@ impl ClassLog {
     }
 
     fn rotate(&mut self) -> Result<(), OutboxError> {
-        self.sync_writer()?;
+        self.sync_writer(false)?;
         let w =
             SegmentWriter::create(&self.dir, self.next_seq).map_err(|e| io_err(&self.dir, e))?;
         let (path, len) = (w.path.clone(), w.len);
@@ -377,7 +389,7 @@ impl ClassLog {
         self.low_water = self.low_water.max(seg.last_seq.wrapping_add(1));
         self.advance_low_water();
         self.state_dirty = true;
-        let _ = std::fs::remove_file(&seg.path);
+        self.jobs.remove(&seg.path);
         self.dir_dirty = true;
         if self
             .reader
@@ -464,7 +476,7 @@ impl ClassLog {
         self.live_bytes += msg_size;
         self.writer_dirty = true;
         if self.cfg.fsync_each {
-            self.sync_writer()?;
+            self.sync_writer(true)?;
         }
         if self.cfg.policy == FullPolicy::KeepLatest {
             self.latest.insert(msg.topic.clone(), (seq, msg_size));
@@ -623,11 +635,11 @@ impl ClassLog {
             let bytes = serde_json::to_vec(&state).unwrap_or_default();
             // Not fsynced: after a power cut an older record only means some messages
             // are sent twice, never that one is lost.
-            write_replace(
-                &self.dir.join("delivered.tmp"),
-                &self.dir.join("delivered"),
-                &bytes,
-            )?;
+            self.jobs.replace(
+                self.dir.join("delivered.tmp"),
+                self.dir.join("delivered"),
+                bytes,
+            );
             self.state_dirty = false;
         }
         Ok(())
@@ -635,10 +647,10 @@ impl ClassLog {
 
     /// fsync written data, delete finished segments, save the delivery record.
     pub fn sync(&mut self) -> Result<(), OutboxError> {
-        self.sync_writer()?;
+        self.sync_writer(false)?;
         while self.segments.len() > 1 && self.segments[0].live == 0 {
             if let Some(seg) = self.segments.pop_front() {
-                let _ = std::fs::remove_file(&seg.path);
+                self.jobs.remove(&seg.path);
                 if self
                     .reader
                     .as_ref()
@@ -651,7 +663,7 @@ impl ClassLog {
         }
         self.save_delivered()?;
         if self.dir_dirty {
-            sync_dir(&self.dir).map_err(|e| io_err(&self.dir, e))?;
+            self.jobs.sync_dir(&self.dir);
             self.dir_dirty = false;
         }
         Ok(())
@@ -672,10 +684,4 @@ impl ClassLog {
     pub fn held(&self) -> u64 {
         self.live_count
     }
-}
-
-/// temp file then rename: after a crash the file is the old or the new version.
-fn write_replace(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), OutboxError> {
-    std::fs::write(tmp, bytes).map_err(|e| io_err(tmp, e))?;
-    std::fs::rename(tmp, path).map_err(|e| io_err(path, e))
 }

@@ -7,6 +7,7 @@
 //! `kill -9` at any moment leaves at most a torn last record, which recovery cuts off.
 //! Data is fsynced every `sync_interval` (or per message for `fsync_each` classes).
 
+mod background;
 mod class;
 mod segment;
 
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 pub use class::{ClassCounters, ClassStats};
 pub use segment::{Stored, MESSAGE_OVERHEAD};
 
+use self::background::Background;
 use self::class::ClassLog;
 use super::config::OutboxSettings;
 use super::message::Message;
@@ -54,7 +56,16 @@ pub struct Outbox {
     dir: PathBuf,
     classes: Vec<ClassLog>,
     by_name: HashMap<String, usize>,
+    background: Option<Background>,
     _lock: File,
+}
+
+impl Drop for Outbox {
+    /// Everything given to the outbox thread is done before the lock is released.
+    fn drop(&mut self) {
+        self.classes.clear();
+        self.background = None;
+    }
 }
 
 impl Outbox {
@@ -91,10 +102,19 @@ impl Outbox {
         }
         let mut names: Vec<&String> = settings.classes.keys().collect();
         names.sort_by_key(|n| (priority(n), n.to_string()));
+        let background = Background::start().map_err(|source| OutboxError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let mut classes = Vec::new();
         let mut by_name = HashMap::new();
         for name in names {
-            let log = ClassLog::open(&dir, name, settings.classes[name].clone())?;
+            let log = ClassLog::open(
+                &dir,
+                name,
+                settings.classes[name].clone(),
+                background.jobs(),
+            )?;
             by_name.insert(name.clone(), classes.len());
             classes.push(log);
         }
@@ -102,8 +122,16 @@ impl Outbox {
             dir,
             classes,
             by_name,
+            background: Some(background),
             _lock: lock,
         })
+    }
+
+    /// Waits until the outbox thread has done everything given to it so far.
+    pub fn settle(&self) {
+        if let Some(b) = &self.background {
+            b.settle();
+        }
     }
 
     pub fn dir(&self) -> &std::path::Path {

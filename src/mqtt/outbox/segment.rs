@@ -159,6 +159,11 @@ impl SegmentWriter {
         self.flush()?;
         self.file.sync_data()
     }
+
+    /// A second descriptor of the file, for an fsync elsewhere.
+    pub fn duplicate(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
 }
 
 impl Drop for SegmentWriter {
