@@ -112,6 +112,11 @@ where
         .ok()
         .and_then(|v| v.parse::<Targets>().ok())
         .unwrap_or(default);
+    // The hint keeps the level the targets allow as the global maximum, so disabled
+    // records are still rejected at their call sites (without it, every record of the
+    // DDS stack would be built and then filtered).
+    let teardown = FilterFn::new(|m| dds_line_wanted(m.target()))
+        .with_max_level_hint(tracing::level_filters::LevelFilter::TRACE);
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
     let ansi = !under_systemd && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
@@ -128,7 +133,7 @@ where
     let shipped = Targets::new().with_target("edge_agent", tracing::Level::INFO);
     let registry = tracing_subscriber::registry()
         .with(extra.map(|l| l.with_filter(shipped)))
-        .with(fmt.with_filter(filter.and(FilterFn::new(|m| dds_line_wanted(m.target())))));
+        .with(fmt.with_filter(filter.and(teardown)));
     let _ = registry.try_init();
 }
 

@@ -222,6 +222,8 @@ const QOS0_QUEUE: usize = 1024;
 
 /// Commands taken in one go when several are waiting.
 const COMMAND_BATCH: usize = 256;
+/// Connection events handled per wake-up, at most.
+const EVENT_BATCH: usize = 256;
 
 /// Acknowledgements after which the delivery record is saved even before the sync
 /// interval: bounds what a kill -9 makes the agent send twice.
@@ -287,6 +289,15 @@ async fn poll_phase(phase: &mut Phase) -> Result<SessionEvent, Failure> {
     }
 }
 
+/// An event the connection already has waiting, if any.
+fn try_poll_phase(phase: &mut Phase) -> Option<Result<SessionEvent, Failure>> {
+    match phase {
+        Phase::Connecting { session, .. } => session.try_poll(),
+        Phase::Up(c) => c.session.try_poll(),
+        Phase::Waiting { .. } => None,
+    }
+}
+
 impl Link {
     fn will(&self) -> Message {
         Message::new(
@@ -334,13 +345,13 @@ impl Link {
                 biased;
                 _ = shutdown.cancelled() => break,
                 ev = poll_phase(&mut phase) => {
-                    match ev {
-                        Ok(ev) => self.on_event(&mut phase, ev),
-                        Err(f) => {
-                            self.on_failure(&phase, f);
-                            let delay = backoff(self.settings.initial_delay, self.settings.max_delay, self.attempt);
-                            self.attempt = self.attempt.saturating_add(1);
-                            phase = Phase::Waiting { until: Instant::now() + delay };
+                    self.on_poll(&mut phase, ev);
+                    // Take what else the connection has waiting (acks come in bursts),
+                    // rather than one event per turn of this loop.
+                    for _ in 0..EVENT_BATCH {
+                        match try_poll_phase(&mut phase) {
+                            Some(ev) => self.on_poll(&mut phase, ev),
+                            None => break,
                         }
                     }
                 }
@@ -371,6 +382,24 @@ impl Link {
             }
         }
         self.shutdown(phase, policy).await;
+    }
+
+    fn on_poll(&mut self, phase: &mut Phase, ev: Result<SessionEvent, Failure>) {
+        match ev {
+            Ok(ev) => self.on_event(phase, ev),
+            Err(f) => {
+                self.on_failure(phase, f);
+                let delay = backoff(
+                    self.settings.initial_delay,
+                    self.settings.max_delay,
+                    self.attempt,
+                );
+                self.attempt = self.attempt.saturating_add(1);
+                *phase = Phase::Waiting {
+                    until: Instant::now() + delay,
+                };
+            }
+        }
     }
 
     fn sync(&mut self) {

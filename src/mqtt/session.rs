@@ -346,6 +346,18 @@ impl Session {
             None => Err(Failure::Protocol("the connection task ended".into())),
         }
     }
+
+    /// The next event if one is already waiting.
+    pub fn try_poll(&mut self) -> Option<Result<SessionEvent, Failure>> {
+        use tokio::sync::mpsc::error::TryRecvError;
+        match self.events.try_recv() {
+            Ok(r) => Some(r),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                Some(Err(Failure::Protocol("the connection task ended".into())))
+            }
+        }
+    }
 }
 
 /// How long to wait before attempt `n` (0-based): exponential, capped, with jitter
