@@ -149,7 +149,7 @@ impl LinkHandle {
     }
 }
 
-/// What a PUBLISH handed to rumqttc was.
+/// What a PUBLISH handed to the session was.
 #[derive(Debug, Clone, Copy)]
 enum Sent {
     Held { class: usize, seq: u64, size: u64 },
@@ -165,9 +165,9 @@ struct Subscription {
 
 struct Connected {
     session: Session,
-    /// Handed to rumqttc, packet id not known yet (in request order).
+    /// Handed to the session, packet id not known yet (in request order).
     queued: VecDeque<Sent>,
-    /// Other requests (subscribe, disconnect) not yet processed by rumqttc.
+    /// Other requests (subscribe, disconnect) not yet processed by the session.
     queued_other: usize,
     in_flight: HashMap<u16, Sent>,
     held_in_flight: usize,
@@ -212,7 +212,7 @@ pub struct Link {
     ever_connected: bool,
     incoming_warned: bool,
     acks_since_sync: u32,
-    /// QoS 0 messages waiting for room in rumqttc's queue (only while connected).
+    /// QoS 0 messages waiting for room in the session's queue (only while connected).
     qos0: VecDeque<Message>,
 }
 
@@ -426,7 +426,7 @@ impl Link {
         }
     }
 
-    /// Hands held messages to rumqttc while the window and its queue have room.
+    /// Hands held messages to the session while the window and its queue have room.
     fn feed(&mut self, c: &mut Connected) {
         // What was accepted reaches the disk before anything is handed to the broker.
         if let Err(e) = self.outbox.flush_writes() {
@@ -730,7 +730,7 @@ impl Link {
             )
             .retained();
             if c.session.try_publish(&offline).is_ok() {
-                // It is the (queued + 1)-th PUBLISH rumqttc will send from now.
+                // It is the (queued + 1)-th PUBLISH the session will send from now.
                 let mut ahead = c.queued.len();
                 let mut offline_pkid = None;
                 while Instant::now() < deadline {

@@ -1,15 +1,24 @@
-//! One MQTT connection attempt and its life, over rumqttc's 3.1.1 or 5 client, seen
-//! through one small interface. A new session is made for every attempt, so no state
-//! of a dead connection (rumqttc's own resend queue) leaks into the next one: what to
-//! resend is the outbox's business.
+//! One MQTT connection attempt and its life (3.1.1 or 5), seen through one small
+//! interface. A new session is made for every attempt, so no state of a dead
+//! connection leaks into the next one: what to resend is the outbox's business.
+//!
+//! The connection runs in a task of its own. Requests reach it over a channel, and it
+//! takes every request already waiting before it writes, so a burst of messages leaves
+//! in one write rather than one system call per message. What happens comes back in
+//! batches over a second channel; waiting on it can be cancelled at any point.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::v5;
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use super::auth::Credentials;
 use super::config::{LinkSettings, Protocol};
-use super::message::{Incoming, Message, Props, QoS};
+use super::message::{Incoming, Message, QoS};
+use super::wire::{self, Packet, Version};
 
 /// What happened on the connection.
 #[derive(Debug)]
@@ -72,65 +81,45 @@ impl Failure {
         }
     }
 
-    fn refused(code: String) -> Self {
-        if code.contains("UserName") || code.contains("Username") || code.contains("NotAuthorized")
-        {
-            Failure::Auth(code)
+    fn refused(v: Version, code: u8, reason: Option<String>) -> Self {
+        let mut text = format!("{}, code {code}", wire::code_text(v, code));
+        if let Some(r) = reason {
+            text.push_str(": ");
+            text.push_str(&r);
+        }
+        if wire::is_auth_code(v, code) {
+            Failure::Auth(text)
         } else {
-            Failure::Refused(code)
+            Failure::Refused(text)
         }
     }
 }
 
-fn v4_failure(e: rumqttc::ConnectionError) -> Failure {
-    use rumqttc::ConnectionError as E;
-    match e {
-        E::ConnectionRefused(code) => Failure::refused(format!("{code:?}")),
-        E::Tls(t) => Failure::Tls(t.to_string()),
-        E::Io(io) => Failure::from_io(&io),
-        E::NetworkTimeout | E::FlushTimeout => Failure::Network("timed out".into()),
-        other => Failure::Protocol(other.to_string()),
-    }
+/// Requests (publish, subscribe) the session may have queued at once.
+pub fn request_capacity(window: u16) -> usize {
+    usize::from(window) * 2 + 64
 }
 
-fn v5_failure(e: v5::ConnectionError) -> Failure {
-    use v5::ConnectionError as E;
-    match e {
-        E::ConnectionRefused(code) => Failure::refused(format!("{code:?}")),
-        E::Tls(t) => Failure::Tls(t.to_string()),
-        E::Io(io) => Failure::from_io(&io),
-        E::Timeout(_) => Failure::Network("timed out".into()),
-        other => Failure::Protocol(other.to_string()),
-    }
+/// Bytes gathered before a write goes out, when requests keep coming.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Event batches that may wait for the link.
+const EVENT_BATCHES: usize = 64;
+/// A refused-publish WARN at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+
+enum Request {
+    Publish(Message),
+    Subscribe(String, QoS),
+    Disconnect,
 }
 
-fn v4_qos(q: QoS) -> rumqttc::QoS {
-    match q {
-        QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
-        QoS::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
-    }
-}
+type Batch = Result<Vec<SessionEvent>, Failure>;
 
-fn v5_qos(q: QoS) -> v5::mqttbytes::QoS {
-    match q {
-        QoS::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
-        QoS::AtLeastOnce => v5::mqttbytes::QoS::AtLeastOnce,
-    }
-}
-
-enum Client {
-    V4(rumqttc::AsyncClient),
-    V5(v5::AsyncClient),
-}
-
-/// A connection: the client half stays here; rumqttc's event loop runs in its own task
-/// and sends what happens over a channel. Waiting on that channel can be interrupted
-/// at any point without harm, which waiting on rumqttc's event loop cannot (dropping
-/// it in the middle of a CONNECT opens a second connection, and the broker publishes
-/// the first one's last will).
+/// A connection: requests go to its task, events come back from it.
 pub struct Session {
-    client: Client,
-    events: tokio::sync::mpsc::Receiver<Result<SessionEvent, Failure>>,
+    requests: mpsc::Sender<Request>,
+    events: mpsc::Receiver<Batch>,
+    waiting: VecDeque<SessionEvent>,
     driver: tokio::task::JoinHandle<()>,
 }
 
@@ -140,223 +129,495 @@ impl Drop for Session {
     }
 }
 
-/// Requests (publish, subscribe) the session may have queued for rumqttc at once.
-pub fn request_capacity(window: u16) -> usize {
-    usize::from(window) * 2 + 64
+/// What the connection task needs, owned.
+struct Params {
+    version: Version,
+    host: String,
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    tcp_nodelay: bool,
+    connect_timeout: Duration,
+    keep_alive: Duration,
+    max_packet_size: usize,
+    creds: Credentials,
+    will: Option<Message>,
 }
 
-fn map_v4(ev: rumqttc::Event) -> SessionEvent {
-    use rumqttc::{Event, Outgoing, Packet};
-    match ev {
-        Event::Incoming(Packet::ConnAck(_)) => SessionEvent::Connected,
-        Event::Incoming(Packet::PubAck(a)) => SessionEvent::PubAck(a.pkid),
-        Event::Incoming(Packet::Publish(p)) => SessionEvent::Message(Incoming {
-            topic: p.topic,
-            payload: p.payload,
-            props: None,
-        }),
-        Event::Outgoing(Outgoing::Publish(pkid)) => SessionEvent::Sent(pkid),
-        Event::Outgoing(
-            Outgoing::Subscribe(_) | Outgoing::Disconnect | Outgoing::Unsubscribe(_),
-        ) => SessionEvent::OtherRequestSent,
-        _ => SessionEvent::Other,
-    }
+fn ended() -> Failure {
+    Failure::Protocol("the connection task ended".into())
 }
 
-fn map_v5(ev: v5::Event) -> SessionEvent {
-    use v5::mqttbytes::v5::Packet;
-    use v5::Event;
-    match ev {
-        Event::Incoming(Packet::ConnAck(_)) => SessionEvent::Connected,
-        Event::Incoming(Packet::PubAck(a)) => SessionEvent::PubAck(a.pkid),
-        Event::Incoming(Packet::Publish(p)) => SessionEvent::Message(Incoming {
-            topic: String::from_utf8_lossy(&p.topic).into_owned(),
-            payload: p.payload,
-            props: p.properties.map(|pp| Props {
-                content_type: pp.content_type,
-                user: pp.user_properties,
-            }),
-        }),
-        Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => SessionEvent::Sent(pkid),
-        Event::Outgoing(
-            rumqttc::Outgoing::Subscribe(_)
-            | rumqttc::Outgoing::Disconnect
-            | rumqttc::Outgoing::Unsubscribe(_),
-        ) => SessionEvent::OtherRequestSent,
-        _ => SessionEvent::Other,
+/// A topic a PUBLISH may carry.
+fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("the topic is empty".into());
     }
+    if topic.contains(['+', '#', '\0']) {
+        return Err(format!("the topic {topic:?} has a wildcard or NUL in it"));
+    }
+    if topic.len() > usize::from(u16::MAX) {
+        return Err("the topic is longer than 65,535 bytes".into());
+    }
+    Ok(())
 }
 
 impl Session {
     /// Starts connecting at once (in its own task). Needs a tokio runtime.
     pub fn new(s: &LinkSettings, creds: &Credentials, will: Option<&Message>) -> Self {
         let cap = request_capacity(s.window);
-        // Two more than the outbox window: the birth and offline status messages.
-        let inflight = s.window.saturating_add(2);
-        let (tx, events) = tokio::sync::mpsc::channel(cap);
-        match s.protocol {
-            Protocol::V311 => {
-                let mut o =
-                    rumqttc::MqttOptions::new(creds.client_id.clone(), s.host.clone(), s.port);
-                o.set_keep_alive(s.keep_alive)
-                    .set_clean_session(true)
-                    .set_max_packet_size(s.max_packet_size, s.max_packet_size)
-                    .set_inflight(inflight)
-                    .set_request_channel_capacity(cap);
-                if let Some(will) = will {
-                    o.set_last_will(rumqttc::LastWill::new(
-                        &*will.topic,
-                        will.payload.to_vec(),
-                        v4_qos(will.qos),
-                        will.retain,
-                    ));
-                }
-                if let Some(user) = &creds.username {
-                    o.set_credentials(user.clone(), creds.password.clone().unwrap_or_default());
-                }
-                if let Some(tls) = &s.tls {
-                    o.set_transport(rumqttc::Transport::tls_with_config(
-                        rumqttc::TlsConfiguration::Rustls(tls.clone()),
-                    ));
-                }
-                let (client, mut eventloop) = rumqttc::AsyncClient::new(o, cap);
-                let mut net = rumqttc::NetworkOptions::new();
-                net.set_connection_timeout(s.connect_timeout.as_secs().max(1));
-                net.set_tcp_nodelay(s.tcp_nodelay);
-                eventloop.set_network_options(net);
-                let driver = tokio::spawn(async move {
-                    loop {
-                        let r = eventloop.poll().await.map(map_v4).map_err(v4_failure);
-                        let end = r.is_err();
-                        if tx.send(r).await.is_err() || end {
-                            break;
-                        }
-                    }
-                });
-                Session {
-                    client: Client::V4(client),
-                    events,
-                    driver,
-                }
+        let (requests, requests_rx) = mpsc::channel(cap);
+        let (events_tx, events) = mpsc::channel(EVENT_BATCHES);
+        let params = Params {
+            version: match s.protocol {
+                Protocol::V311 => Version::V311,
+                Protocol::V5 => Version::V5,
+            },
+            host: s.host.clone(),
+            port: s.port,
+            tls: s.tls.clone(),
+            tcp_nodelay: s.tcp_nodelay,
+            connect_timeout: s.connect_timeout.max(Duration::from_secs(1)),
+            keep_alive: s.keep_alive,
+            max_packet_size: s.max_packet_size,
+            creds: creds.clone(),
+            will: will.cloned(),
+        };
+        let driver = tokio::spawn(async move {
+            if let Err(f) = drive(params, requests_rx, &events_tx).await {
+                let _ = events_tx.send(Err(f)).await;
             }
-            Protocol::V5 => {
-                let mut o = v5::MqttOptions::new(creds.client_id.clone(), s.host.clone(), s.port);
-                o.set_keep_alive(s.keep_alive)
-                    .set_clean_start(true)
-                    .set_max_packet_size(Some(s.max_packet_size as u32))
-                    .set_outgoing_inflight_upper_limit(inflight)
-                    .set_request_channel_capacity(cap);
-                if let Some(will) = will {
-                    o.set_last_will(v5::mqttbytes::v5::LastWill::new(
-                        &*will.topic,
-                        will.payload.clone(),
-                        v5_qos(will.qos),
-                        will.retain,
-                        None,
-                    ));
-                }
-                if let Some(user) = &creds.username {
-                    o.set_credentials(user.clone(), creds.password.clone().unwrap_or_default());
-                }
-                if let Some(tls) = &s.tls {
-                    o.set_transport(rumqttc::Transport::tls_with_config(
-                        rumqttc::TlsConfiguration::Rustls(tls.clone()),
-                    ));
-                }
-                o.set_connection_timeout(s.connect_timeout.as_secs().max(1));
-                let mut net = rumqttc::NetworkOptions::new();
-                net.set_connection_timeout(s.connect_timeout.as_secs().max(1));
-                net.set_tcp_nodelay(s.tcp_nodelay);
-                o.set_network_options(net);
-                let (client, mut eventloop) = v5::AsyncClient::new(o, cap);
-                let driver = tokio::spawn(async move {
-                    loop {
-                        let r = eventloop.poll().await.map(map_v5).map_err(v5_failure);
-                        let end = r.is_err();
-                        if tx.send(r).await.is_err() || end {
-                            break;
-                        }
-                    }
-                });
-                Session {
-                    client: Client::V5(client),
-                    events,
-                    driver,
-                }
-            }
+        });
+        Session {
+            requests,
+            events,
+            waiting: VecDeque::new(),
+            driver,
         }
     }
 
-    /// Queues a PUBLISH. Fails only if rumqttc's queue is full or the topic is invalid.
+    fn request(&self, r: Request) -> Result<(), String> {
+        self.requests.try_send(r).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => "the request queue is full".to_owned(),
+            mpsc::error::TrySendError::Closed(_) => "the connection has ended".to_owned(),
+        })
+    }
+
+    /// Queues a PUBLISH. Fails only if the queue is full or the topic is invalid.
     pub fn try_publish(&self, m: &Message) -> Result<(), String> {
-        match &self.client {
-            Client::V4(c) => c
-                .try_publish(
-                    &*m.topic,
-                    v4_qos(m.qos),
-                    m.retain,
-                    Vec::from(m.payload.clone()),
-                )
-                .map_err(|e| e.to_string()),
-            Client::V5(c) => {
-                let r = match &m.props {
-                    Some(p) => {
-                        let props = v5::mqttbytes::v5::PublishProperties {
-                            content_type: p.content_type.clone(),
-                            user_properties: p.user.clone(),
-                            ..Default::default()
-                        };
-                        c.try_publish_with_properties(
-                            &*m.topic,
-                            v5_qos(m.qos),
-                            m.retain,
-                            m.payload.clone(),
-                            props,
-                        )
-                    }
-                    None => c.try_publish(&*m.topic, v5_qos(m.qos), m.retain, m.payload.clone()),
-                };
-                r.map_err(|e| e.to_string())
-            }
-        }
+        check_topic(&m.topic)?;
+        self.request(Request::Publish(m.clone()))
     }
 
     pub fn try_subscribe(&self, filter: &str, qos: QoS) -> Result<(), String> {
-        match &self.client {
-            Client::V4(c) => c
-                .try_subscribe(filter, v4_qos(qos))
-                .map_err(|e| e.to_string()),
-            Client::V5(c) => c
-                .try_subscribe(filter, v5_qos(qos))
-                .map_err(|e| e.to_string()),
+        if filter.is_empty() || filter.len() > usize::from(u16::MAX) {
+            return Err(format!("the filter {filter:?} is empty or too long"));
         }
+        self.request(Request::Subscribe(filter.to_owned(), qos))
     }
 
     pub fn try_disconnect(&self) -> Result<(), String> {
-        match &self.client {
-            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
-            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
-        }
+        self.request(Request::Disconnect)
     }
 
     /// The next thing that happened. Safe to cancel.
     pub async fn poll(&mut self) -> Result<SessionEvent, Failure> {
+        if let Some(ev) = self.waiting.pop_front() {
+            return Ok(ev);
+        }
         match self.events.recv().await {
-            Some(r) => r,
-            None => Err(Failure::Protocol("the connection task ended".into())),
+            Some(batch) => self.unpack(batch),
+            None => Err(ended()),
         }
     }
 
     /// The next event if one is already waiting.
     pub fn try_poll(&mut self) -> Option<Result<SessionEvent, Failure>> {
         use tokio::sync::mpsc::error::TryRecvError;
+        if let Some(ev) = self.waiting.pop_front() {
+            return Some(Ok(ev));
+        }
         match self.events.try_recv() {
-            Ok(r) => Some(r),
+            Ok(batch) => Some(self.unpack(batch)),
             Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => {
-                Some(Err(Failure::Protocol("the connection task ended".into())))
+            Err(TryRecvError::Disconnected) => Some(Err(ended())),
+        }
+    }
+
+    fn unpack(&mut self, batch: Batch) -> Result<SessionEvent, Failure> {
+        let mut evs = batch?.into_iter();
+        let first = evs.next().unwrap_or(SessionEvent::Other);
+        self.waiting.extend(evs);
+        Ok(first)
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn open(p: &Params) -> Result<Box<dyn Io>, Failure> {
+    let tcp = tokio::net::TcpStream::connect((p.host.as_str(), p.port))
+        .await
+        .map_err(|e| Failure::Network(e.to_string()))?;
+    let _ = tcp.set_nodelay(p.tcp_nodelay);
+    let Some(tls) = &p.tls else {
+        return Ok(Box::new(tcp));
+    };
+    let name = rustls_pki_types::ServerName::try_from(p.host.clone())
+        .map_err(|e| Failure::Tls(format!("{:?} is not a TLS server name: {e}", p.host)))?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| Failure::from_io(&e))?;
+    Ok(Box::new(stream))
+}
+
+/// Connects, sends CONNECT and reads the CONNACK.
+async fn handshake(
+    p: &Params,
+    rbuf: &mut BytesMut,
+) -> Result<(Box<dyn Io>, wire::ConnAck), Failure> {
+    let mut io = open(p).await?;
+    let mut out = BytesMut::new();
+    let user = p.creds.username.as_deref();
+    wire::encode_connect(
+        &wire::Connect {
+            version: p.version,
+            client_id: &p.creds.client_id,
+            keep_alive_secs: p.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16,
+            username: user,
+            password: user.and(p.creds.password.as_deref()),
+            will: p.will.as_ref(),
+            max_packet_size: p.max_packet_size.min(u32::MAX as usize) as u32,
+        },
+        &mut out,
+    );
+    io.write_all(&out).await.map_err(|e| Failure::from_io(&e))?;
+    io.flush().await.map_err(|e| Failure::from_io(&e))?;
+    loop {
+        match wire::read_packet(p.version, rbuf, p.max_packet_size)
+            .map_err(|e| Failure::Protocol(e.to_string()))?
+        {
+            Some(Packet::ConnAck(ack)) => {
+                if ack.code != 0 {
+                    return Err(Failure::refused(p.version, ack.code, ack.reason));
+                }
+                return Ok((io, ack));
+            }
+            Some(other) => {
+                return Err(Failure::Protocol(format!(
+                    "the broker answered CONNECT with {other:?} instead of CONNACK"
+                )))
+            }
+            None => {}
+        }
+        rbuf.reserve(4096);
+        let n = io.read_buf(rbuf).await.map_err(|e| Failure::from_io(&e))?;
+        if n == 0 {
+            return Err(Failure::Network(
+                "the broker closed the connection before answering CONNECT".into(),
+            ));
+        }
+    }
+}
+
+/// Packet ids in use, so a new one never collides with one awaiting its ack.
+struct Ids {
+    used: Vec<u64>,
+    next: u16,
+}
+
+impl Ids {
+    fn new() -> Self {
+        Ids {
+            used: vec![0; 1024],
+            next: 1,
+        }
+    }
+    fn take(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next;
+            self.next = if id == u16::MAX { 1 } else { id + 1 };
+            let (w, b) = (usize::from(id / 64), id % 64);
+            if self.used[w] & (1 << b) == 0 {
+                self.used[w] |= 1 << b;
+                return Some(id);
             }
         }
+        None
+    }
+    /// Frees an id; false if it was not in use.
+    fn free(&mut self, id: u16) -> bool {
+        let (w, b) = (usize::from(id / 64), id % 64);
+        let was = self.used[w] & (1 << b) != 0;
+        self.used[w] &= !(1 << b);
+        was
+    }
+}
+
+/// The state of a live connection.
+struct Conn {
+    version: Version,
+    ids: Ids,
+    /// QoS 1 PUBLISHes awaiting PUBACK, and how many the broker allows.
+    in_flight: usize,
+    receive_max: usize,
+    subscriptions: HashMap<u16, String>,
+    ping_out: bool,
+    disconnecting: bool,
+    last_refusal_log: Option<tokio::time::Instant>,
+}
+
+impl Conn {
+    fn can_take(&self) -> bool {
+        !self.disconnecting && self.in_flight < self.receive_max
+    }
+
+    fn on_request(
+        &mut self,
+        r: Request,
+        out: &mut BytesMut,
+        evs: &mut Vec<SessionEvent>,
+    ) -> Result<(), Failure> {
+        match r {
+            Request::Publish(m) => {
+                let pkid = if m.qos == QoS::AtMostOnce {
+                    0
+                } else {
+                    let id = self.ids.take().ok_or_else(|| {
+                        Failure::Protocol("all 65,535 packet ids are awaiting acks".into())
+                    })?;
+                    self.in_flight += 1;
+                    id
+                };
+                wire::encode_publish(self.version, &m, pkid, out);
+                evs.push(SessionEvent::Sent(pkid));
+            }
+            Request::Subscribe(filter, qos) => {
+                let id = self.ids.take().ok_or_else(|| {
+                    Failure::Protocol("all 65,535 packet ids are awaiting acks".into())
+                })?;
+                wire::encode_subscribe(self.version, id, &filter, qos, out);
+                self.subscriptions.insert(id, filter);
+                evs.push(SessionEvent::OtherRequestSent);
+            }
+            Request::Disconnect => {
+                wire::encode_disconnect(out);
+                self.disconnecting = true;
+                evs.push(SessionEvent::OtherRequestSent);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_packet(
+        &mut self,
+        p: Packet,
+        out: &mut BytesMut,
+        evs: &mut Vec<SessionEvent>,
+    ) -> Result<(), Failure> {
+        match p {
+            Packet::Publish {
+                qos,
+                pkid,
+                topic,
+                payload,
+                props,
+            } => {
+                match qos {
+                    1 => wire::encode_puback(pkid, out),
+                    2 => wire::encode_pubrec(pkid, out),
+                    _ => {}
+                }
+                evs.push(SessionEvent::Message(Incoming {
+                    topic,
+                    payload,
+                    props,
+                }));
+            }
+            Packet::PubAck { pkid, code } => {
+                if self.ids.free(pkid) {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                    if code >= 0x80 {
+                        self.log_refusal(code);
+                    }
+                    evs.push(SessionEvent::PubAck(pkid));
+                }
+            }
+            Packet::PubRel { pkid } => wire::encode_pubcomp(pkid, out),
+            Packet::SubAck { pkid, codes } => {
+                self.ids.free(pkid);
+                let filter = self.subscriptions.remove(&pkid).unwrap_or_default();
+                if let Some(code) = codes.iter().find(|c| **c >= 0x80) {
+                    tracing::warn!(filter = %filter, code, "The broker refused a subscription; commands on it will not arrive.");
+                }
+            }
+            Packet::PingResp => self.ping_out = false,
+            Packet::Disconnect { code, reason } => {
+                let mut f = Failure::refused(self.version, code, reason);
+                if let Failure::Refused(text) = f {
+                    f = Failure::Network(format!("the broker closed the connection ({text})"));
+                }
+                return Err(f);
+            }
+            Packet::ConnAck(_) => {
+                return Err(Failure::Protocol(
+                    "a second CONNACK on one connection".into(),
+                ))
+            }
+            Packet::PubRec { .. } | Packet::PubComp { .. } | Packet::UnsubAck | Packet::Auth => {}
+        }
+        Ok(())
+    }
+
+    /// The broker took a message but will not deliver it (MQTT 5 reason code). The
+    /// message counts as delivered: sending it again would be refused again.
+    fn log_refusal(&mut self, code: u8) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last_refusal_log
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY)
+        {
+            return;
+        }
+        self.last_refusal_log = Some(now);
+        tracing::warn!(code, reason = wire::code_text(self.version, code),
+            "The broker refused a message; it is dropped (this line repeats at most once a minute).");
+    }
+}
+
+async fn drive(
+    p: Params,
+    mut requests: mpsc::Receiver<Request>,
+    events: &mpsc::Sender<Batch>,
+) -> Result<(), Failure> {
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let (mut io, ack) = tokio::time::timeout(p.connect_timeout, handshake(&p, &mut rbuf))
+        .await
+        .map_err(|_| {
+            Failure::Network(format!(
+                "no answer within {}s (mqtt.connect_timeout)",
+                p.connect_timeout.as_secs()
+            ))
+        })??;
+    let keep_alive = match ack.server_keep_alive {
+        Some(secs) => Duration::from_secs(u64::from(secs)),
+        None => p.keep_alive,
+    };
+    let mut c = Conn {
+        version: p.version,
+        ids: Ids::new(),
+        in_flight: 0,
+        receive_max: ack.receive_max.map_or(usize::MAX, usize::from),
+        subscriptions: HashMap::new(),
+        ping_out: false,
+        disconnecting: false,
+        last_refusal_log: None,
+    };
+    events
+        .send(Ok(vec![SessionEvent::Connected]))
+        .await
+        .map_err(|_| ended())?;
+    // Packets that came with the CONNACK.
+    let mut out = BytesMut::with_capacity(WRITE_BATCH + 1024);
+    let mut evs = Vec::new();
+    while let Some(pk) = wire::read_packet(p.version, &mut rbuf, p.max_packet_size)
+        .map_err(|e| Failure::Protocol(e.to_string()))?
+    {
+        c.on_packet(pk, &mut out, &mut evs)?;
+    }
+    let ping_every = if keep_alive.is_zero() {
+        Duration::from_secs(3600 * 24 * 365)
+    } else {
+        keep_alive
+    };
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if !out.is_empty() {
+            tokio::time::timeout(p.connect_timeout.max(keep_alive), async {
+                io.write_all(&out).await?;
+                io.flush().await
+            })
+            .await
+            .map_err(|_| Failure::Network("a write to the broker did not finish in time".into()))?
+            .map_err(|e| Failure::from_io(&e))?;
+            out.clear();
+        }
+        if !evs.is_empty() {
+            events
+                .send(Ok(std::mem::take(&mut evs)))
+                .await
+                .map_err(|_| ended())?;
+        }
+        if c.disconnecting {
+            let _ = io.shutdown().await;
+            return Ok(());
+        }
+        if rbuf.capacity() - rbuf.len() < 4096 {
+            rbuf.reserve(16 * 1024);
+        }
+        tokio::select! {
+            biased;
+            r = io.read_buf(&mut rbuf) => {
+                let n = r.map_err(|e| Failure::from_io(&e))?;
+                if n == 0 {
+                    return Err(Failure::Network("the broker closed the connection".into()));
+                }
+                while let Some(pk) = wire::read_packet(p.version, &mut rbuf, p.max_packet_size)
+                    .map_err(|e| Failure::Protocol(e.to_string()))?
+                {
+                    c.on_packet(pk, &mut out, &mut evs)?;
+                }
+            }
+            r = requests.recv(), if c.can_take() => {
+                let Some(r) = r else {
+                    // The session was dropped.
+                    return Ok(());
+                };
+                c.on_request(r, &mut out, &mut evs)?;
+                // Take what else is waiting, so it leaves in the same write.
+                while c.can_take() && out.len() < WRITE_BATCH {
+                    match requests.try_recv() {
+                        Ok(r) => c.on_request(r, &mut out, &mut evs)?,
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = ping.tick(), if !keep_alive.is_zero() => {
+                if c.ping_out {
+                    return Err(Failure::Network(format!(
+                        "the broker did not answer a ping within {}s (mqtt.keep_alive)",
+                        keep_alive.as_secs()
+                    )));
+                }
+                wire::encode_pingreq(&mut out);
+                c.ping_out = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::Ids;
+
+    #[test]
+    fn packet_ids_skip_those_awaiting_acks_and_wrap() {
+        let mut ids = Ids::new();
+        let a = ids.take().unwrap();
+        let b = ids.take().unwrap();
+        assert_eq!((a, b), (1, 2));
+        assert!(ids.free(a));
+        assert!(!ids.free(a));
+        // Go round the whole space once: 2 is still taken, so it is skipped.
+        let mut seen = 0;
+        while let Some(id) = ids.take() {
+            assert_ne!(id, 0);
+            seen += 1;
+        }
+        assert_eq!(seen, 65_534);
+        assert!(ids.free(b));
+        assert_eq!(ids.take(), Some(2));
     }
 }
 
