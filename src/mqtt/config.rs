@@ -70,10 +70,11 @@ pub struct MqttConfig {
     /// Give up a connection attempt after this long.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
-    /// Send every packet the moment it is written (TCP_NODELAY). Off by default: small
-    /// messages written while an earlier one is still unacknowledged travel together,
-    /// which at high rates saves most of the cost of sending.
-    #[serde(default)]
+    /// Send every write the moment it is made (TCP_NODELAY, on by default). The link
+    /// already gathers a burst of messages into one write; with it off, the kernel also
+    /// holds a lone small write while an earlier one is unacknowledged (Nagle), which
+    /// delays QoS 0 messages by up to the broker's delayed acknowledgement.
+    #[serde(default = "default_tcp_nodelay")]
     pub tcp_nodelay: bool,
     #[serde(default)]
     pub reconnect: ReconnectConfig,
@@ -87,6 +88,10 @@ pub struct MqttConfig {
 const fn default_keep_alive() -> Dur {
     Dur::secs(60)
 }
+const fn default_tcp_nodelay() -> bool {
+    true
+}
+
 const fn default_max_packet_size() -> ByteSize {
     ByteSize(256 * 1024)
 }
