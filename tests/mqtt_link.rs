@@ -75,7 +75,7 @@ async fn connects_with_each_profile_and_reports_bad_credentials() {
     let broker = Mosquitto::start(Options {
         users: vec![("robot".into(), "s3cret-pass".into())],
         tls: true,
-        persistence: false,
+        ..Options::default()
     });
     let pki = broker.pki.as_ref().unwrap();
     let state = tempfile::tempdir().unwrap();
@@ -397,6 +397,60 @@ async fn a_message_over_the_packet_limit_is_refused_with_a_counter() {
         .await
         .unwrap();
     r.handle.drained().await.unwrap();
+    r.stop().await;
+}
+
+/// An MQTT 5 broker may take a message and refuse to deliver it (here its ACL, with
+/// PUBACK "not authorized"). Sending it again would be refused again, so the link
+/// counts it as done and goes on: the connection stays up and what follows arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_a_message_the_broker_refuses_does_not_block_the_rest() {
+    let broker = Mosquitto::start(Options {
+        acl: Some("topic readwrite ok/#\n".into()),
+        // Without queue limits, mosquitto 2.0.11 drops a client right after refusing
+        // it a QoS 1 PUBLISH ("Bad socket read/write").
+        default_limits: true,
+        ..Options::default()
+    });
+    let state = tempfile::tempdir().unwrap();
+    let s = settings(state.path(), broker.port, "protocol = \"5\"", "");
+    let sub = ready_sub(broker.port, "ok/#", "ok/probe", &["-q", "1"]);
+    let r = start(&s);
+    let mut st = r.handle.state();
+    wait_until("the first connection", Duration::from_secs(10), || {
+        *st.borrow_and_update() == mqtt::LinkState::Up
+    })
+    .await;
+    for n in 1..=20u64 {
+        let topic = if n % 2 == 0 { "ok/data" } else { "denied/data" };
+        r.handle
+            .publish(
+                Message::new(topic, n.to_string(), QoS::AtLeastOnce),
+                "telemetry",
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), r.handle.drained())
+        .await
+        .expect("the outbox drains although half of it is refused")
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        let lines = sub.wait_for("the allowed messages", Duration::from_secs(10), |l| {
+            numbers(l, "ok/data ").len() >= 10
+        });
+        assert_eq!(
+            numbers(&lines, "ok/data "),
+            (1..=10).map(|n| n * 2).collect::<Vec<_>>()
+        );
+    })
+    .await
+    .unwrap();
+    let snap = r.handle.stats().snapshot();
+    assert_eq!(
+        snap.reconnects, 0,
+        "the refusals broke the connection: {snap:?}"
+    );
     r.stop().await;
 }
 

@@ -485,6 +485,29 @@ impl Conn {
     }
 }
 
+/// Writes all of `out`. A slow link may take as long as it needs, as long as it keeps
+/// taking bytes: only a write that makes no progress for `stall` ends the connection.
+async fn write_out(io: &mut Box<dyn Io>, out: &[u8], stall: Duration) -> Result<(), Failure> {
+    let stalled = || Failure::Network(format!("the broker took no data for {}s", stall.as_secs()));
+    let mut pos = 0;
+    while pos < out.len() {
+        let n = tokio::time::timeout(stall, io.write(&out[pos..]))
+            .await
+            .map_err(|_| stalled())?
+            .map_err(|e| Failure::from_io(&e))?;
+        if n == 0 {
+            return Err(Failure::Network(
+                "the connection closed during a write".into(),
+            ));
+        }
+        pos += n;
+    }
+    tokio::time::timeout(stall, io.flush())
+        .await
+        .map_err(|_| stalled())?
+        .map_err(|e| Failure::from_io(&e))
+}
+
 async fn drive(
     p: Params,
     mut requests: mpsc::Receiver<Request>,
@@ -534,13 +557,7 @@ async fn drive(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if !out.is_empty() {
-            tokio::time::timeout(p.connect_timeout.max(keep_alive), async {
-                io.write_all(&out).await?;
-                io.flush().await
-            })
-            .await
-            .map_err(|_| Failure::Network("a write to the broker did not finish in time".into()))?
-            .map_err(|e| Failure::from_io(&e))?;
+            write_out(&mut io, &out, p.connect_timeout.max(keep_alive)).await?;
             out.clear();
         }
         if !evs.is_empty() {

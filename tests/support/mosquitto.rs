@@ -81,6 +81,10 @@ pub struct Options {
     pub tls: bool,
     /// Keep sessions and retained messages across restarts.
     pub persistence: bool,
+    /// An ACL file's text for the plain listener (mosquitto's `acl_file` format).
+    pub acl: Option<String>,
+    /// Keep mosquitto's own queue and in-flight limits rather than none.
+    pub default_limits: bool,
 }
 
 pub struct Mosquitto {
@@ -102,7 +106,9 @@ impl Mosquitto {
         let mut conf = String::from(
             "per_listener_settings true\nlog_dest stderr\nlog_type error\nlog_type warning\n",
         );
-        conf.push_str("max_queued_messages 0\nmax_inflight_messages 0\n");
+        if !opts.default_limits {
+            conf.push_str("max_queued_messages 0\nmax_inflight_messages 0\n");
+        }
         // As root, mosquitto drops to the "mosquitto" user, which cannot write the
         // test's private folder.
         let uid = Command::new("id")
@@ -136,6 +142,11 @@ impl Mosquitto {
                 "allow_anonymous false\npassword_file {}\n",
                 pw.display()
             ));
+        }
+        if let Some(acl) = &opts.acl {
+            let path = dir.path().join("acl");
+            std::fs::write(&path, acl).unwrap();
+            conf.push_str(&format!("acl_file {}\n", path.display()));
         }
         let pki = opts.tls.then(|| Pki::create(dir.path()));
         if let Some(p) = &pki {
