@@ -412,8 +412,24 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
     assert_eq!(det["results"][0]["hypothesis"]["class_id"], "cloud-apple");
     assert_eq!(d3[0]["value"]["header"]["stamp"]["sec"], 110);
 
-    // The status topic went through every state and tells the source and errors.
-    let st = robot.statuses();
+    // The status topic went through every state and tells the source and errors. The
+    // last request's "idle" comes just after its detections: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        let st = robot.statuses();
+        if st
+            .last()
+            .is_some_and(|s| s["request_id"] == "r10" && s["state"] == "idle")
+        {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "r10 did not end idle: {:?}",
+            st.last()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let states = |id: &str| -> Vec<String> {
         st.iter()
             .filter(|s| s["request_id"] == id)
