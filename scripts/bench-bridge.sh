@@ -6,4 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-test-env.sh >/dev/null
 cargo build --release --locked --bin edge-agent
-EDGE_AGENT_BIN="$PWD/target/release/edge-agent" cargo bench --bench bridge "$@"
+# `cargo bench` builds the binary again with the bench profile (no LTO) into the same
+# target/release folder; the agent under test is the release build, kept aside.
+mkdir -p target/bench-bridge
+cp target/release/edge-agent target/bench-bridge/edge-agent
+EDGE_AGENT_BIN="$PWD/target/bench-bridge/edge-agent" cargo bench --bench bridge "$@"
