@@ -454,6 +454,57 @@ async fn mqtt5_a_message_the_broker_refuses_does_not_block_the_rest() {
     r.stop().await;
 }
 
+/// An MQTT 5 broker announces a packet limit below the agent's own. A message over it
+/// would make the broker close the connection, and the outbox would send it again
+/// after every reconnect; the link drops it instead, and what follows arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_a_message_over_the_brokers_packet_limit_does_not_block_the_rest() {
+    let broker = Mosquitto::start(Options {
+        max_packet_size: 2000,
+        ..Options::default()
+    });
+    let state = tempfile::tempdir().unwrap();
+    let s = settings(state.path(), broker.port, "protocol = \"5\"", "");
+    let sub = ready_sub(broker.port, "big/#", "big/probe", &["-q", "1"]);
+    let r = start(&s);
+    let mut st = r.handle.state();
+    wait_until("the first connection", Duration::from_secs(10), || {
+        *st.borrow_and_update() == mqtt::LinkState::Up
+    })
+    .await;
+    for body in ["x".repeat(5000), "small-1".into(), "small-2".into()] {
+        r.handle
+            .publish(
+                Message::new("big/data", body, QoS::AtLeastOnce),
+                "telemetry",
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), r.handle.drained())
+        .await
+        .expect("the outbox drains although one message is too large for the broker")
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        let lines = sub.wait_for("the small messages", Duration::from_secs(10), |l| {
+            l.iter().filter(|x| x.starts_with("big/data ")).count() >= 2
+        });
+        let got: Vec<&String> = lines
+            .iter()
+            .filter(|x| x.starts_with("big/data "))
+            .collect();
+        assert_eq!(got, ["big/data small-1", "big/data small-2"]);
+    })
+    .await
+    .unwrap();
+    let snap = r.handle.stats().snapshot();
+    assert_eq!(
+        snap.reconnects, 0,
+        "the large message broke the connection: {snap:?}"
+    );
+    r.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_carries_content_type_and_commands_come_back() {
     let broker = Mosquitto::start(Options::default());

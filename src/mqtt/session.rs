@@ -362,9 +362,22 @@ struct Conn {
     in_flight: usize,
     receive_max: usize,
     subscriptions: HashMap<u16, String>,
+    /// The largest packet the broker accepts (MQTT 5 CONNACK).
+    server_max_packet: usize,
     ping_out: bool,
     disconnecting: bool,
     last_refusal_log: Option<tokio::time::Instant>,
+    last_too_large_log: Option<tokio::time::Instant>,
+}
+
+/// Whether a rate-limited line may be logged now.
+fn may_log(last: &mut Option<tokio::time::Instant>) -> bool {
+    let now = tokio::time::Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }
 
 impl Conn {
@@ -380,6 +393,26 @@ impl Conn {
     ) -> Result<(), Failure> {
         match r {
             Request::Publish(m) => {
+                let size = wire::publish_size(self.version, &m);
+                if size > self.server_max_packet {
+                    // The broker would close the connection on it, and it would be sent
+                    // again after every reconnect: it is dropped, as if refused.
+                    if may_log(&mut self.last_too_large_log) {
+                        tracing::warn!(topic = %m.topic, size, limit = self.server_max_packet,
+                            "A message is larger than the broker accepts; it is dropped (this line repeats at most once a minute).");
+                    }
+                    if m.qos == QoS::AtMostOnce {
+                        evs.push(SessionEvent::Sent(0));
+                    } else {
+                        let id = self.ids.take().ok_or_else(|| {
+                            Failure::Protocol("all 65,535 packet ids are awaiting acks".into())
+                        })?;
+                        self.ids.free(id);
+                        evs.push(SessionEvent::Sent(id));
+                        evs.push(SessionEvent::PubAck(id));
+                    }
+                    return Ok(());
+                }
                 let pkid = if m.qos == QoS::AtMostOnce {
                     0
                 } else {
@@ -472,14 +505,9 @@ impl Conn {
     /// The broker took a message but will not deliver it (MQTT 5 reason code). The
     /// message counts as delivered: sending it again would be refused again.
     fn log_refusal(&mut self, code: u8) {
-        let now = tokio::time::Instant::now();
-        if self
-            .last_refusal_log
-            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY)
-        {
+        if !may_log(&mut self.last_refusal_log) {
             return;
         }
-        self.last_refusal_log = Some(now);
         tracing::warn!(code, reason = wire::code_text(self.version, code),
             "The broker refused a message; it is dropped (this line repeats at most once a minute).");
     }
@@ -531,10 +559,14 @@ async fn drive(
         ids: Ids::new(),
         in_flight: 0,
         receive_max: ack.receive_max.map_or(usize::MAX, usize::from),
+        server_max_packet: ack
+            .max_packet_size
+            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
         subscriptions: HashMap::new(),
         ping_out: false,
         disconnecting: false,
         last_refusal_log: None,
+        last_too_large_log: None,
     };
     events
         .send(Ok(vec![SessionEvent::Connected]))

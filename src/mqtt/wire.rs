@@ -170,7 +170,6 @@ pub fn encode_connect(c: &Connect<'_>, out: &mut BytesMut) {
 }
 
 /// Bytes `encode_publish` writes for this message.
-#[cfg(test)]
 pub fn publish_size(v: Version, m: &Message) -> usize {
     let len = publish_remaining(v, m);
     1 + varint_len(len) + len
@@ -258,6 +257,8 @@ pub struct ConnAck {
     pub receive_max: Option<u16>,
     /// The keep alive the broker imposes (MQTT 5).
     pub server_keep_alive: Option<u16>,
+    /// The largest packet the broker accepts (MQTT 5).
+    pub max_packet_size: Option<u32>,
     pub reason: Option<String>,
 }
 
@@ -480,6 +481,7 @@ fn decode(v: Version, first: u8, body: Bytes) -> Result<Packet, WireError> {
                     match (id, val) {
                         (0x21, Prop::Int(n)) => ack.receive_max = Some(*n as u16),
                         (0x13, Prop::Int(n)) => ack.server_keep_alive = Some(*n as u16),
+                        (0x27, Prop::Int(n)) => ack.max_packet_size = Some(*n),
                         _ => {}
                     }
                 }
@@ -688,7 +690,8 @@ mod tests {
         assert!(is_auth_code(Version::V311, 5));
         // MQTT 5: receive maximum 20, server keep alive 30, a reason string.
         let body = [
-            0x20, 14, 0, 0, 11, 0x21, 0, 20, 0x13, 0, 30, 0x1F, 0, 2, b'o', b'k',
+            0x20, 19, 0, 0, 16, 0x21, 0, 20, 0x13, 0, 30, 0x1F, 0, 2, b'o', b'k', 0x27, 0, 0, 0x07,
+            0xD0,
         ];
         let p = one(Version::V5, &body).unwrap().unwrap();
         assert_eq!(
@@ -697,6 +700,7 @@ mod tests {
                 code: 0,
                 receive_max: Some(20),
                 server_keep_alive: Some(30),
+                max_packet_size: Some(2000),
                 reason: Some("ok".into()),
             })
         );

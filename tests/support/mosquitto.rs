@@ -85,6 +85,8 @@ pub struct Options {
     pub acl: Option<String>,
     /// Keep mosquitto's own queue and in-flight limits rather than none.
     pub default_limits: bool,
+    /// `max_packet_size` (0: mosquitto's default). MQTT 5 clients get it in CONNACK.
+    pub max_packet_size: u32,
 }
 
 pub struct Mosquitto {
@@ -106,6 +108,9 @@ impl Mosquitto {
         let mut conf = String::from(
             "per_listener_settings true\nlog_dest stderr\nlog_type error\nlog_type warning\n",
         );
+        if opts.max_packet_size > 0 {
+            conf.push_str(&format!("max_packet_size {}\n", opts.max_packet_size));
+        }
         if !opts.default_limits {
             conf.push_str("max_queued_messages 0\nmax_inflight_messages 0\n");
         }
