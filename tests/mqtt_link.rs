@@ -57,6 +57,14 @@ impl Running {
         self.stop.cancel();
         self.task.await.unwrap();
     }
+
+    async fn wait_up(&self) {
+        let mut st = self.handle.state();
+        wait_until("the first connection", Duration::from_secs(10), || {
+            *st.borrow_and_update() == mqtt::LinkState::Up
+        })
+        .await;
+    }
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -243,11 +251,7 @@ async fn ten_thousand_messages_held_while_the_broker_is_down_arrive_in_order() {
     let state = tempfile::tempdir().unwrap();
     let s = settings(state.path(), broker.port, "", "");
     let r = start(&s);
-    let mut st = r.handle.state();
-    wait_until("the first connection", Duration::from_secs(10), || {
-        *st.borrow_and_update() == mqtt::LinkState::Up
-    })
-    .await;
+    r.wait_up().await;
 
     broker.stop();
     wait_until("the link to notice", Duration::from_secs(10), || {
@@ -416,11 +420,7 @@ async fn mqtt5_a_message_the_broker_refuses_does_not_block_the_rest() {
     let s = settings(state.path(), broker.port, "protocol = \"5\"", "");
     let sub = ready_sub(broker.port, "ok/#", "ok/probe", &["-q", "1"]);
     let r = start(&s);
-    let mut st = r.handle.state();
-    wait_until("the first connection", Duration::from_secs(10), || {
-        *st.borrow_and_update() == mqtt::LinkState::Up
-    })
-    .await;
+    r.wait_up().await;
     for n in 1..=20u64 {
         let topic = if n % 2 == 0 { "ok/data" } else { "denied/data" };
         r.handle
@@ -467,11 +467,7 @@ async fn mqtt5_a_message_over_the_brokers_packet_limit_does_not_block_the_rest()
     let s = settings(state.path(), broker.port, "protocol = \"5\"", "");
     let sub = ready_sub(broker.port, "big/#", "big/probe", &["-q", "1"]);
     let r = start(&s);
-    let mut st = r.handle.state();
-    wait_until("the first connection", Duration::from_secs(10), || {
-        *st.borrow_and_update() == mqtt::LinkState::Up
-    })
-    .await;
+    r.wait_up().await;
     for body in ["x".repeat(5000), "small-1".into(), "small-2".into()] {
         r.handle
             .publish(

@@ -294,9 +294,7 @@ async fn handshake(
     io.write_all(&out).await.map_err(|e| Failure::from_io(&e))?;
     io.flush().await.map_err(|e| Failure::from_io(&e))?;
     loop {
-        match wire::read_packet(p.version, rbuf, p.max_packet_size)
-            .map_err(|e| Failure::Protocol(e.to_string()))?
-        {
+        match next_packet(p, rbuf)? {
             Some(Packet::ConnAck(ack)) => {
                 if ack.code != 0 {
                     return Err(Failure::refused(p.version, ack.code, ack.reason));
@@ -381,6 +379,12 @@ fn may_log(last: &mut Option<tokio::time::Instant>) -> bool {
 }
 
 impl Conn {
+    fn take_id(&mut self) -> Result<u16, Failure> {
+        self.ids
+            .take()
+            .ok_or_else(|| Failure::Protocol("all 65,535 packet ids are awaiting acks".into()))
+    }
+
     fn can_take(&self) -> bool {
         !self.disconnecting && self.in_flight < self.receive_max
     }
@@ -404,9 +408,7 @@ impl Conn {
                     if m.qos == QoS::AtMostOnce {
                         evs.push(SessionEvent::Sent(0));
                     } else {
-                        let id = self.ids.take().ok_or_else(|| {
-                            Failure::Protocol("all 65,535 packet ids are awaiting acks".into())
-                        })?;
+                        let id = self.take_id()?;
                         self.ids.free(id);
                         evs.push(SessionEvent::Sent(id));
                         evs.push(SessionEvent::PubAck(id));
@@ -416,9 +418,7 @@ impl Conn {
                 let pkid = if m.qos == QoS::AtMostOnce {
                     0
                 } else {
-                    let id = self.ids.take().ok_or_else(|| {
-                        Failure::Protocol("all 65,535 packet ids are awaiting acks".into())
-                    })?;
+                    let id = self.take_id()?;
                     self.in_flight += 1;
                     id
                 };
@@ -426,9 +426,7 @@ impl Conn {
                 evs.push(SessionEvent::Sent(pkid));
             }
             Request::Subscribe(filter, qos) => {
-                let id = self.ids.take().ok_or_else(|| {
-                    Failure::Protocol("all 65,535 packet ids are awaiting acks".into())
-                })?;
+                let id = self.take_id()?;
                 wire::encode_subscribe(self.version, id, &filter, qos, out);
                 self.subscriptions.insert(id, filter);
                 evs.push(SessionEvent::OtherRequestSent);
@@ -536,6 +534,12 @@ async fn write_out(io: &mut Box<dyn Io>, out: &[u8], stall: Duration) -> Result<
         .map_err(|e| Failure::from_io(&e))
 }
 
+/// The next complete packet in `rbuf`, if any.
+fn next_packet(p: &Params, rbuf: &mut BytesMut) -> Result<Option<Packet>, Failure> {
+    wire::read_packet(p.version, rbuf, p.max_packet_size)
+        .map_err(|e| Failure::Protocol(e.to_string()))
+}
+
 async fn drive(
     p: Params,
     mut requests: mpsc::Receiver<Request>,
@@ -575,9 +579,7 @@ async fn drive(
     // Packets that came with the CONNACK.
     let mut out = BytesMut::with_capacity(WRITE_BATCH + 1024);
     let mut evs = Vec::new();
-    while let Some(pk) = wire::read_packet(p.version, &mut rbuf, p.max_packet_size)
-        .map_err(|e| Failure::Protocol(e.to_string()))?
-    {
+    while let Some(pk) = next_packet(&p, &mut rbuf)? {
         c.on_packet(pk, &mut out, &mut evs)?;
     }
     let ping_every = if keep_alive.is_zero() {
@@ -612,9 +614,7 @@ async fn drive(
                 if n == 0 {
                     return Err(Failure::Network("the broker closed the connection".into()));
                 }
-                while let Some(pk) = wire::read_packet(p.version, &mut rbuf, p.max_packet_size)
-                    .map_err(|e| Failure::Protocol(e.to_string()))?
-                {
+                while let Some(pk) = next_packet(&p, &mut rbuf)? {
                     c.on_packet(pk, &mut out, &mut evs)?;
                 }
             }

@@ -113,12 +113,10 @@ pub fn encode_connect(c: &Connect<'_>, out: &mut BytesMut) {
         len += varint_len(connect_props) + connect_props;
     }
     len += 2 + c.client_id.len();
-    let will_props = c.will.map(|w| props_len(w.props.as_deref()));
     if let Some(w) = c.will {
-        if let Some(wp) = will_props {
-            if v5 {
-                len += varint_len(wp) + wp;
-            }
+        if v5 {
+            let wp = props_len(w.props.as_deref());
+            len += varint_len(wp) + wp;
         }
         len += 2 + w.topic.len() + 2 + w.payload.len();
     }
