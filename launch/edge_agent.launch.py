@@ -28,6 +28,10 @@ def _agent(context):
             output="screen",
             # Give the agent time to flush its outbox and disconnect cleanly.
             sigterm_timeout="15",
+            # The agent exits with an error when its ROS 2 side has stopped (for
+            # example after a debugger attached); start it again, as systemd does.
+            respawn=True,
+            respawn_delay=5.0,
         )
     ]
 

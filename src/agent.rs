@@ -24,6 +24,9 @@ use crate::systemd::{self, Notifier};
 /// (a robot without coverage must still bridge into the outbox).
 pub const READY_WAIT: Duration = Duration::from_secs(30);
 
+/// How often the agent checks that its ROS 2 transport still runs.
+const TRANSPORT_CHECK: Duration = Duration::from_secs(1);
+
 /// What the caller can watch while the agent runs.
 pub struct Running {
     pub link: LinkHandle,
@@ -36,6 +39,8 @@ pub struct Running {
     shutdown: CancellationToken,
     link_shutdown: CancellationToken,
     notifier: Arc<Notifier>,
+    /// Set when a part the agent cannot run without has stopped (see [`Running::failed`]).
+    failure: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Starts every task.
@@ -129,6 +134,28 @@ pub async fn start(
         tasks.push(task);
     }
 
+    // The ROS 2 side can stop underneath the agent (see `Transport::stopped`); running on
+    // deaf to the robot helps no one, so the agent stops and its service manager starts
+    // it again. What the outbox holds is kept.
+    let (failure_tx, failure) = tokio::sync::watch::channel(None);
+    if let Some(t) = transport.clone() {
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TRANSPORT_CHECK);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => if let Some(why) = t.stopped() {
+                        tracing::error!(reason = %why,
+                            "The ROS 2 side of the agent stopped; restarting the agent. A stop and continue of the process (a debugger, strace, Ctrl-Z) causes this.");
+                        let _ = failure_tx.send(Some(why));
+                        break;
+                    },
+                }
+            }
+        }));
+    }
+
     let health = Health {
         link: handle.clone(),
         rules: rule_stats.clone(),
@@ -195,10 +222,26 @@ pub async fn start(
         shutdown,
         link_shutdown,
         notifier,
+        failure,
     })
 }
 
 impl Running {
+    /// Resolves with the reason when a part the agent cannot run without has stopped;
+    /// the caller then stops the agent and exits with an error, so systemd (or
+    /// `ros2 launch`) starts it again.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failure.clone();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Stops the tasks in order: producers first (they hand what they hold to the
     /// outbox), then the link (clean offline status and DISCONNECT), then the ROS node.
     pub async fn stop(self, grace: Duration) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use support::agent::{payloads, spawn_run, stop, AgentDir};
+use support::agent::{finish, payloads, signal, spawn_run, stop, AgentDir};
 use support::mosquitto::{publish, ready_sub, Mosquitto, Options};
 use support::ros_peer::RosPeer;
 
@@ -430,4 +430,104 @@ mqtt_topic = "/pk1/robot-7/user/seq"
     let mut seen = std::collections::HashSet::new();
     let firsts: Vec<i64> = got.iter().copied().filter(|x| seen.insert(*x)).collect();
     assert_eq!(firsts, (0..300).collect::<Vec<_>>());
+}
+
+/// The signals blocked in each DDS thread of process `pid` (the `SigBlk` mask).
+fn dds_thread_masks(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = e.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !name.starts_with("RustDDS") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let mask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap();
+        out.push((name.trim().to_owned(), mask));
+    }
+    out
+}
+
+#[test]
+fn after_a_stop_and_continue_the_agent_restarts_and_bridges_again() {
+    let domain = 56;
+    let broker = Mosquitto::start(Options::default());
+    let sub = ready_sub(broker.port, "#", "probe/ready", &["-q", "1"]);
+    let rules = r#"
+[[ros_to_mqtt]]
+name = "chatter"
+ros_topic = "/chatter"
+ros_type = "std_msgs/msg/String"
+mqtt_topic = "/pk1/robot-7/user/chatter"
+"#;
+    let a = AgentDir::new(broker.port, domain, rules, "");
+    let agent = spawn_run(&a.config(), &[]);
+    let mut peer = RosPeer::start(domain);
+    peer.publisher("chat", "/chatter", "std_msgs/msg/String", json!({}));
+    peer.wait_matched("chat");
+    std::thread::sleep(Duration::from_millis(300));
+    peer.write("chat", json!({"data": "before"}));
+    sub.wait_for("the first message", Duration::from_secs(20), |l| {
+        !payloads(l, "/pk1/robot-7/user/chatter").is_empty()
+    });
+
+    // The DDS threads take no signal, so a SIGTERM or SIGCHLD cannot interrupt them.
+    let masks = dds_thread_masks(agent.id());
+    assert!(masks.len() >= 2, "DDS threads of the agent: {masks:?}");
+    for (name, mask) in &masks {
+        assert!(
+            mask & (1 << (libc::SIGTERM - 1)) != 0 && mask & (1 << (libc::SIGCHLD - 1)) != 0,
+            "{name} does not block signals: {mask:x}"
+        );
+    }
+
+    // A stop and continue (what a debugger or Ctrl-Z does) ends the DDS threads; the
+    // agent says so and exits with an error, for systemd or ros2 launch to restart it.
+    signal(&agent, "-STOP");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&agent, "-CONT");
+    let mut agent = agent;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while agent.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if agent.try_wait().unwrap().is_none() {
+        let _ = agent.kill();
+        let (_, log) = finish(agent);
+        panic!("the agent ran on after its DDS threads ended:\n{log}");
+    }
+    let (code, log) = finish(agent);
+    assert_eq!(code, Some(70), "{log}");
+    assert!(
+        log.contains("The ROS 2 side of the agent stopped; restarting the agent.")
+            && log.contains("the DDS"),
+        "{log}"
+    );
+
+    let agent = spawn_run(&a.config(), &[]);
+    // The peer's writer matches the new reader; write until a message comes through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let arrived = |l: &[String]| {
+        payloads(l, "/pk1/robot-7/user/chatter")
+            .iter()
+            .any(|v| v["data"] == "after")
+    };
+    while !arrived(&sub.snapshot()) && std::time::Instant::now() < deadline {
+        peer.write("chat", json!({"data": "after"}));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let lines = sub.wait_for(
+        "a message after the restart",
+        Duration::from_secs(1),
+        arrived,
+    );
+    stop(agent);
+    assert_eq!(
+        payloads(&lines, "/pk1/robot-7/user/chatter")[0],
+        json!({"data": "before"})
+    );
 }

@@ -63,11 +63,26 @@ pub fn run(args: RunArgs, ros: RosArgs) -> Result<(), Failure> {
         let running = crate::agent::start(&settings, Some(devlog_rx))
             .await
             .map_err(|e| Failure::internal(format!("{e:#}")))?;
-        crate::agent::termination().await;
-        tracing::info!("Stopping on request.");
+        let failed = tokio::select! {
+            _ = crate::agent::termination() => None,
+            why = running.failed() => Some(why),
+        };
+        if failed.is_none() {
+            tracing::info!("Stopping on request.");
+        }
         running.stop(Duration::from_secs(10)).await;
-        tracing::info!("edge-agent stopped.");
-        Ok(())
+        match failed {
+            None => {
+                tracing::info!("edge-agent stopped.");
+                Ok(())
+            }
+            Some(why) => {
+                tracing::warn!("edge-agent stopped to be started again.");
+                Err(Failure::internal(format!(
+                    "stopped because the ROS 2 transport stopped: {why}"
+                )))
+            }
+        }
     })
 }
 

@@ -15,6 +15,7 @@ use ros2_client::qos::{Durability as RDurability, History, QosProfile, WhenFull}
 use ros2_client::{MessageTypeName, Name, NodeName, NodeOptions};
 use tokio::sync::mpsc;
 
+use super::dds_threads::DdsThreads;
 use super::{
     Durability, Qos, RawBody, RawCdr, RawCdrSeed, RawPublisher, Reliability, Sample, ServiceRmw,
     SetBoolReply, Transport, TransportError,
@@ -55,6 +56,7 @@ pub struct DdsTransport {
     fq_name: String,
     spinner: tokio::task::JoinHandle<()>,
     readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    threads: DdsThreads,
 }
 
 impl Drop for DdsTransport {
@@ -147,8 +149,7 @@ impl DdsTransport {
         if !opts.only_networks.is_empty() {
             builder = builder.with_only_networks(opts.only_networks.clone());
         }
-        let dp = builder
-            .build()
+        let (dp, threads) = DdsThreads::start(|| builder.build())
             .map_err(|e| TransportError::Start(e.to_string()))?;
         let context = Context::from_domain_participant(dp)
             .map_err(|e| TransportError::Start(e.to_string()))?;
@@ -179,6 +180,7 @@ impl DdsTransport {
             fq_name,
             spinner,
             readers: Mutex::new(Vec::new()),
+            threads,
         })
     }
 }
@@ -339,6 +341,17 @@ impl Transport for DdsTransport {
 
     fn node_name(&self) -> String {
         self.fq_name.clone()
+    }
+
+    fn stopped(&self) -> Option<String> {
+        self.threads.ended().map(|name| {
+            let what = if name.contains("discove") {
+                "discovery"
+            } else {
+                "event loop"
+            };
+            format!("the DDS {what} thread ({name}) ended")
+        })
     }
 
     fn set_bool(

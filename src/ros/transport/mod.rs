@@ -4,6 +4,7 @@
 
 mod cdr_serde;
 pub mod dds;
+mod dds_threads;
 #[cfg(feature = "rcl")]
 pub mod rcl;
 
@@ -175,6 +176,12 @@ pub trait Transport: Send + Sync {
 
     /// The node's fully qualified name, e.g. `/robot/edge_agent`.
     fn node_name(&self) -> String;
+
+    /// Why the transport can no longer move messages, once that has happened: the
+    /// agent then restarts rather than run on deaf to the robot.
+    fn stopped(&self) -> Option<String> {
+        None
+    }
 
     /// Calls the `std_srvs/srv/SetBool` service `service` (a camera's on/off switch),
     /// sending the request again every 500 ms until a reply or `timeout` (the server
