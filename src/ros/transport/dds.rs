@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use ros2_client::dds::rustdds;
 use ros2_client::dds::{Context, Node, Publisher};
 use ros2_client::qos::{Durability as RDurability, History, QosProfile, WhenFull};
@@ -185,6 +185,17 @@ impl DdsTransport {
     }
 }
 
+/// Under load a reader takes samples in rounds: once a round (the samples that were
+/// ready without waiting) reaches `ROUND`, it pauses `ROUND_PAUSE` before the next
+/// instead of waiting to be woken. Otherwise the DDS thread wakes the agent every few
+/// samples, and each wake-up costs two thread switches: at 30,000 msgs/s this takes a
+/// fifth of the agent's CPU. A reader pauses only while its rounds stay under a
+/// quarter of its history (QoS depth): a reader falling behind, or with a short
+/// history, takes samples as they come, so a pause cannot make the history overflow.
+/// At low rates rounds are a sample or two and nothing waits.
+const ROUND: usize = 8;
+const ROUND_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
 struct DdsPublisher {
     topic: String,
     inner: Publisher<RawBody>,
@@ -245,11 +256,32 @@ impl Transport for DdsTransport {
         };
         let topic = topic.to_owned();
         let ty = type_name.to_string();
+        let depth = qos.depth;
         let task = tokio::spawn(async move {
             let stream = sub.async_stream_seed(RawCdrSeed { schema });
             futures::pin_mut!(stream);
             let mut warned = false;
-            while let Some(r) = stream.next().await {
+            let mut round = 0usize;
+            loop {
+                let r = match stream.next().now_or_never() {
+                    Some(Some(r)) => {
+                        round += 1;
+                        r
+                    }
+                    Some(None) => break,
+                    None => {
+                        if round >= ROUND && round * 4 < depth {
+                            round = 0;
+                            tokio::time::sleep(ROUND_PAUSE).await;
+                            continue;
+                        }
+                        round = 1;
+                        match stream.next().await {
+                            Some(r) => r,
+                            None => break,
+                        }
+                    }
+                };
                 match r {
                     Ok((raw, info)) => {
                         let sample = Sample {
