@@ -10,7 +10,7 @@ use edge_agent::config::{AgentConfig, Settings};
 use edge_agent::mqtt::link::probe;
 use edge_agent::mqtt::outbox::Outbox;
 use edge_agent::mqtt::{self, Failure, Message, Props, PublishError, QoS, ShutdownPolicy};
-use support::mosquitto::{ready_sub, Mosquitto, Options, Sub};
+use support::mosquitto::{publish, ready_sub, Mosquitto, Options, Sub};
 use tokio_util::sync::CancellationToken;
 
 fn settings(state: &Path, port: u16, mqtt_extra: &str, extra: &str) -> Settings {
@@ -497,6 +497,66 @@ async fn mqtt5_a_message_over_the_brokers_packet_limit_does_not_block_the_rest()
     assert_eq!(
         snap.reconnects, 0,
         "the large message broke the connection: {snap:?}"
+    );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_a_broker_that_allows_only_qos0_gets_qos0_and_the_link_stays_up() {
+    let broker = Mosquitto::start(Options {
+        max_qos: Some(0),
+        ..Options::default()
+    });
+    let state = tempfile::tempdir().unwrap();
+    let s = settings(state.path(), broker.port, "protocol = \"5\"", "");
+    // The usual readiness probe is QoS 1, which this broker refuses.
+    let sub = Sub::start(broker.port, "q/#", &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sub.snapshot().iter().any(|l| l.starts_with("q/probe")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscriber never got ready"
+        );
+        publish(broker.port, "q/probe", "probe", &["-q", "0"]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = start(&s);
+    r.wait_up().await;
+    for i in 0..5 {
+        r.handle
+            .publish(
+                Message::new("q/data", format!("m{i}"), QoS::AtLeastOnce),
+                "telemetry",
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), r.handle.drained())
+        .await
+        .expect("the outbox drains on a broker that allows only QoS 0")
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        let lines = sub.wait_for("five messages", Duration::from_secs(10), |l| {
+            l.iter().filter(|x| x.starts_with("q/data ")).count() >= 5
+        });
+        let got: Vec<&String> = lines.iter().filter(|x| x.starts_with("q/data ")).collect();
+        assert_eq!(
+            got,
+            [
+                "q/data m0",
+                "q/data m1",
+                "q/data m2",
+                "q/data m3",
+                "q/data m4"
+            ]
+        );
+    })
+    .await
+    .unwrap();
+    let snap = r.handle.stats().snapshot();
+    assert_eq!(
+        snap.reconnects, 0,
+        "QoS 1 broke the connection to a QoS 0 broker: {snap:?}"
     );
     r.stop().await;
 }

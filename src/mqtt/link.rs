@@ -214,6 +214,8 @@ pub struct Link {
     acks_since_sync: u32,
     /// QoS 0 messages waiting for room in the session's queue (only while connected).
     qos0: VecDeque<Message>,
+    /// The broker refused a QoS 1 last will (MQTT 5 Maximum QoS 0): send it at QoS 0.
+    will_qos0: bool,
 }
 
 /// QoS 0 messages held in memory while the connection catches up; when full, the link
@@ -263,6 +265,7 @@ pub fn link(settings: LinkSettings, outbox: Outbox, sync_interval: Duration) -> 
         down_since: None,
         ever_connected: false,
         incoming_warned: false,
+        will_qos0: false,
         acks_since_sync: 0,
         qos0: VecDeque::new(),
     };
@@ -303,7 +306,11 @@ impl Link {
         Message::new(
             self.settings.status_topic.as_str(),
             status_payload(false, &self.version, Some("connection lost")),
-            QoS::AtLeastOnce,
+            if self.will_qos0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
         )
         .retained()
     }
@@ -571,6 +578,13 @@ impl Link {
     }
 
     fn on_failure(&mut self, phase: &Phase, f: Failure) {
+        if matches!(f, Failure::WillQos(_)) && !self.will_qos0 {
+            // A broker allowing only QoS 0 refuses a QoS 1 will; the messages then go
+            // at QoS 0 too (the session sees the broker's Maximum QoS once connected).
+            self.will_qos0 = true;
+            tracing::warn!(reason = %f, "The broker does not accept a QoS 1 last will; connecting again with a QoS 0 one.");
+            return;
+        }
         let was_up = matches!(phase, Phase::Up(_));
         LinkStats::add(&self.stats.dropped_qos0_offline, self.qos0.len() as u64);
         self.qos0.clear();

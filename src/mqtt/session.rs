@@ -42,6 +42,8 @@ pub enum Failure {
     Tls(String),
     /// The broker refused for another reason (client id, protocol version, unavailable).
     Refused(String),
+    /// The broker refused the connection's last will for its QoS (MQTT 5, code 155).
+    WillQos(String),
     /// Network: unreachable, reset, timed out. Usually passes by itself.
     Network(String),
     Protocol(String),
@@ -52,7 +54,9 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Auth(s) => write!(f, "the broker refused the credentials ({s})"),
             Failure::Tls(s) => write!(f, "TLS failed: {s}"),
-            Failure::Refused(s) => write!(f, "the broker refused the connection ({s})"),
+            Failure::Refused(s) | Failure::WillQos(s) => {
+                write!(f, "the broker refused the connection ({s})")
+            }
             Failure::Network(s) => write!(f, "network: {s}"),
             Failure::Protocol(s) => write!(f, "protocol: {s}"),
         }
@@ -64,7 +68,7 @@ impl Failure {
     pub fn needs_operator(&self) -> bool {
         matches!(
             self,
-            Failure::Auth(_) | Failure::Tls(_) | Failure::Refused(_)
+            Failure::Auth(_) | Failure::Tls(_) | Failure::Refused(_) | Failure::WillQos(_)
         )
     }
 
@@ -89,6 +93,8 @@ impl Failure {
         }
         if wire::is_auth_code(v, code) {
             Failure::Auth(text)
+        } else if v == Version::V5 && code == 0x9B {
+            Failure::WillQos(text)
         } else {
             Failure::Refused(text)
         }
@@ -362,6 +368,8 @@ struct Conn {
     subscriptions: HashMap<u16, String>,
     /// The largest packet the broker accepts (MQTT 5 CONNACK).
     server_max_packet: usize,
+    /// Whether the broker accepts QoS 1 PUBLISHes (MQTT 5 CONNACK Maximum QoS).
+    qos1_allowed: bool,
     ping_out: bool,
     disconnecting: bool,
     last_refusal_log: Option<tokio::time::Instant>,
@@ -413,6 +421,18 @@ impl Conn {
                         evs.push(SessionEvent::Sent(id));
                         evs.push(SessionEvent::PubAck(id));
                     }
+                    return Ok(());
+                }
+                if m.qos != QoS::AtMostOnce && !self.qos1_allowed {
+                    // The broker would close the connection on a QoS 1 PUBLISH: the
+                    // message goes at QoS 0 and counts as delivered once written.
+                    let id = self.take_id()?;
+                    self.ids.free(id);
+                    let mut m = m;
+                    m.qos = QoS::AtMostOnce;
+                    wire::encode_publish(self.version, &m, 0, out);
+                    evs.push(SessionEvent::Sent(id));
+                    evs.push(SessionEvent::PubAck(id));
                     return Ok(());
                 }
                 let pkid = if m.qos == QoS::AtMostOnce {
@@ -566,12 +586,18 @@ async fn drive(
         server_max_packet: ack
             .max_packet_size
             .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        qos1_allowed: ack.max_qos.is_none_or(|q| q >= 1),
         subscriptions: HashMap::new(),
         ping_out: false,
         disconnecting: false,
         last_refusal_log: None,
         last_too_large_log: None,
     };
+    if !c.qos1_allowed {
+        tracing::warn!(
+            "The broker accepts only QoS 0 (its MQTT 5 Maximum QoS): messages go out at QoS 0, and the broker cannot confirm them."
+        );
+    }
     events
         .send(Ok(vec![SessionEvent::Connected]))
         .await

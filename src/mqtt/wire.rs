@@ -257,6 +257,8 @@ pub struct ConnAck {
     pub server_keep_alive: Option<u16>,
     /// The largest packet the broker accepts (MQTT 5).
     pub max_packet_size: Option<u32>,
+    /// The highest QoS the broker accepts in a PUBLISH (MQTT 5; absent: 2).
+    pub max_qos: Option<u8>,
     pub reason: Option<String>,
 }
 
@@ -480,6 +482,7 @@ fn decode(v: Version, first: u8, body: Bytes) -> Result<Packet, WireError> {
                         (0x21, Prop::Int(n)) => ack.receive_max = Some(*n as u16),
                         (0x13, Prop::Int(n)) => ack.server_keep_alive = Some(*n as u16),
                         (0x27, Prop::Int(n)) => ack.max_packet_size = Some(*n),
+                        (0x24, Prop::Int(n)) => ack.max_qos = Some(*n as u8),
                         _ => {}
                     }
                 }
@@ -686,10 +689,11 @@ mod tests {
             })
         );
         assert!(is_auth_code(Version::V311, 5));
-        // MQTT 5: receive maximum 20, server keep alive 30, a reason string.
+        // MQTT 5: receive maximum 20, server keep alive 30, a reason string, maximum
+        // packet size 2000, maximum QoS 0.
         let body = [
-            0x20, 19, 0, 0, 16, 0x21, 0, 20, 0x13, 0, 30, 0x1F, 0, 2, b'o', b'k', 0x27, 0, 0, 0x07,
-            0xD0,
+            0x20, 21, 0, 0, 18, 0x21, 0, 20, 0x13, 0, 30, 0x1F, 0, 2, b'o', b'k', 0x27, 0, 0, 0x07,
+            0xD0, 0x24, 0,
         ];
         let p = one(Version::V5, &body).unwrap().unwrap();
         assert_eq!(
@@ -699,6 +703,7 @@ mod tests {
                 receive_max: Some(20),
                 server_keep_alive: Some(30),
                 max_packet_size: Some(2000),
+                max_qos: Some(0),
                 reason: Some("ok".into()),
             })
         );

@@ -87,6 +87,9 @@ pub struct Options {
     pub default_limits: bool,
     /// `max_packet_size` (0: mosquitto's default). MQTT 5 clients get it in CONNACK.
     pub max_packet_size: u32,
+    /// `max_qos` of the plain listener. MQTT 5 clients get it in CONNACK; a client
+    /// publishing above it is disconnected.
+    pub max_qos: Option<u8>,
 }
 
 pub struct Mosquitto {
@@ -130,6 +133,9 @@ impl Mosquitto {
             ));
         }
         conf.push_str(&format!("listener {port} 127.0.0.1\n"));
+        if let Some(q) = opts.max_qos {
+            conf.push_str(&format!("max_qos {q}\n"));
+        }
         if opts.users.is_empty() {
             conf.push_str("allow_anonymous true\n");
         } else {
