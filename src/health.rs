@@ -38,12 +38,18 @@ impl Health {
         })
     }
 
-    pub fn write_status(&self, v: &Value) {
-        let tmp = self.status_file.with_extension("json.tmp");
+    /// Replaces the status file (write, then rename), on the blocking pool: a slow disk
+    /// must not hold up the runtime thread that bridges messages.
+    async fn write_status(&self, v: &Value) {
+        let file = self.status_file.clone();
         let text = serde_json::to_vec_pretty(v).unwrap_or_default();
-        if let Err(e) =
-            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.status_file))
-        {
+        let written = tokio::task::spawn_blocking(move || {
+            let tmp = file.with_extension("json.tmp");
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &file))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        if let Err(e) = written {
             tracing::debug!(error = %e, file = %self.status_file.display(), "Cannot write the status file.");
         }
     }
@@ -53,7 +59,7 @@ impl Health {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let first = self.snapshot("running");
-        self.write_status(&first);
+        self.write_status(&first).await;
         let mut last_in = 0u64;
         let mut last_out = 0u64;
         loop {
@@ -62,7 +68,7 @@ impl Health {
                 _ = tick.tick() => {}
             }
             let snap = self.snapshot("running");
-            self.write_status(&snap);
+            self.write_status(&snap).await;
             let (mut rin, mut rout, mut errors) = (0, 0, 0);
             for r in &self.rules {
                 let s = r.snapshot();
@@ -96,6 +102,6 @@ impl Health {
             let _ = self.link.publish_nowait(msg, "status").await;
         }
         let last = self.snapshot("stopped");
-        self.write_status(&last);
+        self.write_status(&last).await;
     }
 }
