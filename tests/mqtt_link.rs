@@ -10,7 +10,7 @@ use edge_agent::config::{AgentConfig, Settings};
 use edge_agent::mqtt::link::probe;
 use edge_agent::mqtt::outbox::Outbox;
 use edge_agent::mqtt::{self, Failure, Message, Props, PublishError, QoS, ShutdownPolicy};
-use support::mosquitto::{publish, ready_sub, Mosquitto, Options, Sub};
+use support::mosquitto::{ready_sub, ready_sub_probing, Mosquitto, Options, Sub};
 use tokio_util::sync::CancellationToken;
 
 fn settings(state: &Path, port: u16, mqtt_extra: &str, extra: &str) -> Settings {
@@ -510,16 +510,7 @@ async fn mqtt5_a_broker_that_allows_only_qos0_gets_qos0_and_the_link_stays_up() 
     let state = tempfile::tempdir().unwrap();
     let s = settings(state.path(), broker.port, "protocol = \"5\"", "");
     // The usual readiness probe is QoS 1, which this broker refuses.
-    let sub = Sub::start(broker.port, "q/#", &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !sub.snapshot().iter().any(|l| l.starts_with("q/probe")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the subscriber never got ready"
-        );
-        publish(broker.port, "q/probe", "probe", &["-q", "0"]);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let sub = ready_sub_probing(broker.port, "q/#", "q/probe", &[], "0");
     let r = start(&s);
     r.wait_up().await;
     for i in 0..5 {

@@ -397,6 +397,25 @@ impl Conn {
         !self.disconnecting && self.in_flight < self.receive_max
     }
 
+    /// Reports a message as sent and, at QoS 1, acknowledged, without an ack from the
+    /// broker (one that cannot take it, or cannot confirm it): the link then releases
+    /// it from the outbox as it would on a PUBACK.
+    fn settled_without_broker(
+        &mut self,
+        qos: QoS,
+        evs: &mut Vec<SessionEvent>,
+    ) -> Result<(), Failure> {
+        if qos == QoS::AtMostOnce {
+            evs.push(SessionEvent::Sent(0));
+        } else {
+            let id = self.take_id()?;
+            self.ids.free(id);
+            evs.push(SessionEvent::Sent(id));
+            evs.push(SessionEvent::PubAck(id));
+        }
+        Ok(())
+    }
+
     fn on_request(
         &mut self,
         r: Request,
@@ -404,7 +423,7 @@ impl Conn {
         evs: &mut Vec<SessionEvent>,
     ) -> Result<(), Failure> {
         match r {
-            Request::Publish(m) => {
+            Request::Publish(mut m) => {
                 let size = wire::publish_size(self.version, &m);
                 if size > self.server_max_packet {
                     // The broker would close the connection on it, and it would be sent
@@ -413,27 +432,14 @@ impl Conn {
                         tracing::warn!(topic = %m.topic, size, limit = self.server_max_packet,
                             "A message is larger than the broker accepts; it is dropped (this line repeats at most once a minute).");
                     }
-                    if m.qos == QoS::AtMostOnce {
-                        evs.push(SessionEvent::Sent(0));
-                    } else {
-                        let id = self.take_id()?;
-                        self.ids.free(id);
-                        evs.push(SessionEvent::Sent(id));
-                        evs.push(SessionEvent::PubAck(id));
-                    }
-                    return Ok(());
+                    return self.settled_without_broker(m.qos, evs);
                 }
                 if m.qos != QoS::AtMostOnce && !self.qos1_allowed {
                     // The broker would close the connection on a QoS 1 PUBLISH: the
                     // message goes at QoS 0 and counts as delivered once written.
-                    let id = self.take_id()?;
-                    self.ids.free(id);
-                    let mut m = m;
-                    m.qos = QoS::AtMostOnce;
+                    let qos = std::mem::replace(&mut m.qos, QoS::AtMostOnce);
                     wire::encode_publish(self.version, &m, 0, out);
-                    evs.push(SessionEvent::Sent(id));
-                    evs.push(SessionEvent::PubAck(id));
-                    return Ok(());
+                    return self.settled_without_broker(qos, evs);
                 }
                 let pkid = if m.qos == QoS::AtMostOnce {
                     0

@@ -333,13 +333,24 @@ pub fn publish(port: u16, topic: &str, payload: &str, args: &[&str]) {
     assert!(st.success(), "mosquitto_pub failed");
 }
 
-/// A subscriber whose subscription is known to be active: publishes probes until one
-/// comes back.
+/// A subscriber whose subscription is known to be active: publishes probes (QoS 1)
+/// until one comes back.
 pub fn ready_sub(port: u16, topic_filter: &str, probe_topic: &str, args: &[&str]) -> Sub {
+    ready_sub_probing(port, topic_filter, probe_topic, args, "1")
+}
+
+/// As [`ready_sub`], with probes at `probe_qos` (a broker may refuse QoS 1).
+pub fn ready_sub_probing(
+    port: u16,
+    topic_filter: &str,
+    probe_topic: &str,
+    args: &[&str],
+    probe_qos: &str,
+) -> Sub {
     let sub = Sub::start(port, topic_filter, args);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        publish(port, probe_topic, "probe", &["-q", "1"]);
+        publish(port, probe_topic, "probe", &["-q", probe_qos]);
         std::thread::sleep(Duration::from_millis(100));
         if sub.snapshot().iter().any(|l| l.starts_with(probe_topic)) {
             return sub;

@@ -24,7 +24,7 @@ const PREFIX: &str = "RustDDS";
 static CREATING: Mutex<()> = Mutex::new(());
 
 /// The threads one participant started.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DdsThreads {
     /// (thread id, name as the kernel shows it)
     threads: Vec<(i32, String)>,
