@@ -47,24 +47,11 @@ impl Message {
         self
     }
 
-    /// Size of the PUBLISH packet on the wire (fixed header, topic, packet id, payload),
-    /// compared with the broker's limit. MQTT 5 properties are counted generously.
+    /// Size of the PUBLISH packet on the wire, compared with the broker's limit. Counted
+    /// as MQTT 5 (properties included), which is never less than the same message on
+    /// MQTT 3.1.1.
     pub fn packet_size(&self) -> usize {
-        let props = self.props.as_ref().map_or(0, |p| {
-            8 + p.content_type.as_ref().map_or(0, |c| c.len() + 3)
-                + p.user
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len() + 5)
-                    .sum::<usize>()
-        });
-        let remaining = 2 + self.topic.len() + 2 + props + self.payload.len();
-        let len_bytes = match remaining {
-            0..=127 => 1,
-            128..=16_383 => 2,
-            16_384..=2_097_151 => 3,
-            _ => 4,
-        };
-        1 + len_bytes + remaining
+        super::wire::publish_size(super::wire::Version::V5, self)
     }
 }
 
@@ -110,9 +97,17 @@ mod tests {
 
     #[test]
     fn packet_size_counts_headers() {
+        // fixed header, remaining length, topic length, topic, packet id, no properties
         let m = Message::new("t", vec![0u8; 100], QoS::AtLeastOnce);
-        assert_eq!(m.packet_size(), 1 + 1 + 2 + 1 + 2 + 100);
+        assert_eq!(m.packet_size(), 1 + 1 + 2 + 1 + 2 + 1 + 100);
         let m = Message::new("t", vec![0u8; 200], QoS::AtLeastOnce);
-        assert_eq!(m.packet_size(), 1 + 2 + 2 + 1 + 2 + 200);
+        assert_eq!(m.packet_size(), 1 + 2 + 2 + 1 + 2 + 1 + 200);
+        let mut m = Message::new("t", vec![0u8; 10], QoS::AtMostOnce);
+        m.props = Some(Box::new(Props {
+            content_type: Some("a/b".into()),
+            user: vec![("k".into(), "v".into())],
+        }));
+        // content type: id, length, 3 bytes; user property: id, two lengths, 1 + 1 bytes
+        assert_eq!(m.packet_size(), 1 + 1 + 2 + 1 + 1 + (6 + 7) + 10);
     }
 }
