@@ -159,6 +159,16 @@ fn ros_topics_arrive_on_mqtt_as_json() {
         at(10, 10)
     );
     assert!(log.contains("Bridge rules started."), "{log}");
+    // What the camera topic holds in memory is named once, for that topic only.
+    let large: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Messages on this topic are large"))
+        .collect();
+    assert_eq!(large.len(), 1, "{log}");
+    assert!(
+        large[0].contains("topic=/camera/image_raw") && large[0].contains("held_mb=59"),
+        "{log}"
+    );
     // A clean stop ends without errors: the journal shows what went wrong, not teardown.
     assert!(
         !log.lines().any(|l| l.contains("ERROR")),

@@ -196,6 +196,17 @@ impl DdsTransport {
 const ROUND: usize = 8;
 const ROUND_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// RustDDS keeps the last 64 samples of each topic it reads (or the QoS depth, if
+/// larger) after they were taken, and ros2-client has no way to lower that.
+const DDS_KEEPS: usize = 64;
+
+/// What a topic's samples hold in the DDS cache, in bytes, when that is worth a line in
+/// the log (camera frames): `None` under 16 MB.
+fn cache_footprint(sample_len: usize, depth: usize) -> Option<usize> {
+    let bytes = sample_len.saturating_mul(depth.max(DDS_KEEPS));
+    (bytes >= 16 << 20).then_some(bytes)
+}
+
 struct DdsPublisher {
     topic: String,
     inner: Publisher<RawBody>,
@@ -261,6 +272,7 @@ impl Transport for DdsTransport {
             let stream = sub.async_stream_seed(RawCdrSeed { schema });
             futures::pin_mut!(stream);
             let mut warned = false;
+            let mut noted = false;
             let mut round = 0usize;
             loop {
                 let r = match stream.next().now_or_never() {
@@ -284,6 +296,13 @@ impl Transport for DdsTransport {
                 };
                 match r {
                     Ok((raw, info)) => {
+                        if !noted {
+                            noted = true;
+                            if let Some(bytes) = cache_footprint(raw.0.len(), depth) {
+                                tracing::info!(topic = %topic, sample_bytes = raw.0.len(), held_mb = (bytes + 500_000) / 1_000_000,
+                                    "Messages on this topic are large: the DDS transport keeps the last {} of them in memory.", depth.max(DDS_KEEPS));
+                            }
+                        }
                         let sample = Sample {
                             cdr: raw.0,
                             source_time_ns: info.source_timestamp().map(|t| t.to_nanos()),
@@ -427,5 +446,22 @@ impl Transport for DdsTransport {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_topics_holding_many_megabytes_are_named() {
+        // A 640x480 rgb8 frame with its header: 64 of them.
+        let frame = 640 * 480 * 3 + 60;
+        assert_eq!(cache_footprint(frame, 5), Some(frame * 64));
+        // A deeper history holds more.
+        assert_eq!(cache_footprint(frame, 100), Some(frame * 100));
+        // Small messages, even with a deep history, are not worth a line.
+        assert_eq!(cache_footprint(130, 1000), None);
+        assert_eq!(cache_footprint(200_000, 10), None);
     }
 }
