@@ -1,4 +1,4 @@
-//! Bridge benchmark: Cyclone DDS (a ROS 2 publisher, benches/cyclone_pub.py) -> the
+//! Bridge benchmark: Cyclone DDS (a ROS 2 publisher in C, benches/cyclone_pub.c) -> the
 //! agent (its release binary, as a process) -> mosquitto -> a subscriber, next to a bare
 //! MQTT publisher (rumqttc) -> the same mosquitto, in the same run. Run it with
 //! `scripts/bench-bridge.sh`.
@@ -145,11 +145,11 @@ struct Phase {
     us: [f64; 4],
 }
 
-/// The processes whose CPU is counted.
-#[derive(Clone, Copy)]
+/// The processes whose CPU is counted, and the DDS publisher's program.
 struct Procs {
     agent: u32,
     broker: u32,
+    publisher: PathBuf,
 }
 
 impl Procs {
@@ -220,14 +220,12 @@ async fn wait_for(a: &Arrivals, n: usize, quiet: Duration) {
 }
 
 /// Publishes through the agent with the Cyclone publisher process.
-async fn via_agent(procs: Procs, arrivals: &Arrivals, n: usize, rate: u32) -> Phase {
+async fn via_agent(procs: &Procs, arrivals: &Arrivals, n: usize, rate: u32) -> Phase {
     arrivals.take();
-    let python = repo().join(".venv/bin/python");
     let cpu0 = cpu_secs(procs.agent);
     let before = procs.snap();
     let t0 = Instant::now();
-    let out = tokio::process::Command::new(&python)
-        .arg(repo().join("benches/cyclone_pub.py"))
+    let out = tokio::process::Command::new(&procs.publisher)
         .args([
             "--domain",
             &DOMAIN.to_string(),
@@ -241,7 +239,10 @@ async fn via_agent(procs: Procs, arrivals: &Arrivals, n: usize, rate: u32) -> Ph
         .stdout(Stdio::piped())
         .output()
         .await
-        .expect("run benches/cyclone_pub.py (the test virtualenv: scripts/test.sh)");
+        .expect("run the Cyclone DDS publisher (benches/cyclone_pub.c)");
+    if !out.status.success() {
+        panic!("the Cyclone DDS publisher failed ({})", out.status);
+    }
     let printed = String::from_utf8_lossy(&out.stdout);
     let mut figures = printed
         .split_whitespace()
@@ -258,7 +259,7 @@ async fn via_agent(procs: Procs, arrivals: &Arrivals, n: usize, rate: u32) -> Ph
 }
 
 /// The baseline: a bare rumqttc publisher, QoS 1, paced the same way.
-async fn via_bare(procs: Procs, port: u16, arrivals: &Arrivals, n: usize, rate: u32) -> Phase {
+async fn via_bare(procs: &Procs, port: u16, arrivals: &Arrivals, n: usize, rate: u32) -> Phase {
     arrivals.take();
     let before = procs.snap();
     let mut o = rumqttc::MqttOptions::new("bench-bare", "127.0.0.1", port);
@@ -284,6 +285,27 @@ async fn via_bare(procs: Procs, port: u16, arrivals: &Arrivals, n: usize, rate: 
     let mut ph = summarize(n, arrivals.take(), 0.0, secs);
     ph.us = per_message(before, procs.snap(), f64::NAN, n);
     ph
+}
+
+/// Builds the Cyclone DDS publisher (benches/cyclone_pub.c) into target/bench-bridge.
+fn build_publisher() -> PathBuf {
+    let dir = repo().join("target/bench-bridge");
+    std::fs::create_dir_all(&dir).expect("create target/bench-bridge");
+    let bin = dir.join("cyclone_pub");
+    let out = Command::new("gcc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(repo().join("benches/cyclone_pub.c"))
+        .arg("-lddsc")
+        .output()
+        .expect("gcc is not installed (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "cannot build benches/cyclone_pub.c; it needs gcc and Cyclone DDS 0.10's headers \
+         (cyclonedds-dev, installed by scripts/test.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
 }
 
 fn write_config(dir: &Path, port: u16) -> PathBuf {
@@ -358,6 +380,7 @@ fn main() {
     let procs = Procs {
         agent: pid,
         broker: broker.0.id(),
+        publisher: build_publisher(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -374,21 +397,21 @@ fn main() {
         tokio::spawn(subscriber(port, agent_arr.clone(), bare_arr.clone(), img_arr.clone()));
         tokio::time::sleep(Duration::from_millis(500)).await;
 
-        let _ = via_agent(procs, &agent_arr, 2000, 5000).await; // warm-up
-        let _ = via_bare(procs, port, &bare_arr, 2000, 5000).await;
-        let full_bare = via_bare(procs, port, &bare_arr, SUSTAINED, 0).await;
-        let full_agent = via_agent(procs, &agent_arr, 50_000, 0).await;
+        let _ = via_agent(&procs, &agent_arr, 2000, 5000).await; // warm-up
+        let _ = via_bare(&procs, port, &bare_arr, 2000, 5000).await;
+        let full_bare = via_bare(&procs, port, &bare_arr, SUSTAINED, 0).await;
+        let full_agent = via_agent(&procs, &agent_arr, 50_000, 0).await;
         // The target itself: the publisher paced at 0.8 of the bare rate just measured.
         let paced_rate = (0.8 * full_bare.rate) as u32;
-        let paced = via_agent(procs, &agent_arr, SUSTAINED, paced_rate).await;
+        let paced = via_agent(&procs, &agent_arr, SUSTAINED, paced_rate).await;
         // The baseline again, to see how far the machine's load moved meanwhile.
-        let bare_again = via_bare(procs, port, &bare_arr, SUSTAINED, 0).await;
+        let bare_again = via_bare(&procs, port, &bare_arr, SUSTAINED, 0).await;
         // Headroom: the publisher paced at 0.9 of the first bare rate.
         let head_rate = (0.9 * full_bare.rate) as u32;
-        let headroom = via_agent(procs, &agent_arr, SUSTAINED, head_rate).await;
-        let at10k = via_agent(procs, &agent_arr, 30_000, 10_000).await;
-        let k1_bare = via_bare(procs, port, &bare_arr, 5000, 1000).await;
-        let k1_agent = via_agent(procs, &agent_arr, 5000, 1000).await;
+        let headroom = via_agent(&procs, &agent_arr, SUSTAINED, head_rate).await;
+        let at10k = via_agent(&procs, &agent_arr, 30_000, 10_000).await;
+        let k1_bare = via_bare(&procs, port, &bare_arr, 5000, 1000).await;
+        let k1_agent = via_agent(&procs, &agent_arr, 5000, 1000).await;
 
         // Images at 30 Hz for 5 s, published over ROS 2 from this process.
         let mut reg = Registry::new();
@@ -438,7 +461,7 @@ fn main() {
             println!("{name:<30}{:>8}{:>10}{:>10.0}{:>9.2}{:>9.2}{:>10.1}%", ph.sent, ph.delivered, ph.rate, ph.p50, ph.p99, ph.cpu_pct);
         }
         println!();
-        println!("CPU per message, µs: the agent, the DDS publisher (Python, Cyclone's threads included), mosquitto, the bench process (the subscriber; in bare rows also the bare publisher)");
+        println!("CPU per message, µs: the agent, the DDS publisher (Cyclone's threads included), mosquitto, the bench process (the subscriber; in bare rows also the bare publisher)");
         println!("{:<30}{:>8}{:>11}{:>11}{:>8}{:>8}", "case", "agent", "publisher", "mosquitto", "bench", "total");
         for (name, ph) in [("bare publisher, full speed", &full_bare), (paced_name.as_str(), &paced), ("bare publisher again", &bare_again), (head_name.as_str(), &headroom), ("agent, 10,000 msgs/s", &at10k)] {
             let [a, p, m, b] = ph.us;
