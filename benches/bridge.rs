@@ -228,9 +228,7 @@ async fn wait_for(a: &Arrivals, n: usize, quiet: Duration) {
 /// Publishes through the agent with the Cyclone publisher process.
 async fn via_agent(procs: &Procs, arrivals: &Arrivals, n: usize, rate: u32) -> Phase {
     arrivals.take();
-    let cpu0 = cpu_secs(procs.agent);
     let before = procs.snap();
-    let t0 = Instant::now();
     let out = tokio::process::Command::new(&procs.publisher)
         .args([
             "--domain",
@@ -256,10 +254,9 @@ async fn via_agent(procs: &Procs, arrivals: &Arrivals, n: usize, rate: u32) -> P
     let pub_secs = figures.next().unwrap_or(f64::NAN);
     let pub_cpu = figures.next().unwrap_or(f64::NAN);
     wait_for(arrivals, n, Duration::from_secs(3)).await;
-    let cpu = cpu_secs(procs.agent) - cpu0;
-    let _ = t0;
-    let mut ph = summarize(n, arrivals.take(), cpu, pub_secs);
-    ph.us = per_message(before, procs.snap(), pub_cpu, n);
+    let after = procs.snap();
+    let mut ph = summarize(n, arrivals.take(), after[0] - before[0], pub_secs);
+    ph.us = per_message(before, after, pub_cpu, n);
     println!("  (Cyclone publisher: {n} written in {pub_secs:.2} s, {:.0} msgs/s; agent delivered {:.0} msgs/s)", n as f64 / pub_secs, ph.rate);
     ph
 }

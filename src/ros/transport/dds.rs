@@ -200,11 +200,12 @@ const ROUND_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 /// larger) after they were taken, and ros2-client has no way to lower that.
 const DDS_KEEPS: usize = 64;
 
-/// What a topic's samples hold in the DDS cache, in bytes, when that is worth a line in
-/// the log (camera frames): `None` under 16 MB.
-fn cache_footprint(sample_len: usize, depth: usize) -> Option<usize> {
-    let bytes = sample_len.saturating_mul(depth.max(DDS_KEEPS));
-    (bytes >= 16 << 20).then_some(bytes)
+/// How many of a topic's samples the DDS cache holds and what they add up to, in bytes,
+/// when that is worth a line in the log (camera frames): `None` under 16 MB.
+fn cache_footprint(sample_len: usize, depth: usize) -> Option<(usize, usize)> {
+    let kept = depth.max(DDS_KEEPS);
+    let bytes = sample_len.saturating_mul(kept);
+    (bytes >= 16 << 20).then_some((kept, bytes))
 }
 
 struct DdsPublisher {
@@ -298,9 +299,9 @@ impl Transport for DdsTransport {
                     Ok((raw, info)) => {
                         if !noted {
                             noted = true;
-                            if let Some(bytes) = cache_footprint(raw.0.len(), depth) {
+                            if let Some((kept, bytes)) = cache_footprint(raw.0.len(), depth) {
                                 tracing::info!(topic = %topic, sample_bytes = raw.0.len(), held_mb = (bytes + 500_000) / 1_000_000,
-                                    "Messages on this topic are large: the DDS transport keeps the last {} of them in memory.", depth.max(DDS_KEEPS));
+                                    "Messages on this topic are large: the DDS transport keeps the last {kept} of them in memory.");
                             }
                         }
                         let sample = Sample {
@@ -457,9 +458,9 @@ mod tests {
     fn only_topics_holding_many_megabytes_are_named() {
         // A 640x480 rgb8 frame with its header: 64 of them.
         let frame = 640 * 480 * 3 + 60;
-        assert_eq!(cache_footprint(frame, 5), Some(frame * 64));
+        assert_eq!(cache_footprint(frame, 5), Some((64, frame * 64)));
         // A deeper history holds more.
-        assert_eq!(cache_footprint(frame, 100), Some(frame * 100));
+        assert_eq!(cache_footprint(frame, 100), Some((100, frame * 100)));
         // Small messages, even with a deep history, are not worth a line.
         assert_eq!(cache_footprint(130, 1000), None);
         assert_eq!(cache_footprint(200_000, 10), None);
