@@ -24,7 +24,9 @@ fn installer(dir: &std::path::Path, busy_deadline: &str) -> Installer {
         product_key: "pk1".into(),
         device_name: "robot-7".into(),
     };
-    Installer::open(cfg.resolve(dir, &device).unwrap()).unwrap()
+    let mut inst = Installer::open(cfg.resolve(dir, &device).unwrap()).unwrap();
+    inst.acquire().unwrap();
+    inst
 }
 
 fn job(version: &str, url: String, sha256: &str) -> Job {
@@ -87,6 +89,8 @@ async fn the_switch_waits_for_an_idle_robot_or_the_deadline() {
     inst.install(job("1.0.0", url(0), &packs[0].sha256), true, &cancel)
         .await
         .unwrap();
+    // Its lock goes with it.
+    drop(inst);
     let v1_link = active(&dir);
 
     // 2.0.0 while a detection runs: deferred with its reason, switched when idle.

@@ -500,6 +500,8 @@ fn hostile_packages_are_refused_with_a_reason_and_touch_no_slot() {
     let dir = tempfile::tempdir().unwrap();
     support::run_py("hostile_packages.py", &[dir.path().to_str().unwrap()]);
     let state = tempfile::tempdir().unwrap();
+    // What the link chain reaches for: outside the OTA folder, beside it.
+    std::fs::write(state.path().join("secret.txt"), b"not for packages").unwrap();
     let cfg = dir.path().join("agent.toml");
     std::fs::write(
         &cfg,
@@ -515,6 +517,18 @@ fn hostile_packages_are_refused_with_a_reason_and_touch_no_slot() {
         ("absolute", "absolute path"),
         ("symlink_escape", "leaves the slot"),
         ("hardlink_escape", "leaves the slot"),
+        ("symlink_chain", "leads out of the slot"),
+        (
+            "symlink_late",
+            "'early': link to 'd/x/../../secret.txt' leaves the slot",
+        ),
+        ("hardlink_via_link", "not a file this package wrote"),
+        ("hardlink_outside", "not a file this package wrote"),
+        ("setuid", "setuid or setgid file"),
+        (
+            "duplicate_manifest",
+            "'manifest.json': the package holds this path twice",
+        ),
         ("device_node", "device or fifo"),
         ("gzip_bomb", "expands past the limit of 8388608 bytes"),
         ("missing_file", "listed in the manifest but missing"),

@@ -11,9 +11,10 @@ use super::Failure;
 use crate::config::{self, DeviceConfig};
 use crate::exit;
 use crate::ota::config::{OtaConfig, OtaSettings};
-use crate::ota::installer::{Installer, OtaEvent, Recovery};
+use crate::ota::installer::{Installer, OtaError, OtaEvent, Recovery};
 use crate::ota::machine::{Hash, Job, Origin, Phase};
 use crate::ota::package::{self, HealthCheck};
+use crate::ota::store::LockError;
 
 /// Where the OTA state is: from a configuration file, or a folder given directly.
 #[derive(Debug, Clone, clap::Args)]
@@ -135,6 +136,22 @@ fn open(at: &Where) -> Result<Installer, Failure> {
     })
 }
 
+/// Opens the store and takes its lock: only one process changes slots at a time.
+fn open_locked(at: &Where) -> Result<Installer, Failure> {
+    let mut inst = open(at)?;
+    inst.acquire().map_err(|e| match e {
+        OtaError::Lock(LockError::Busy { .. }) => Failure {
+            code: exit::TEMPFAIL,
+            message: format!("{e}; try again when it has finished"),
+        },
+        other => Failure {
+            code: exit::CANTCREAT,
+            message: other.to_string(),
+        },
+    })?;
+    Ok(inst)
+}
+
 fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -187,7 +204,7 @@ pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
             Ok(())
         }
         OtaCommand::Recover { at } => {
-            let mut inst = open(&at)?;
+            let mut inst = open_locked(&at)?;
             let r = inst
                 .recover()
                 .map_err(|e| Failure::internal(e.to_string()))?;
@@ -201,7 +218,7 @@ pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
             Ok(())
         }
         OtaCommand::Rollback { at } => {
-            let mut inst = open(&at)?;
+            let mut inst = open_locked(&at)?;
             inst.recover()
                 .map_err(|e| Failure::internal(e.to_string()))?;
             inst.rollback("rolled back by a technician")
@@ -210,7 +227,7 @@ pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
             Ok(())
         }
         OtaCommand::Confirm { at } => {
-            let mut inst = open(&at)?;
+            let mut inst = open_locked(&at)?;
             inst.recover()
                 .map_err(|e| Failure::internal(e.to_string()))?;
             inst.confirm().map_err(|e| Failure::usage(e.to_string()))?;
@@ -322,7 +339,7 @@ fn install(
         (None, Some(p)) => peek_manifest(p)?.version,
         (None, None) => return Err(Failure::usage("give --version for a package URL")),
     };
-    let mut inst = open(at)?;
+    let mut inst = open_locked(at)?;
     if let Recovery::RolledBack(r) = inst
         .recover()
         .map_err(|e| Failure::internal(e.to_string()))?

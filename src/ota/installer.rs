@@ -1,6 +1,11 @@
 //! The installer: takes one update job through download, verification, installation
 //! into the inactive slot, health check, switch, and confirmation or rollback, saving
 //! the journal at every step, and recovering from wherever a power cut stopped it.
+//!
+//! Every change needs the store's lock ([`Installer::acquire`]), which also reads the
+//! journal again from disk: the agent and a technician's `ota` command share one store,
+//! and acting on a journal read before the other changed it could overwrite the slot
+//! the robot falls back to.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +18,7 @@ use super::config::OtaSettings;
 use super::download::{self, DownloadError, DownloadSettings};
 use super::machine::{FailStep, InvalidTransition, Job, Phase};
 use super::package::{self, Limits, Manifest, PackageError};
-use super::store::{Committed, Journal, Store, StoreError};
+use super::store::{Committed, Journal, LockError, StateLock, Store, StoreError};
 use super::{crash_point, version, Slot};
 use crate::clock::{file_stamp, now_ms, rfc3339_ms};
 
@@ -26,6 +31,11 @@ pub enum OtaError {
     Transition(#[from] InvalidTransition),
     #[error("OTA state: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A change was attempted without the store's lock: a fault in the caller.
+    #[error("the OTA state is changed only under its lock")]
+    NotLocked,
     #[error("{0}")]
     Refused(String),
 }
@@ -87,6 +97,7 @@ pub struct Installer {
     model_check: Option<ModelCheck>,
     busy: Option<watch::Receiver<bool>>,
     log: Vec<String>,
+    lock: Option<StateLock>,
 }
 
 impl Installer {
@@ -108,7 +119,76 @@ impl Installer {
             model_check: Some(model_check),
             busy: None,
             log: Vec::new(),
+            lock: None,
         })
+    }
+
+    /// Takes the store's lock (refused at once when another process holds it) and reads
+    /// the journal again: whatever was in memory may be out of date.
+    pub fn acquire(&mut self) -> Result<(), OtaError> {
+        if self.lock.is_none() {
+            self.lock = Some(StateLock::try_acquire(&self.store.root)?);
+        }
+        self.journal = self.store.load_journal()?;
+        Ok(())
+    }
+
+    /// Gives the lock back (the other process may now change the store).
+    pub fn release(&mut self) {
+        self.lock = None;
+    }
+
+    pub fn holds_lock(&self) -> bool {
+        self.lock.is_some()
+    }
+
+    /// Reads the journal again without the lock (it is replaced atomically, so it is
+    /// always whole); true when another process has changed it since.
+    pub fn reload(&mut self) -> Result<bool, OtaError> {
+        let j = self.store.load_journal()?;
+        let changed = j != self.journal;
+        self.journal = j;
+        Ok(changed)
+    }
+
+    fn held(&self) -> Result<(), OtaError> {
+        match self.lock {
+            Some(_) => Ok(()),
+            None => Err(OtaError::NotLocked),
+        }
+    }
+
+    /// Why `slot` may not be written: it is the one `current` points at, or it holds the
+    /// committed version (the robot's fallback). Checked before any slot is cleared or
+    /// written.
+    pub fn slot_in_use(&self, slot: Slot) -> Option<String> {
+        if self.store.active() == Some(slot) {
+            return Some(format!("slot {} is the one the robot runs", slot.name()));
+        }
+        match &self.journal.committed {
+            Some(c) if c.slot == slot => Some(format!(
+                "slot {} holds the committed version {}",
+                slot.name(),
+                c.version
+            )),
+            _ => None,
+        }
+    }
+
+    /// The slot a new package goes into: the other one than `current` (or, with no
+    /// `current`, than the committed one).
+    fn target_slot(&self) -> Result<Slot, String> {
+        let base = self
+            .store
+            .active()
+            .or(self.journal.committed.as_ref().map(|c| c.slot));
+        let slot = base.map_or(Slot::A, Slot::other);
+        match self.slot_in_use(slot) {
+            Some(why) => Err(format!(
+                "no slot is free to install into: {why} (`edge-agent ota recover` puts the store in order)"
+            )),
+            None => Ok(slot),
+        }
     }
 
     pub fn with_events(mut self, tx: mpsc::Sender<OtaEvent>) -> Self {
@@ -137,10 +217,40 @@ impl Installer {
         self.store.active().map(|_| self.store.current_link())
     }
 
+    /// A line of the job's upgrade log. It is also appended to `job.log` in the store,
+    /// so the report of a job that spans restarts (a resumed download, a rollback after
+    /// the new agent kept crashing) carries all of it.
     fn note(&mut self, line: impl Into<String>) {
         let line = format!("{} {}", rfc3339_ms(now_ms()), line.into());
         tracing::debug!(target: "edge_agent::ota", "{line}");
+        if self.lock.is_some() {
+            use std::io::Write as _;
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.job_log_path())
+                .and_then(|mut f| writeln!(f, "{line}"));
+        }
         self.log.push(line);
+    }
+
+    fn job_log_path(&self) -> PathBuf {
+        self.store.root.join("job.log")
+    }
+
+    /// A new job's log starts empty.
+    fn start_log(&mut self) {
+        self.log.clear();
+        let _ = std::fs::write(self.job_log_path(), b"");
+    }
+
+    /// The job's log so far, for a final report: from `job.log` when it can be read.
+    fn take_log(&mut self) -> Vec<String> {
+        let mem = std::mem::take(&mut self.log);
+        match std::fs::read_to_string(self.job_log_path()) {
+            Ok(text) if !text.is_empty() => text.lines().map(str::to_owned).collect(),
+            _ => mem,
+        }
     }
 
     fn emit(&self, e: OtaEvent) {
@@ -150,6 +260,7 @@ impl Installer {
     }
 
     fn save(&mut self, phase: Phase) -> Result<(), OtaError> {
+        self.held()?;
         self.journal.phase = phase;
         self.store.save_journal(&mut self.journal)?;
         Ok(())
@@ -171,6 +282,7 @@ impl Installer {
 
     /// Brings the store to a known state after a restart or power cut.
     pub fn recover(&mut self) -> Result<Recovery, OtaError> {
+        self.held()?;
         let phase = self.journal.phase.clone();
         let r = match &phase {
             Phase::Downloading { job }
@@ -193,6 +305,7 @@ impl Installer {
                 job,
                 starts,
                 previous,
+                slot,
                 ..
             } => {
                 let next = phase.agent_started()?;
@@ -201,13 +314,12 @@ impl Installer {
                     let reason = format!(
                         "the agent started {starts} times on the new slot without confirming it"
                     );
-                    let restored = match previous {
-                        Some(p) => self.store.switch_to(*p).is_ok(),
-                        None => false,
-                    };
                     tracing::warn!(version = %job.version, starts, "Rolling back an update that did not settle.");
+                    let restored = self.switch_back(*previous)?;
                     self.save(next.rolled_back(reason.clone(), now_ms())?)?;
-                    let log = std::mem::take(&mut self.log);
+                    self.clear_rejected(*slot);
+                    self.note(format!("rolled back: {reason}"));
+                    let log = self.take_log();
                     self.emit(OtaEvent::RolledBack {
                         job: job.clone(),
                         reason: reason.clone(),
@@ -225,20 +337,27 @@ impl Installer {
             | Phase::Committed { .. }
             | Phase::RolledBack { .. }
             | Phase::Failed { .. } => {
-                // `current` must be the committed slot (a cut during a rollback switch).
-                if let Some(c) = &self.journal.committed {
-                    if self.store.active() != Some(c.slot) {
-                        tracing::warn!(
-                            slot = c.slot.name(),
-                            "Pointing current back at the committed slot."
-                        );
-                        self.store.switch_to(c.slot)?;
-                    }
-                }
+                self.align_current()?;
                 Recovery::Nothing
             }
         };
         Ok(r)
+    }
+
+    /// With no update under way, `current` is the committed slot (a cut during a
+    /// rollback switch can leave it elsewhere).
+    fn align_current(&mut self) -> Result<(), OtaError> {
+        self.held()?;
+        if let Some(c) = &self.journal.committed {
+            if self.store.active() != Some(c.slot) {
+                tracing::warn!(
+                    slot = c.slot.name(),
+                    "Pointing current back at the committed slot."
+                );
+                self.store.switch_to(c.slot)?;
+            }
+        }
+        Ok(())
     }
 
     fn download_settings(&self) -> DownloadSettings {
@@ -282,7 +401,7 @@ impl Installer {
         let next = self.journal.phase.failed(step, reason.clone(), now_ms())?;
         self.save(next.clone())?;
         if let Some(job) = job {
-            let log = std::mem::take(&mut self.log);
+            let log = self.take_log();
             self.emit(OtaEvent::Failed {
                 job,
                 step,
@@ -351,14 +470,22 @@ impl Installer {
         commit: bool,
         cancel: &CancellationToken,
     ) -> Result<Phase, OtaError> {
+        self.held()?;
         // Taking up an interrupted job, or starting a new one.
         let resuming = self.journal.phase.busy() && self.journal.phase.job() == Some(&job);
         if !resuming {
+            if !self.journal.phase.busy() {
+                self.align_current()?;
+            }
             if let Err(reason) = self.admit(&job) {
                 tracing::warn!(version = %job.version, reason = %reason, "Update refused.");
-                self.log.clear();
-                self.note(format!("refused {} {}: {reason}", job.module, job.version));
-                let log = std::mem::take(&mut self.log);
+                // The last job's log stays in job.log: a refusal has a line of its own.
+                let log = vec![format!(
+                    "{} refused {} {}: {reason}",
+                    rfc3339_ms(now_ms()),
+                    job.module,
+                    job.version
+                )];
                 self.emit(OtaEvent::Failed {
                     job: job.clone(),
                     step: FailStep::Upgrade,
@@ -368,7 +495,7 @@ impl Installer {
                 });
                 return Err(OtaError::Refused(reason));
             }
-            self.log.clear();
+            self.start_log();
             // Nothing of an earlier job may pass for this one's package.
             let pkg = self.package_path(&job);
             let _ = std::fs::remove_file(&pkg);
@@ -432,7 +559,10 @@ impl Installer {
                 return self.fail(FailStep::Verify, e);
             }
             self.note("package verified");
-            let slot = self.store.active().map_or(Slot::A, Slot::other);
+            let slot = match self.target_slot() {
+                Ok(slot) => slot,
+                Err(reason) => return self.fail(FailStep::Install, reason),
+            };
             let next = self.journal.phase.verified(slot)?;
             self.save(next)?;
         }
@@ -440,11 +570,9 @@ impl Installer {
         // Install into the inactive slot and check it.
         if let Phase::Installing { slot, .. } = self.journal.phase.clone() {
             self.progress(&job, 88, "installing", 0, None);
-            if self.store.active() == Some(slot) {
-                return self.fail(
-                    FailStep::Install,
-                    "the target slot is the active one".into(),
-                );
+            if let Some(why) = self.slot_in_use(slot) {
+                tracing::error!(slot = slot.name(), reason = %why, "Refusing to install into a slot in use.");
+                return self.fail(FailStep::Install, format!("not installing: {why}"));
             }
             self.store.clear_slot(slot)?;
             let dir = self.store.slot_dir(slot);
@@ -484,7 +612,9 @@ impl Installer {
                     .phase
                     .rolled_back(format!("health check failed: {reason}"), now_ms())?;
                 self.save(next.clone())?;
-                let log = std::mem::take(&mut self.log);
+                // Nothing may ever start the rejected package.
+                self.clear_rejected(slot);
+                let log = self.take_log();
                 self.emit(OtaEvent::RolledBack {
                     job: job.clone(),
                     reason: format!("health check failed: {reason}"),
@@ -663,8 +793,51 @@ impl Installer {
         .await;
     }
 
+    /// Points `current` back at `previous`; with no earlier slot the link goes away (the
+    /// robot runs its built-in defaults). True when a slot was restored.
+    fn switch_back(&mut self, previous: Option<Slot>) -> Result<bool, OtaError> {
+        self.held()?;
+        match previous {
+            Some(p) => {
+                self.store.switch_to(p)?;
+                Ok(true)
+            }
+            None => {
+                match std::fs::remove_file(self.store.current_link()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(StoreError {
+                            path: self.store.current_link().display().to_string(),
+                            source: e,
+                        }
+                        .into())
+                    }
+                }
+                crate::ota::store::sync_dir(&self.store.root)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Empties a slot whose package was rejected, unless the robot runs it or it holds
+    /// the committed version. A failure here is only logged: the journal already says
+    /// the slot is not to be used.
+    fn clear_rejected(&mut self, slot: Slot) {
+        if self.slot_in_use(slot).is_some() {
+            return;
+        }
+        match self.store.clear_slot(slot) {
+            Ok(()) => self.note(format!("emptied slot {}", slot.name())),
+            Err(e) => {
+                tracing::warn!(slot = slot.name(), error = %e, "Cannot empty the slot of a rejected update.")
+            }
+        }
+    }
+
     /// Gives up an interrupted job that has not switched yet (it is recorded as failed).
     pub fn abandon(&mut self, reason: &str) -> Result<(), OtaError> {
+        self.held()?;
         match self.journal.phase {
             Phase::Downloading { .. } | Phase::Verifying { .. } | Phase::Installing { .. } => {
                 let step = match self.journal.phase {
@@ -687,6 +860,7 @@ impl Installer {
 
     /// The new slot is good: commit it, raise the floor, forget the package.
     pub fn confirm(&mut self) -> Result<(), OtaError> {
+        self.held()?;
         let Phase::SwitchedPendingConfirm { job, slot, .. } = self.journal.phase.clone() else {
             return Err(OtaError::Refused(format!(
                 "nothing to confirm (state: {})",
@@ -711,17 +885,25 @@ impl Installer {
         let _ = std::fs::remove_file(self.package_path(&job));
         self.note(format!("committed {}", job.version));
         tracing::info!(version = %job.version, "Update committed.");
-        let log = std::mem::take(&mut self.log);
+        let log = self.take_log();
         self.emit(OtaEvent::Committed { job, log });
         Ok(())
     }
 
     /// Back to the previous slot (an unconfirmed update, or a technician's request).
     pub fn rollback(&mut self, reason: &str) -> Result<(), OtaError> {
+        self.held()?;
         let phase = self.journal.phase.clone();
-        let (job, previous) = match &phase {
-            Phase::SwitchedPendingConfirm { job, previous, .. } => (job.clone(), *previous),
-            Phase::InstalledPendingSwitch { job, .. } => (job.clone(), self.store.active()),
+        let (job, previous, rejected) = match &phase {
+            Phase::SwitchedPendingConfirm {
+                job,
+                previous,
+                slot,
+                ..
+            } => (job.clone(), *previous, *slot),
+            Phase::InstalledPendingSwitch { job, slot, .. } => {
+                (job.clone(), self.store.active(), *slot)
+            }
             other => {
                 return Err(OtaError::Refused(format!(
                     "nothing to roll back (state: {}); to go back to an older version, install it with --force",
@@ -729,23 +911,13 @@ impl Installer {
                 )))
             }
         };
-        let restored = match previous {
-            Some(p) => {
-                self.store.switch_to(p)?;
-                true
-            }
-            None => {
-                // No earlier slot: the link goes away (the robot runs its built-in defaults).
-                let _ = std::fs::remove_file(self.store.current_link());
-                crate::ota::store::sync_dir(&self.store.root)?;
-                false
-            }
-        };
+        let restored = self.switch_back(previous)?;
         let next = phase.rolled_back(reason.to_owned(), now_ms())?;
         self.save(next)?;
+        self.clear_rejected(rejected);
         self.note(format!("rolled back: {reason}"));
         tracing::warn!(version = %job.version, reason, "Rolled back to the previous slot.");
-        let log = std::mem::take(&mut self.log);
+        let log = self.take_log();
         self.emit(OtaEvent::RolledBack {
             job,
             reason: reason.to_owned(),

@@ -1,9 +1,17 @@
 //! Update packages: a `.tar.gz` holding `manifest.json` and the files it lists. Made by
 //! `edge-agent ota pack`, checked against the hash (and ed25519 signature) the cloud
 //! gives, and unpacked into a slot with everything hostile refused: absolute paths,
-//! `..`, links that leave the slot, device files, and archives that expand past the
-//! configured limits.
+//! `..`, links that leave the slot, device files, setuid files, entries given twice, and
+//! archives that expand past the configured limits.
+//!
+//! Links are judged by where they really lead, not by their text: a link's target is
+//! followed through the links already in the slot (as the kernel would), and once every
+//! entry is written each link is followed again through the finished tree, since a link
+//! written later can change where an earlier one leads. A hard link may only name a
+//! regular file this package wrote.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::{Component as PathPart, Path, PathBuf};
 
@@ -194,29 +202,78 @@ fn is_safe_relative(p: &Path) -> bool {
             .all(|c| matches!(c, PathPart::Normal(_) | PathPart::CurDir))
 }
 
-/// Whether a link at `entry` (relative) pointing at `target` stays inside the root.
-fn link_stays_inside(entry: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let mut depth: i64 = entry
-        .components()
-        .filter(|c| matches!(c, PathPart::Normal(_)))
-        .count() as i64
-        - 1;
-    for c in target.components() {
-        match c {
-            PathPart::ParentDir => depth -= 1,
-            PathPart::Normal(_) => depth += 1,
-            PathPart::CurDir => {}
-            _ => return false,
+/// The most links followed while resolving one path (the kernel's limit is 40).
+const MAX_LINK_HOPS: usize = 40;
+
+/// Where the link at `entry` (relative to `root`) pointing at `target` really leads,
+/// following the links that exist under `root` now, as a path relative to `root`; an
+/// error says why it leaves the root. A part that does not exist yet is taken as a
+/// folder name (the kernel would stop there; nothing is followed through it).
+fn resolve_link(root: &Path, entry: &Path, target: &Path) -> Result<PathBuf, String> {
+    let mut at: Vec<OsString> = entry
+        .parent()
+        .map(|p| {
+            p.components()
+                .filter_map(|c| match c {
+                    PathPart::Normal(n) => Some(n.to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // The parts still to walk, last one first.
+    let mut todo: Vec<OsString> = Vec::new();
+    let push_target = |todo: &mut Vec<OsString>, t: &Path| -> Result<(), String> {
+        if t.is_absolute() {
+            return Err(format!("'{}' is an absolute path", t.display()));
         }
-        if depth < 0 {
-            return false;
+        let parts: Vec<OsString> = t
+            .components()
+            .filter_map(|c| match c {
+                PathPart::Normal(n) => Some(n.to_owned()),
+                PathPart::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect();
+        todo.extend(parts.into_iter().rev());
+        Ok(())
+    };
+    push_target(&mut todo, target)?;
+    let mut hops = 0;
+    while let Some(part) = todo.pop() {
+        if part == ".." {
+            if at.pop().is_none() {
+                return Err("it leads out of the slot".into());
+            }
+            continue;
+        }
+        at.push(part);
+        let here: PathBuf = root.join(at.iter().collect::<PathBuf>());
+        if std::fs::symlink_metadata(&here).is_ok_and(|m| m.file_type().is_symlink()) {
+            hops += 1;
+            if hops > MAX_LINK_HOPS {
+                return Err("too many levels of links".into());
+            }
+            let next = std::fs::read_link(&here).map_err(|e| e.to_string())?;
+            // A link's target is relative to the folder holding it.
+            at.pop();
+            push_target(&mut todo, &next)?;
         }
     }
-    true
+    Ok(at.iter().collect())
 }
+
+/// A path as written in the archive, without `.` parts: the key of the entries seen.
+fn normalized(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| matches!(c, PathPart::Normal(_)))
+        .collect()
+}
+
+/// The decompressed stream went past the expansion limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the package expands past its limit")]
+struct ExpansionLimit;
 
 /// Counts bytes read from the decompressor, so a gzip bomb stops at the limit.
 struct Counted<R> {
@@ -230,7 +287,7 @@ impl<R: Read> Read for Counted<R> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
         if self.read > self.limit {
-            return Err(std::io::Error::other("expansion limit"));
+            return Err(std::io::Error::other(ExpansionLimit));
         }
         Ok(n)
     }
@@ -252,6 +309,10 @@ pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, 
     let mut ar = tar::Archive::new(counted);
     let mut total: u64 = 0;
     let mut files: u64 = 0;
+    // Every entry's path, the regular files among them, and the symbolic links.
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut regular: HashSet<PathBuf> = HashSet::new();
+    let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
     let entries = ar
         .entries()
         .map_err(|e| PackageError::Archive(e.to_string()))?;
@@ -281,6 +342,12 @@ pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, 
                 limit: limits.max_files,
             });
         }
+        let kind = entry.header().entry_type();
+        let key = normalized(&path);
+        let is_dir = kind == tar::EntryType::Directory;
+        if !seen.insert(key.clone()) && !is_dir {
+            return Err(refuse("the package holds this path twice"));
+        }
         let target = dest.join(&path);
         // Never write through a link the package made.
         let mut walk = dest.to_path_buf();
@@ -294,7 +361,13 @@ pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, 
                 return Err(refuse("goes through a link"));
             }
         }
-        let kind = entry.header().entry_type();
+        if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(refuse("a link of the package is already at this path"));
+        }
+        let mode = entry.header().mode().unwrap_or(0o644);
+        if mode & 0o6000 != 0 && !is_dir {
+            return Err(refuse("setuid or setgid file"));
+        }
         match kind {
             tar::EntryType::Directory => {
                 std::fs::create_dir_all(&target).map_err(|e| io(&target, e))?;
@@ -324,10 +397,10 @@ pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, 
                     return Err(PackageError::Archive(format!("'{shown}' is cut short")));
                 }
                 out.sync_all().map_err(|e| io(&target, e))?;
-                let mode = entry.header().mode().unwrap_or(0o644) & 0o755;
                 use std::os::unix::fs::PermissionsExt as _;
-                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode & 0o755))
                     .map_err(|e| io(&target, e))?;
+                regular.insert(key);
                 crash_point("extract: file written");
             }
             tar::EntryType::Symlink | tar::EntryType::Link => {
@@ -336,15 +409,22 @@ pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, 
                     .map_err(|e| PackageError::Archive(e.to_string()))?
                     .ok_or_else(|| refuse("link without a target"))?
                     .into_owned();
-                let inside = if kind == tar::EntryType::Symlink {
-                    link_stays_inside(&path, &link)
-                } else {
+                if kind == tar::EntryType::Symlink {
+                    if let Err(why) = resolve_link(dest, &path, &link) {
+                        return Err(refuse(&format!(
+                            "link to '{}' leaves the slot: {why}",
+                            link.display()
+                        )));
+                    }
+                } else if !is_safe_relative(&link) {
                     // Hard link targets are relative to the archive root.
-                    is_safe_relative(&link)
-                };
-                if !inside {
                     return Err(refuse(&format!(
-                        "link to '{}' leaves the slot",
+                        "hard link to '{}' leaves the slot",
+                        link.display()
+                    )));
+                } else if !regular.contains(&normalized(&link)) {
+                    return Err(refuse(&format!(
+                        "hard link to '{}', which is not a file this package wrote",
                         link.display()
                     )));
                 }
@@ -353,12 +433,10 @@ pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, 
                 }
                 if kind == tar::EntryType::Symlink {
                     std::os::unix::fs::symlink(&link, &target).map_err(|e| io(&target, e))?;
+                    links.push((path.clone(), link));
                 } else {
-                    let src = dest.join(&link);
-                    if std::fs::symlink_metadata(&src).is_ok_and(|m| m.file_type().is_symlink()) {
-                        return Err(refuse("hard link to a link"));
-                    }
-                    std::fs::hard_link(&src, &target).map_err(|e| io(&target, e))?;
+                    std::fs::hard_link(dest.join(&link), &target).map_err(|e| io(&target, e))?;
+                    regular.insert(key);
                 }
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
@@ -371,6 +449,16 @@ pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, 
             other => return Err(refuse(&format!("unsupported entry type {other:?}"))),
         }
     }
+    // A link written later can change where an earlier one leads: follow each again
+    // through the finished tree.
+    for (path, link) in &links {
+        if let Err(why) = resolve_link(dest, path, link) {
+            return Err(PackageError::Refused {
+                path: path.display().to_string(),
+                reason: format!("link to '{}' leaves the slot: {why}", link.display()),
+            });
+        }
+    }
     let mpath = dest.join(MANIFEST);
     let text = std::fs::read(&mpath)
         .map_err(|_| PackageError::Manifest("missing from the package".into()))?;
@@ -381,7 +469,7 @@ pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, 
 }
 
 fn archive_error(e: std::io::Error, limits: Limits) -> PackageError {
-    if e.to_string().contains("expansion limit") {
+    if e.get_ref().is_some_and(|i| i.is::<ExpansionLimit>()) {
         PackageError::TooBig {
             limit: limits.max_bytes,
         }
@@ -538,23 +626,42 @@ mod tests {
 
     #[test]
     fn links_inside_and_outside() {
-        assert!(link_stays_inside(Path::new("a/b/link"), Path::new("../c")));
-        assert!(link_stays_inside(
-            Path::new("link"),
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let inside =
+            |entry: &str, target: &str| resolve_link(r, Path::new(entry), Path::new(target));
+        assert_eq!(inside("a/b/link", "../c").unwrap(), Path::new("a/c"));
+        assert_eq!(
+            inside("link", "models/x.onnx").unwrap(),
             Path::new("models/x.onnx")
-        ));
-        assert!(!link_stays_inside(
-            Path::new("link"),
-            Path::new("../etc/passwd")
-        ));
-        assert!(!link_stays_inside(
-            Path::new("a/link"),
-            Path::new("../../x")
-        ));
-        assert!(!link_stays_inside(
-            Path::new("a/link"),
-            Path::new("/etc/passwd")
-        ));
+        );
+        assert!(inside("link", "../etc/passwd").is_err());
+        assert!(inside("a/link", "../../x").is_err());
+        assert!(inside("a/link", "/etc/passwd").is_err());
+        assert_eq!(inside("x/up", "..").unwrap(), Path::new(""));
+    }
+
+    #[test]
+    fn links_are_followed_through_the_tree_not_read_as_text() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir(r.join("x")).unwrap();
+        std::os::unix::fs::symlink("..", r.join("x/up")).unwrap();
+        // As text "x/up/.." is "x": really it is the slot's parent.
+        let e = resolve_link(r, Path::new("l1"), Path::new("x/up/..")).unwrap_err();
+        assert!(e.contains("out of the slot"), "{e}");
+        // A loop of links ends with an error, not a hang.
+        std::os::unix::fs::symlink("loop2", r.join("loop1")).unwrap();
+        std::os::unix::fs::symlink("loop1", r.join("loop2")).unwrap();
+        let e = resolve_link(r, Path::new("l"), Path::new("loop1/f")).unwrap_err();
+        assert!(e.contains("too many levels"), "{e}");
+        // Through a link to a deeper folder, ".." is that folder's parent.
+        std::fs::create_dir_all(r.join("d/e")).unwrap();
+        std::os::unix::fs::symlink("d/e", r.join("de")).unwrap();
+        assert_eq!(
+            resolve_link(r, Path::new("l"), Path::new("de/../f")).unwrap(),
+            Path::new("d/f")
+        );
     }
 
     #[test]

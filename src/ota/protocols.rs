@@ -11,9 +11,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::config::{OtaProtocol, OtaSettings};
-use super::installer::{Installer, ModelCheck, OtaEvent, Recovery};
+use super::installer::{Installer, ModelCheck, OtaError, OtaEvent, Recovery};
 use super::machine::{Hash, Job, Origin, Phase};
 use super::report;
+use super::store::LockError;
 use crate::mqtt::{Incoming, LinkHandle, LinkState, Message, QoS};
 
 /// Signals the rest of the agent can use.
@@ -309,6 +310,31 @@ impl Service {
         }
     }
 
+    /// Answers a job that cannot run now, so the cloud's job does not stay pending.
+    async fn refuse(&mut self, job: &Job, reason: &str) {
+        tracing::warn!(version = %job.version, reason = %reason, "An update arrived while the update slots are busy; it is refused.");
+        match &job.origin {
+            Origin::Aliyun { .. } => self.origin_progress(job, -1, reason, None).await,
+            Origin::Aws { job_id } if !job_id.is_empty() => {
+                self.aws_update(job_id, "FAILED", json!({"reason": reason}))
+                    .await
+            }
+            _ => {}
+        }
+    }
+
+    /// A push that arrived while a job runs: refused with `reason`. True when it was an
+    /// update (the cloud is then asked again once the slots are free).
+    async fn refuse_push(&mut self, m: &Incoming, reason: &str) -> bool {
+        match self.job_from(m) {
+            Some(job) if !job.version.is_empty() => {
+                self.refuse(&job, reason).await;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// A job (or nothing) from an incoming message.
     fn job_from(&mut self, m: &Incoming) -> Option<Job> {
         let v: Value = match serde_json::from_slice(&m.payload) {
@@ -381,6 +407,12 @@ impl Service {
     }
 }
 
+/// How often the service reads the journal again for changes another process (a
+/// technician's `ota` command) made, and retries what waited for the store's lock.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a confirmation that found the store locked waits before trying again.
+const CONFIRM_RETRY: Duration = Duration::from_secs(5);
+
 /// Starts the OTA service. Returns the handles other modules use.
 pub async fn start(
     settings: OtaSettings,
@@ -388,8 +420,8 @@ pub async fn start(
     model_check: Option<ModelCheck>,
     busy: Option<watch::Receiver<bool>>,
     shutdown: CancellationToken,
-) -> Result<(OtaHandles, tokio::task::JoinHandle<()>), super::installer::OtaError> {
-    let (tx, mut events) = mpsc::channel(256);
+) -> Result<(OtaHandles, tokio::task::JoinHandle<()>), OtaError> {
+    let (tx, events) = mpsc::channel(256);
     let mut inst = Installer::open(settings.clone())?.with_events(tx);
     if let Some(c) = model_check {
         inst = inst.with_model_check(c);
@@ -397,39 +429,34 @@ pub async fn start(
     if let Some(b) = busy {
         inst = inst.with_busy(b);
     }
-    let recovery = inst.recover()?;
+    let recovery = try_recover(&mut inst, true)?;
     let (cur_tx, cur_rx) = watch::channel(inst.current_dir());
     let mut subs: Vec<mpsc::Receiver<Incoming>> = Vec::new();
-    match settings.protocol {
+    let topics = match settings.protocol {
         OtaProtocol::Aliyun => {
             let t = aliyun_topics(&settings);
-            for f in [t.upgrade, t.get_reply] {
-                subs.push(
-                    link.subscribe(&f, QoS::AtLeastOnce, 8)
-                        .await
-                        .map_err(|e| super::installer::OtaError::Refused(e.to_string()))?,
-                );
-            }
+            vec![t.upgrade, t.get_reply]
         }
         OtaProtocol::Aws => {
             let base = format!("$aws/things/{}/jobs", settings.aws_thing);
-            for f in [
+            vec![
                 format!("{base}/notify-next"),
                 format!("{base}/start-next/accepted"),
                 format!("{base}/start-next/rejected"),
                 format!("{base}/+/update/accepted"),
                 format!("{base}/+/update/rejected"),
-            ] {
-                subs.push(
-                    link.subscribe(&f, QoS::AtLeastOnce, 8)
-                        .await
-                        .map_err(|e| super::installer::OtaError::Refused(e.to_string()))?,
-                );
-            }
+            ]
         }
-        _ => {}
+        _ => Vec::new(),
+    };
+    for f in topics {
+        subs.push(
+            link.subscribe(&f, QoS::AtLeastOnce, 8)
+                .await
+                .map_err(|e| OtaError::Refused(e.to_string()))?,
+        );
     }
-    let (in_tx, mut incoming) = mpsc::channel::<Incoming>(32);
+    let (in_tx, incoming) = mpsc::channel::<Incoming>(32);
     for mut rx in subs {
         let tx = in_tx.clone();
         tokio::spawn(async move {
@@ -441,97 +468,226 @@ pub async fn start(
         });
     }
     drop(in_tx);
-    let task = tokio::spawn(async move {
-        let mut svc = Service {
-            s: settings.clone(),
-            link: link.clone(),
-            aws_version: Default::default(),
-            request_id: 0,
-            last_progress: None,
-        };
-        let mut pending: Option<Job> = match recovery {
-            Recovery::Resume(j) => Some(j),
-            _ => None,
-        };
-        let mut confirm_at = match &inst.journal.phase {
-            Phase::SwitchedPendingConfirm { .. } => {
-                Some(tokio::time::Instant::now() + settings.confirm_after)
+    let svc = Service {
+        s: settings,
+        link,
+        aws_version: Default::default(),
+        request_id: 0,
+        last_progress: None,
+    };
+    let task = tokio::spawn(run(svc, inst, recovery, events, incoming, cur_tx, shutdown));
+    Ok((OtaHandles { current: cur_rx }, task))
+}
+
+/// Takes the store's lock and recovers. `None` when another process (a technician's
+/// `ota` command) holds the lock: the service tries again later. The lock is kept only
+/// for an interrupted job to take up.
+fn try_recover(inst: &mut Installer, first: bool) -> Result<Option<Recovery>, OtaError> {
+    match inst.acquire() {
+        Ok(()) => {}
+        Err(OtaError::Lock(LockError::Busy { pid })) => {
+            if first {
+                tracing::info!(pid = ?pid, "Another process is changing the update slots; the agent takes over once it has finished.");
             }
-            _ => None,
-        };
-        let mut state = link.state();
-        let mut poll = tokio::time::interval(settings.http_interval);
-        let mut last_poll_error: Option<String> = None;
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            // Run a job to its end (reporting as it goes), then go back to listening.
-            if let Some(job) = pending.take() {
-                let result = {
-                    let run = inst.install(job, false, &shutdown);
-                    tokio::pin!(run);
-                    loop {
-                        tokio::select! {
-                            r = &mut run => break r,
-                            Some(e) = events.recv() => svc.report(&e).await,
-                        }
-                    }
-                };
-                while let Ok(e) = events.try_recv() {
-                    svc.report(&e).await;
-                }
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "Update not run.");
-                }
-                if confirm_at.is_none()
-                    && matches!(inst.journal.phase, Phase::SwitchedPendingConfirm { .. })
-                {
-                    confirm_at = Some(tokio::time::Instant::now() + settings.confirm_after);
-                }
-                let _ = cur_tx.send(inst.current_dir());
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    }
+    let r = inst.recover();
+    if !matches!(r, Ok(Recovery::Resume(_))) {
+        inst.release();
+    }
+    r.map(Some)
+}
+
+/// When a switched slot waiting for confirmation is confirmed.
+fn confirm_deadline(inst: &Installer, s: &OtaSettings) -> Option<tokio::time::Instant> {
+    matches!(inst.journal.phase, Phase::SwitchedPendingConfirm { .. })
+        .then(|| tokio::time::Instant::now() + s.confirm_after)
+}
+
+/// The service's loop: runs one job at a time to its end (reporting as it goes), answers
+/// pushes that arrive meanwhile, confirms switched slots after their soak time, and
+/// follows what other processes change in the store.
+async fn run(
+    mut svc: Service,
+    mut inst: Installer,
+    recovery: Option<Recovery>,
+    mut events: mpsc::Receiver<OtaEvent>,
+    mut incoming: mpsc::Receiver<Incoming>,
+    cur_tx: watch::Sender<Option<PathBuf>>,
+    shutdown: CancellationToken,
+) {
+    let settings = svc.s.clone();
+    let mut recovered = recovery.is_some();
+    let mut pending: Option<Job> = match recovery {
+        Some(Recovery::Resume(j)) => Some(j),
+        _ => None,
+    };
+    let mut confirm_at = confirm_deadline(&inst, &settings);
+    // A push was turned away while the slots were busy: ask for it again once free.
+    let mut ask_when_free = false;
+    let mut state = svc.link.state();
+    let mut poll = tokio::time::interval(settings.http_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
+    watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_poll_error: Option<String> = None;
+    let mut last_watch_error: Option<String> = None;
+    loop {
+        if let Some(job) = pending.take() {
+            // The lock, and with it the journal as it is on disk now.
+            if let Err(e) = inst.acquire() {
+                svc.refuse(&job, &e.to_string()).await;
+                ask_when_free = true;
                 continue;
             }
-            let wait_confirm = confirm_at;
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                Some(e) = events.recv() => svc.report(&e).await,
-                Some(m) = incoming.recv() => {
-                    if let Some(job) = svc.job_from(&m) {
-                        if job.version.is_empty() {
-                            svc.request_update().await;
-                        } else if inst.journal.phase.busy() {
-                            tracing::warn!(version = %job.version, state = inst.journal.phase.name(), "An update arrived while another is under way; it is refused.");
-                            if let Origin::Aws { job_id } = &job.origin {
-                                svc.aws_update(job_id, "FAILED", json!({"reason": "another update is under way"})).await;
+            let result = {
+                let run = inst.install(job, false, &shutdown);
+                tokio::pin!(run);
+                loop {
+                    tokio::select! {
+                        r = &mut run => break r,
+                        Some(e) = events.recv() => svc.report(&e).await,
+                        Some(m) = incoming.recv() => {
+                            if svc.refuse_push(&m, "another update is under way").await {
+                                ask_when_free = true;
                             }
-                        } else {
-                            pending = Some(job);
                         }
                     }
                 }
-                r = state.changed() => {
-                    if r.is_err() { break; }
-                    if *state.borrow_and_update() == LinkState::Up {
-                        let v = inst.current_version().unwrap_or_else(|| "0.0.0".into());
-                        svc.inform(&v).await;
+            };
+            inst.release();
+            while let Ok(e) = events.try_recv() {
+                svc.report(&e).await;
+            }
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "Update not run.");
+            }
+            if confirm_at.is_none() {
+                confirm_at = confirm_deadline(&inst, &settings);
+            }
+            let _ = cur_tx.send(inst.current_dir());
+            if ask_when_free && !inst.journal.phase.busy() {
+                ask_when_free = false;
+                svc.request_update().await;
+            }
+            continue;
+        }
+        let wait_confirm = confirm_at;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(e) = events.recv() => svc.report(&e).await,
+            Some(m) = incoming.recv() => {
+                if let Some(job) = svc.job_from(&m) {
+                    if job.version.is_empty() {
                         svc.request_update().await;
-                    }
-                }
-                // Only an idle installer asks (an update on soak is not "under way" again).
-                _ = poll.tick(), if settings.protocol == OtaProtocol::Http && !inst.journal.phase.busy() => {
-                    if let Some(job) = check_http(&mut inst, &settings, &mut last_poll_error).await {
+                    } else if inst.journal.phase.busy() {
+                        let reason = format!(
+                            "another update is under way ({} {})",
+                            inst.journal.phase.job().map_or("", |j| j.version.as_str()),
+                            inst.journal.phase.name()
+                        );
+                        svc.refuse(&job, &reason).await;
+                        ask_when_free = true;
+                    } else {
                         pending = Some(job);
                     }
                 }
-                _ = async { tokio::time::sleep_until(wait_confirm.unwrap_or_else(tokio::time::Instant::now)).await }, if wait_confirm.is_some() => {
-                    confirm_at = None;
-                    if let Err(e) = inst.confirm() {
-                        tracing::warn!(error = %e, "Cannot confirm the update.");
+            }
+            r = state.changed() => {
+                if r.is_err() { break; }
+                if *state.borrow_and_update() == LinkState::Up {
+                    let v = inst.current_version().unwrap_or_else(|| "0.0.0".into());
+                    svc.inform(&v).await;
+                    svc.request_update().await;
+                }
+            }
+            // Only an idle installer asks (an update on soak is not "under way" again).
+            _ = poll.tick(), if settings.protocol == OtaProtocol::Http && !inst.journal.phase.busy() => {
+                if let Some(job) = check_http(&mut inst, &settings, &mut last_poll_error).await {
+                    pending = Some(job);
+                }
+            }
+            _ = async { tokio::time::sleep_until(wait_confirm.unwrap_or_else(tokio::time::Instant::now)).await }, if wait_confirm.is_some() => {
+                match inst.acquire() {
+                    Ok(()) => {
+                        confirm_at = None;
+                        // A technician may have rolled back or confirmed meanwhile.
+                        if matches!(inst.journal.phase, Phase::SwitchedPendingConfirm { .. }) {
+                            if let Err(e) = inst.confirm() {
+                                tracing::warn!(error = %e, "Cannot confirm the update.");
+                            }
+                        }
+                        inst.release();
+                        let _ = cur_tx.send(inst.current_dir());
+                        if ask_when_free && !inst.journal.phase.busy() {
+                            ask_when_free = false;
+                            svc.request_update().await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "The update is confirmed once the store is free.");
+                        confirm_at = Some(tokio::time::Instant::now() + CONFIRM_RETRY);
                     }
                 }
             }
+            _ = watch_tick.tick() => {
+                if !recovered {
+                    match try_recover(&mut inst, false) {
+                        Ok(Some(r)) => {
+                            recovered = true;
+                            if let Recovery::Resume(j) = r {
+                                pending = Some(j);
+                            }
+                            confirm_at = confirm_deadline(&inst, &settings);
+                            let _ = cur_tx.send(inst.current_dir());
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Cannot recover the update state.");
+                            recovered = true;
+                        }
+                    }
+                    continue;
+                }
+                let before = inst.journal.clone();
+                match inst.reload() {
+                    Ok(true) => {
+                        last_watch_error = None;
+                        tracing::info!(state = inst.journal.phase.name(),
+                            version = inst.current_version().as_deref().unwrap_or("none"),
+                            "The update slots were changed by another process.");
+                        if !matches!(inst.journal.phase, Phase::SwitchedPendingConfirm { .. }) {
+                            confirm_at = None;
+                        } else if confirm_at.is_none() {
+                            confirm_at = confirm_deadline(&inst, &settings);
+                        }
+                        let _ = cur_tx.send(inst.current_dir());
+                        let now = inst.current_version();
+                        if now != before.committed.as_ref().map(|c| c.version.clone()) {
+                            if let Some(v) = now {
+                                svc.inform(&v).await;
+                            }
+                        }
+                    }
+                    Ok(false) => last_watch_error = None,
+                    Err(e) => {
+                        let e = e.to_string();
+                        if last_watch_error.as_ref() != Some(&e) {
+                            tracing::warn!(error = %e, "Cannot read the update journal.");
+                            last_watch_error = Some(e);
+                        }
+                    }
+                }
+                if ask_when_free && !inst.journal.phase.busy() && inst.acquire().is_ok() {
+                    inst.release();
+                    ask_when_free = false;
+                    svc.request_update().await;
+                }
+            }
         }
-    });
-    Ok((OtaHandles { current: cur_rx }, task))
+    }
 }
 
 /// Asks the update server. A failure is logged as a warning once, then at debug level

@@ -1,7 +1,13 @@
 //! The slot store on disk: `slots/a`, `slots/b`, the `current` link to the active one,
-//! and the journal. Every change that matters after a power cut is made atomically:
-//! write a temporary file, fsync it, rename it over the old one, fsync the folder. The
-//! `current` link is replaced the same way (a new link, renamed over the old one).
+//! the journal, and the lock. Every change that matters after a power cut is made
+//! atomically: write a temporary file, fsync it, rename it over the old one, fsync the
+//! folder. The `current` link is replaced the same way (a new link, renamed over the old
+//! one).
+//!
+//! Two processes may look at one store: the running agent and a technician's `ota`
+//! command. Only the holder of [`StateLock`] (an exclusive `flock` on `lock`) changes
+//! slots, `current` or the journal, and it reads the journal from disk after taking the
+//! lock: a journal held in memory from before may be out of date.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,6 +29,52 @@ fn err(path: &Path, source: std::io::Error) -> StoreError {
     StoreError {
         path: path.display().to_string(),
         source,
+    }
+}
+
+/// Why the store's lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds it (the running agent during a job, or an `ota` command).
+    #[error("an update is under way ({})", match .pid { Some(p) => format!("pid {p}"), None => "another process".to_owned() })]
+    Busy { pid: Option<u32> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The exclusive right to change the store, held until dropped (or the process ends:
+/// the kernel releases a `flock` with its last descriptor, so a killed holder never
+/// leaves a stale lock).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Takes the lock of the store at `root` without waiting; the holder's pid is
+    /// written into the lock file so the next one can say who has it.
+    pub fn try_acquire(root: &Path) -> Result<StateLock, LockError> {
+        let path = root.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| err(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok());
+                return Err(LockError::Busy { pid });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(&path, e).into()),
+        }
+        file.set_len(0).map_err(|e| err(&path, e))?;
+        writeln!(file, "{}", std::process::id()).map_err(|e| err(&path, e))?;
+        Ok(StateLock { _file: file })
     }
 }
 
@@ -186,5 +238,24 @@ mod tests {
         let back = s.load_journal().unwrap();
         assert_eq!(back.floor.as_deref(), Some("1.0"));
         assert_eq!(back.generation, 1);
+    }
+
+    #[test]
+    fn one_holder_at_a_time_and_the_second_learns_who() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateLock::try_acquire(dir.path()).unwrap();
+        // flock locks belong to the open file description: a second open, as another
+        // process makes, is refused even within this process.
+        match StateLock::try_acquire(dir.path()) {
+            Err(LockError::Busy { pid }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        let busy = StateLock::try_acquire(dir.path()).unwrap_err().to_string();
+        assert_eq!(
+            busy,
+            format!("an update is under way (pid {})", std::process::id())
+        );
+        drop(first);
+        let _again = StateLock::try_acquire(dir.path()).unwrap();
     }
 }

@@ -54,6 +54,50 @@ write("symlink_escape", lambda t: link(t, "evil", "../../../etc/passwd", tarfile
 write("hardlink_escape", lambda t: link(t, "evil", "../outside.txt", tarfile.LNKTYPE))
 
 
+def link_chain(t):
+    # Each link looks harmless as text; followed through the tree, "leak" reads
+    # ../../../secret.txt from the slot (the test puts a file there).
+    ti = tarfile.TarInfo("x")
+    ti.type = tarfile.DIRTYPE
+    ti.mode = 0o755
+    t.addfile(ti)
+    link(t, "x/up", "..", tarfile.SYMTYPE)
+    link(t, "l1", "x/up/..", tarfile.SYMTYPE)
+    link(t, "l2", "l1/..", tarfile.SYMTYPE)
+    link(t, "l3", "l2/..", tarfile.SYMTYPE)
+    link(t, "leak", "l3/secret.txt", tarfile.SYMTYPE)
+
+
+write("symlink_chain", link_chain)
+
+
+def late_link(t):
+    # "early" is inside the slot when written; the link written after it makes it
+    # lead out.
+    link(t, "early", "d/x/../../secret.txt", tarfile.SYMTYPE)
+    ti = tarfile.TarInfo("d")
+    ti.type = tarfile.DIRTYPE
+    ti.mode = 0o755
+    t.addfile(ti)
+    link(t, "d/x", "..", tarfile.SYMTYPE)
+
+
+write("symlink_late", late_link)
+
+
+def hardlink_via_link(t):
+    # A link to the slot itself (allowed), then a hard link through it: hard links may
+    # only name files the package wrote, by their own path.
+    link(t, "here", ".", tarfile.SYMTYPE)
+    link(t, "evil", "here/here/model.bin", tarfile.LNKTYPE)
+
+
+write("hardlink_via_link", hardlink_via_link)
+write("hardlink_outside", lambda t: link(t, "evil", "secret.txt", tarfile.LNKTYPE))
+write("setuid", lambda t: add_bytes(t, "bin/tool", b"#!/bin/sh\n", mode=0o4755))
+write("duplicate_manifest", lambda t: add_bytes(t, "manifest.json", manifest()))
+
+
 def device(t):
     ti = tarfile.TarInfo("dev/null2")
     ti.type = tarfile.CHRTYPE

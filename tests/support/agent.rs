@@ -119,6 +119,10 @@ impl Agent {
         Agent(Some(child))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGTERM; the agent's log, after checking it exited cleanly.
     pub fn stop(mut self) -> String {
         stop(self.0.take().unwrap())

@@ -15,6 +15,38 @@ use edge_agent::ros::schema::{Elem, MsgSchema, TypeSchema};
 use edge_agent::ros::Registry;
 use serde_json::Value;
 
+/// A ROS 2 domain id this test has to itself: tests run in parallel processes, and
+/// other programs on the machine may use a domain too. An exclusive `flock` on a file
+/// per domain (in the system's temporary folder) reserves it across test processes
+/// until the guard is dropped; the search starts at a random domain so two test runs
+/// rarely try the same ones first.
+pub struct Domain {
+    pub id: u16,
+    _lock: std::fs::File,
+}
+
+/// Domain ids the tests draw from (the DDS port mapping allows 0 to 232).
+const DOMAINS: std::ops::RangeInclusive<u16> = 20..=230;
+
+pub fn domain() -> Domain {
+    let n = DOMAINS.end() - DOMAINS.start() + 1;
+    let start = fastrand::u16(0..n);
+    for i in 0..n {
+        let id = DOMAINS.start() + (start + i) % n;
+        let path = std::env::temp_dir().join(format!("edge-agent-test-domain-{id}.lock"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if f.try_lock().is_ok() {
+            return Domain { id, _lock: f };
+        }
+    }
+    panic!("every test ROS domain in {DOMAINS:?} is in use");
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
