@@ -425,6 +425,8 @@ fn main() {
             node_name: "bench_camera".into(),
             namespace: "/".into(),
             only_networks: vec!["127.0.0.1".parse().expect("ip")],
+            distro: None,
+            config_file: None,
         })
         .expect("transport");
         let mut q = Qos::ros_default();

@@ -22,6 +22,8 @@ fn transport(domain: u16, name: &str, ns: &str) -> DdsTransport {
         node_name: name.into(),
         namespace: ns.into(),
         only_networks: vec!["127.0.0.1".parse().unwrap()],
+        distro: None,
+        config_file: None,
     })
     .expect("start the DDS transport")
 }

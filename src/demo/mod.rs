@@ -340,6 +340,8 @@ pub async fn run(opts: DemoOptions, dir: &Path, live: bool) -> anyhow::Result<Su
             node_name: "picker_robot".into(),
             namespace: "/".into(),
             only_networks: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+            distro: settings.ros.distro.clone(),
+            config_file: None,
         })?,
     );
     let robot = tokio::spawn(robot::run(

@@ -27,13 +27,17 @@ pub struct RosConfig {
     /// `dds` (built in, no ROS install) or `rcl` (an ordinary rcl node; only in a
     /// binary built with the cargo feature `rcl`, where it is the default).
     pub transport: Option<TransportKind>,
+    /// The robot's ROS 2 distribution ("humble", "jazzy"...), for the DDS transport's
+    /// graph information when `ROS_DISTRO` is not set; without either the agent learns
+    /// it from the other participants on the domain.
+    pub distro: Option<String>,
 }
 
 /// Which ROS 2 stack carries the agent's topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TransportKind {
-    /// ros2-client: DDS over UDP in pure Rust.
+    /// RustDDS: DDS over UDP in pure Rust, with the agent's own ROS 2 layer.
     Dds,
     /// r2r on the robot's rcl and RMW (cargo feature `rcl`).
     Rcl,
@@ -58,6 +62,8 @@ pub struct RosSettings {
     pub only_networks: Vec<IpAddr>,
     pub interfaces: Vec<PathBuf>,
     pub transport: TransportKind,
+    /// `ros.distro`, checked to be a distribution the agent knows.
+    pub distro: Option<String>,
     /// The configuration file the agent was started with (the node's `config_file`
     /// parameter under the rcl transport).
     pub config_file: Option<PathBuf>,
@@ -138,8 +144,21 @@ impl RosConfig {
                 "must start with '/' and name levels with letters, digits and '_'",
             ));
         }
+        if let Some(d) = &self.distro {
+            if crate::ros::transport::dds::graph::format_of_distro(d).is_none() {
+                return Err(invalid(
+                    "ros.distro",
+                    format!("{d:?}"),
+                    &format!(
+                        "is not a ROS 2 distribution this agent knows ({})",
+                        crate::ros::transport::dds::graph::KNOWN_DISTROS
+                    ),
+                ));
+            }
+        }
         Ok(RosSettings {
             domain_id,
+            distro: self.distro.as_ref().map(|d| d.trim().to_ascii_lowercase()),
             node_name,
             namespace,
             only_networks: self.only_networks.clone(),

@@ -9,7 +9,13 @@ It is driven over stdin/stdout, one JSON object per line. Commands:
       (ID is a publisher or a subscription: waits until N endpoints of the other side match)
   {"op":"write","id":ID,"value":{...},"count":N,"interval_ms":M}      -> {"ok":ID,"written":N}
   {"op":"sub","id":ID,"topic":"/t","type":"pkg/msg/T","qos":{...}}     -> {"ok":ID}
-  {"op":"nodes","id":ID}                                                -> {"ok":ID,"nodes":[...]}
+  {"op":"nodes","id":ID}        -> {"ok":ID,"nodes":[...],"errors":[...]}
+      the nodes other participants announce on ros_discovery_info, read in this peer's
+      distribution's layout, and every announcement that could not be read or read as
+      garbage (what breaks `ros2 node list` on a real robot)
+  {"op":"param","id":ID,"node":"/n","service":"list"|"get"|"set","names":[...],
+   "params":[{"name":N,"value":{...}}],"timeout_ms":T}                 -> {"ok":ID,"reply":{...}}
+      calls the node's parameter service as rmw_cyclonedds does (16-byte request id first)
   {"op":"setbool_server","id":ID,"service":"/s","success":B,"message":M} -> {"ok":ID}
       serves std_srvs/srv/SetBool as rmw_cyclonedds does (topics rq/<s>Request and
       rr/<s>Reply; each sample starts with the client's 8-byte id and the sequence
@@ -20,8 +26,10 @@ Events: {"event":"msg","id":ID,"value":{...},"cdr":"<hex of Cyclone's serializat
 qos: {"reliability":"reliable"|"best-effort","durability":"volatile"|"transient-local","depth":N}
 Values are in edge-agent's JSON form (byte arrays as base64, NaN as "NaN").
 
-usage: ros_peer.py --domain N [--distro jazzy|humble] DIR [DIR ...]
-(--distro picks the standard definitions; ros_discovery_info's Gid differs between them.)
+usage: ros_peer.py --domain N [--distro jazzy|humble] [--node NAME] DIR [DIR ...]
+(--distro picks the standard definitions; ros_discovery_info's Gid differs between them.
+The peer announces itself on ros_discovery_info in that layout, as node NAME, default
+"ros_peer", as every ROS 2 process does.)
 """
 
 import argparse
@@ -210,10 +218,87 @@ def serve_set_bool(dp, cmd):
     emit({"ok": cmd["id"]})
 
 
+RELIABLE = Policy.Reliability.Reliable(max_blocking_time=100_000_000)
+
+PV = make_idl_struct("PV", "rcl_interfaces::msg::dds_::ParameterValue_", {
+    "type": T.uint8, "bool_value": bool, "integer_value": T.int64, "double_value": T.float64,
+    "string_value": str, "byte_array_value": T.sequence[T.uint8], "bool_array_value": T.sequence[bool],
+    "integer_array_value": T.sequence[T.int64], "double_array_value": T.sequence[T.float64],
+    "string_array_value": T.sequence[str]})
+PARAM = make_idl_struct("P", "rcl_interfaces::msg::dds_::Parameter_", {"name": str, "value": PV})
+SPR = make_idl_struct("SPR", "rcl_interfaces::msg::dds_::SetParametersResult_", {"successful": bool, "reason": str})
+LPR = make_idl_struct("LPR", "rcl_interfaces::msg::dds_::ListParametersResult_",
+                      {"names": T.sequence[str], "prefixes": T.sequence[str]})
+HEAD = {"client": T.uint64, "seq": T.uint64}
+PARAM_SERVICES = {
+    "list": ("list_parameters", "ListParameters",
+             make_idl_struct("LRq", "rcl_interfaces::srv::dds_::ListParameters_Request_",
+                             {**HEAD, "prefixes": T.sequence[str], "depth": T.uint64}),
+             make_idl_struct("LRp", "rcl_interfaces::srv::dds_::ListParameters_Response_", {**HEAD, "result": LPR})),
+    "get": ("get_parameters", "GetParameters",
+            make_idl_struct("GRq", "rcl_interfaces::srv::dds_::GetParameters_Request_", {**HEAD, "names": T.sequence[str]}),
+            make_idl_struct("GRp", "rcl_interfaces::srv::dds_::GetParameters_Response_", {**HEAD, "values": T.sequence[PV]})),
+    "set": ("set_parameters", "SetParameters",
+            make_idl_struct("SRq", "rcl_interfaces::srv::dds_::SetParameters_Request_", {**HEAD, "parameters": T.sequence[PARAM]}),
+            make_idl_struct("SRp", "rcl_interfaces::srv::dds_::SetParameters_Response_", {**HEAD, "results": T.sequence[SPR]})),
+}
+param_clients = {}
+param_seq = [0]
+
+
+def pv_json(v):
+    return {"type": v.type, "bool_value": v.bool_value, "integer_value": v.integer_value,
+            "string_value": v.string_value}
+
+
+def param_call(dp, cmd):
+    """Calls a parameter service of another node as an rmw_cyclonedds client."""
+    short, _, rq_t, rp_t = PARAM_SERVICES[cmd["service"]]
+    fq = cmd["node"].rstrip("/") + "/" + short
+    key = (fq, cmd["service"])
+    if key not in param_clients:
+        qos = Qos(RELIABLE, Policy.Durability.Volatile, Policy.History.KeepLast(10))
+        w = DataWriter(dp, Topic(dp, "rq" + fq + "Request", rq_t, qos=qos), qos=qos)
+        r = DataReader(dp, Topic(dp, "rr" + fq + "Reply", rp_t, qos=qos), qos=qos)
+        param_clients[key] = (w, r)
+    w, r = param_clients[key]
+    client = 0x0102030405060708
+    end = time.time() + cmd.get("timeout_ms", 30000) / 1000
+    while time.time() < end:
+        param_seq[0] += 1
+        seq = param_seq[0]
+        if cmd["service"] == "list":
+            w.write(rq_t(client=client, seq=seq, prefixes=[], depth=0))
+        elif cmd["service"] == "get":
+            w.write(rq_t(client=client, seq=seq, names=cmd.get("names", [])))
+        else:
+            params = [PARAM(name=p["name"], value=PV(
+                type=p["value"].get("type", 0), bool_value=p["value"].get("bool_value", False),
+                integer_value=0, double_value=0.0, string_value=p["value"].get("string_value", ""),
+                byte_array_value=[], bool_array_value=[], integer_array_value=[], double_array_value=[],
+                string_array_value=[])) for p in cmd.get("params", [])]
+            w.write(rq_t(client=client, seq=seq, parameters=params))
+        wait_until = min(end, time.time() + 0.5)
+        while time.time() < wait_until:
+            for rep in r.take(16):
+                if rep.client != client or rep.seq != seq:
+                    continue
+                if cmd["service"] == "list":
+                    reply = {"names": list(rep.result.names)}
+                elif cmd["service"] == "get":
+                    reply = {"values": [pv_json(v) for v in rep.values]}
+                else:
+                    reply = {"results": [{"successful": x.successful, "reason": x.reason} for x in rep.results]}
+                return emit({"ok": cmd["id"], "reply": reply})
+            time.sleep(0.01)
+    emit({"error": f"{fq}: no reply within {cmd.get('timeout_ms', 30000)} ms"})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--domain", type=int, required=True)
     ap.add_argument("--distro", default="jazzy")
+    ap.add_argument("--node", default="ros_peer")
     ap.add_argument("dirs", nargs="*")
     args = ap.parse_args()
     types = Types(args.dirs, args.distro)
@@ -230,8 +315,19 @@ def main():
     disc_type = types.idl("rmw_dds_common/msg/ParticipantEntitiesInfo")
     disc_qos = Qos(Policy.Reliability.Reliable(max_blocking_time=100_000_000), Policy.Durability.TransientLocal,
                    Policy.History.KeepLast(1))
-    disc_reader = DataReader(dp, Topic(dp, "ros_discovery_info", disc_type, qos=disc_qos), qos=disc_qos)
+    disc_topic = Topic(dp, "ros_discovery_info", disc_type, qos=disc_qos)
+    disc_reader = DataReader(dp, disc_topic, qos=Qos(RELIABLE, Policy.Durability.TransientLocal,
+                                                      Policy.History.KeepLast(64)))
     nodes = {}
+    graph_errors = []
+    # This participant's own announcement, in its distribution's layout.
+    gid_len = 24 if args.distro == "humble" else 16
+    own_gid = list(dp.guid.bytes) + [0] * (gid_len - 16)
+    disc_writer = DataWriter(dp, disc_topic, qos=disc_qos)
+    disc_writer.write(types.make("rmw_dds_common/msg/ParticipantEntitiesInfo", {
+        "gid": {"data": own_gid},
+        "node_entities_info_seq": [{"node_namespace": "/", "node_name": args.node,
+                                    "reader_gid_seq": [], "writer_gid_seq": []}]}))
 
     stopping = threading.Event()
 
@@ -251,9 +347,23 @@ def main():
                     desc = (Nodetype.NAME, tname)
                     emit({"event": "msg", "id": rid, "value": types.to_json(desc, s),
                           "cdr": s.serialize().hex()})
-            for s in disc_reader.take(64):
+            try:
+                samples = disc_reader.take(64)
+            except Exception as e:  # what an rmw does with an announcement it cannot read
+                graph_errors.append(f"cannot read: {type(e).__name__}: {e}")
+                samples = []
+            for s in samples:
                 gid = bytes(s.gid.data).hex()
-                nodes[gid] = [{"name": n.node_name, "namespace": n.node_namespace} for n in s.node_entities_info_seq]
+                if gid == bytes(own_gid).hex():
+                    continue
+                entries = []
+                for n in s.node_entities_info_seq:
+                    ok = n.node_name and all(c.isprintable() for c in n.node_name + n.node_namespace)
+                    if not ok:
+                        graph_errors.append(f"garbage node name {n.node_name!r} in {n.node_namespace!r}")
+                    else:
+                        entries.append({"name": n.node_name, "namespace": n.node_namespace})
+                nodes[gid] = entries
             time.sleep(0.005)
 
     threading.Thread(target=poll, daemon=True).start()
@@ -300,7 +410,10 @@ def main():
             elif op == "setbool_server":
                 serve_set_bool(dp, cmd)
             elif op == "nodes":
-                emit({"ok": cmd["id"], "nodes": [n for v in nodes.values() for n in v]})
+                emit({"ok": cmd["id"], "nodes": [n for v in nodes.values() for n in v],
+                      "errors": list(graph_errors)})
+            elif op == "param":
+                param_call(dp, cmd)
             elif op == "quit":
                 stopping.set()
                 break

@@ -21,19 +21,19 @@ pub struct RosPeer {
 }
 
 impl RosPeer {
+    /// A Jazzy-style peer (16-byte ids in ros_discovery_info).
     pub fn start(domain: u16) -> Self {
+        Self::start_as(domain, "jazzy", "ros_peer")
+    }
+
+    /// A peer acting as a participant of `distro` ("humble" or "jazzy"), announcing
+    /// itself as node `node`.
+    pub fn start_as(domain: u16, distro: &str, node: &str) -> Self {
         let repo = super::repo();
         let mut child = Command::new(super::python())
             .arg(repo.join("tests/py/ros_peer.py"))
             .args(["--domain", &domain.to_string()])
-            .args([
-                "--distro",
-                if cfg!(feature = "humble") {
-                    "humble"
-                } else {
-                    "jazzy"
-                },
-            ])
+            .args(["--distro", distro, "--node", node])
             .arg(repo.join("interfaces"))
             .arg(repo.join("tests/fixtures/interfaces"))
             .env("CYCLONEDDS_URI", CYCLONE_LOOPBACK)
@@ -162,8 +162,19 @@ impl RosPeer {
 
     /// Nodes announced on ros_discovery_info (what `ros2 node list` reads).
     pub fn nodes(&mut self) -> Vec<(String, String)> {
+        self.graph().0
+    }
+
+    /// The nodes, and every announcement the peer could not read or read as garbage.
+    pub fn graph(&mut self) -> (Vec<(String, String)>, Vec<String>) {
         let r = self.cmd(json!({"op":"nodes","id":"nodes"}));
-        r["nodes"]
+        let errors = r["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap_or_default().to_owned())
+            .collect();
+        let nodes = r["nodes"]
             .as_array()
             .unwrap()
             .iter()
@@ -173,7 +184,21 @@ impl RosPeer {
                     n["name"].as_str().unwrap().to_owned(),
                 )
             })
-            .collect()
+            .collect();
+        (nodes, errors)
+    }
+
+    /// Calls a parameter service (`service`: "list", "get" or "set") of `node` as an
+    /// rmw_cyclonedds client does; the reply as JSON.
+    pub fn param(&mut self, node: &str, service: &str, args: Value) -> Value {
+        let mut cmd =
+            json!({"op":"param","id":"param","node":node,"service":service,"timeout_ms":30000});
+        if let (Some(c), Some(a)) = (cmd.as_object_mut(), args.as_object()) {
+            for (k, v) in a {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        self.cmd(cmd)["reply"].clone()
     }
 }
 

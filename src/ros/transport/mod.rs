@@ -2,9 +2,7 @@
 //! and detection see only [`Transport`]; which middleware stack is behind it (the
 //! pure-Rust DDS one by default, rcl later) is decided here.
 
-mod cdr_serde;
 pub mod dds;
-mod dds_threads;
 #[cfg(feature = "rcl")]
 pub mod rcl;
 
@@ -13,8 +11,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-
-pub use cdr_serde::{RawBody, RawCdr, RawCdrSeed};
 
 use super::config::{RosSettings, TransportKind};
 use super::registry::TypeName;
@@ -28,6 +24,8 @@ pub fn start(ros: &RosSettings) -> Result<Arc<dyn Transport>, TransportError> {
             node_name: ros.node_name.clone(),
             namespace: ros.namespace.clone(),
             only_networks: ros.only_networks.clone(),
+            distro: ros.distro.clone(),
+            config_file: ros.config_file.clone(),
         })?)),
         #[cfg(feature = "rcl")]
         TransportKind::Rcl => {
@@ -181,6 +179,30 @@ pub trait Transport: Send + Sync {
     /// agent then restarts rather than run on deaf to the robot.
     fn stopped(&self) -> Option<String> {
         None
+    }
+
+    /// Calls service `service` of type `srv` (`pkg/srv/Name`) with `request` (the request
+    /// message, encapsulation header included); the reply message, or `None` when none
+    /// came within `timeout`. With `resend` the request goes again every 500 ms until
+    /// answered (the server may not have matched the client yet): only for requests
+    /// that may be carried out twice.
+    fn call(
+        &self,
+        service: &str,
+        srv: &TypeName,
+        request: Bytes,
+        rmw: ServiceRmw,
+        timeout: std::time::Duration,
+        resend: bool,
+    ) -> futures::future::BoxFuture<'static, Result<Option<Bytes>, TransportError>> {
+        let _ = (srv, request, rmw, timeout, resend);
+        let service = service.to_owned();
+        Box::pin(async move {
+            Err(TransportError::Call {
+                service,
+                reason: "this transport does not call services of any type".into(),
+            })
+        })
     }
 
     /// Calls the `std_srvs/srv/SetBool` service `service` (a camera's on/off switch),
