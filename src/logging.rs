@@ -1,13 +1,17 @@
 //! The agent's log: tracing to stderr, which systemd sends to the journal
-//! (`journalctl -fu edge-agent`). Under systemd the journal adds timestamps, so lines
-//! start with the level. Any configured secret that would appear in a line is replaced
-//! by `***` before it is written.
+//! (`journalctl -fu edge-agent`). When stderr is the journal (systemd says so in
+//! `JOURNAL_STREAM`), each line starts with its priority in the sd-daemon form (`<3>`
+//! error, `<4>` warning, `<6>` info, `<7>` debug), so `journalctl -p warning` shows
+//! exactly the WARN and ERROR lines, and carries no timestamp of its own (the journal
+//! has one). On a terminal or in a file, lines keep their timestamps. Any configured
+//! secret that would appear in a line is replaced by `***` before it is written.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tracing_subscriber::filter::{FilterExt as _, FilterFn, Targets};
+use tracing_subscriber::fmt::{format, FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer;
@@ -76,6 +80,74 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MakeScrubbing {
     }
 }
 
+/// How lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `journald` when stderr is the journal, `text` otherwise.
+    #[default]
+    Auto,
+    /// The sd-daemon priority prefix, no timestamp.
+    Journald,
+    /// A timestamp, the level, the message and its fields.
+    Text,
+}
+
+impl LogFormat {
+    /// What `Auto` means here: whether `JOURNAL_STREAM` ("device:inode") names the
+    /// stream stderr is, as systemd documents for telling the journal from a
+    /// redirection.
+    pub fn resolve(self) -> LogFormat {
+        match self {
+            LogFormat::Auto => match std::env::var("JOURNAL_STREAM") {
+                Ok(v) if stderr_is(&v) => LogFormat::Journald,
+                _ => LogFormat::Text,
+            },
+            other => other,
+        }
+    }
+}
+
+fn stderr_is(journal_stream: &str) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some((dev, ino)) = journal_stream.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.trim().parse::<u64>(), ino.trim().parse::<u64>()) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+/// The sd-daemon prefix of a level (sd-daemon(3)).
+fn priority(level: &tracing::Level) -> u8 {
+    match *level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// A line format with the journal's priority prefix in front.
+struct Prioritized<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for Prioritized<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
 /// For [`init`] without an extra layer.
 pub type NoLayer = tracing_subscriber::layer::Identity;
 
@@ -99,6 +171,14 @@ pub fn init<L>(level: &str, scrubber: Scrubber, extra: Option<L>)
 where
     L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
 {
+    init_as(LogFormat::Auto, level, scrubber, extra)
+}
+
+/// [`init`], with the line format chosen.
+pub fn init_as<L>(format: LogFormat, level: &str, scrubber: Scrubber, extra: Option<L>)
+where
+    L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
     // RUST_LOG as `target=level` pairs (e.g. `edge_agent=debug,warn`); no regular
     // expressions, which keeps the binary (and its memory) smaller.
     // The DDS stack warns about every datagram it cannot route (e.g. no multicast on a
@@ -117,14 +197,15 @@ where
     // DDS stack would be built and then filtered).
     let teardown = FilterFn::new(|m| dds_line_wanted(m.target()))
         .with_max_level_hint(tracing::level_filters::LevelFilter::TRACE);
-    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
-    let ansi = !under_systemd && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let journald = format.resolve() == LogFormat::Journald;
+    let ansi = !journald && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(MakeScrubbing(scrubber))
         .with_ansi(ansi)
         .with_target(false);
-    let fmt = if under_systemd {
-        fmt.without_time().boxed()
+    let fmt = if journald {
+        let lines = format::format().with_target(false).without_time();
+        fmt.event_format(Prioritized(lines)).boxed()
     } else {
         fmt.boxed()
     };
@@ -147,6 +228,24 @@ mod tests {
         quiet_dds_teardown();
         assert!(!dds_line_wanted("rustdds::rtps::dp_event_loop"));
         assert!(dds_line_wanted("edge_agent::agent"));
+    }
+
+    #[test]
+    fn priorities_are_sd_daemon_levels() {
+        assert_eq!(priority(&tracing::Level::ERROR), 3);
+        assert_eq!(priority(&tracing::Level::WARN), 4);
+        assert_eq!(priority(&tracing::Level::INFO), 6);
+        assert_eq!(priority(&tracing::Level::DEBUG), 7);
+        assert_eq!(priority(&tracing::Level::TRACE), 7);
+    }
+
+    #[test]
+    fn journal_stream_must_name_stderr_itself() {
+        assert!(!stderr_is("garbage"));
+        assert!(!stderr_is("1:2"));
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata("/proc/self/fd/2").unwrap();
+        assert!(stderr_is(&format!("{}:{}", m.dev(), m.ino())));
     }
 
     #[test]

@@ -119,3 +119,94 @@ fn ready_after_the_links_watchdog_pings_stopping_on_sigterm() {
         "{last:?}"
     );
 }
+
+/// The agent with stderr going to `log`, `JOURNAL_STREAM` naming that file when
+/// `journal`, and `ROS_DISTRO` set to a name it does not know (one ERROR).
+fn run_logging_to(a: &AgentDir, log: &std::path::Path, journal: bool) -> std::process::Child {
+    use std::os::unix::fs::MetadataExt as _;
+    let f = std::fs::File::create(log).unwrap();
+    let m = f.metadata().unwrap();
+    let mut cmd = support::agent::agent();
+    cmd.args(["run", "--config"])
+        .arg(a.config())
+        .env("RUST_LOG", "info,rustdds=error")
+        .env("ROS_DISTRO", "ardent")
+        .stdout(std::process::Stdio::null())
+        .stderr(f);
+    if journal {
+        cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
+    } else {
+        cmd.env_remove("JOURNAL_STREAM");
+    }
+    cmd.spawn().unwrap()
+}
+
+fn wait_for_line(log: &std::path::Path, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(what) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no '{what}' in:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// When stderr is the journal, every line carries its sd-daemon priority and no
+/// timestamp of its own, so `journalctl -p warning` shows exactly the WARN and ERROR
+/// lines; elsewhere lines keep their timestamps. A clean stop adds no ERROR.
+#[test]
+fn journal_lines_carry_their_priority_and_no_timestamp() {
+    let mut broker = Mosquitto::start(Options::default());
+    let port = broker.port;
+    // No broker: the link warns.
+    broker.stop();
+    let dom = support::domain();
+    let rules = "[[ros_to_mqtt]]\nname = \"c\"\nros_topic = \"/chatter\"\nros_type = \"std_msgs/msg/String\"\nmqtt_topic = \"/t\"\n";
+    let a = AgentDir::new(port, dom.id, rules, "");
+    let stamp = |l: &str| {
+        l.len() > 20
+            && l.as_bytes()[4] == b'-'
+            && l.as_bytes()[10] == b'T'
+            && l[..4].chars().all(|c| c.is_ascii_digit())
+    };
+    for journal in [true, false] {
+        let log = a.path().join(format!("journal-{journal}.log"));
+        let child = run_logging_to(&a, &log, journal);
+        wait_for_line(&log, "leaves the ROS 2 graph alone");
+        wait_for_line(&log, "WARN");
+        signal(&child, "-TERM");
+        let (code, _) = finish(child);
+        assert_eq!(code, Some(0));
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() > 3, "{text}");
+        if journal {
+            for l in &lines {
+                let (prio, rest) = l.split_at(3.min(l.len()));
+                let want = match prio {
+                    "<3>" => "ERROR",
+                    "<4>" => "WARN",
+                    "<6>" => "INFO",
+                    "<7>" => "DEBUG",
+                    _ => panic!("a line without its priority: {l:?}\n{text}"),
+                };
+                assert!(rest.trim_start().starts_with(want), "{l:?}");
+                assert!(!stamp(rest.trim_start()), "a timestamp in {l:?}");
+            }
+            // The only ERROR is the one the graph called for; stopping added none.
+            let errors: Vec<&&str> = lines.iter().filter(|l| l.starts_with("<3>")).collect();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].contains("ROS_DISTRO=ardent"), "{errors:?}");
+            assert!(lines.iter().any(|l| l.starts_with("<4>")), "{text}");
+            assert!(
+                lines.iter().any(|l| l.contains("edge-agent stopped.")),
+                "{text}"
+            );
+        } else {
+            assert!(lines.iter().all(|l| stamp(l)), "{text}");
+            assert!(!text.contains("<6>"), "{text}");
+        }
+    }
+}

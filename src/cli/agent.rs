@@ -15,6 +15,10 @@ pub struct RunArgs {
     /// `config_file` gives it instead.
     #[arg(long, short = 'c', value_name = "FILE", env = "EDGE_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// How log lines are written: `journald` (priority prefix, no timestamp) when
+    /// stderr is the journal, `text` otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub log_format: logging::LogFormat,
 }
 
 pub fn load(path: &std::path::Path) -> Result<Settings, Failure> {
@@ -42,10 +46,16 @@ pub fn run(args: RunArgs, ros: RosArgs) -> Result<(), Failure> {
     let settings = file.validate().map_err(|e| Failure::usage(e.to_string()))?;
     let args = RunArgs {
         config: Some(config),
+        log_format: args.log_format,
     };
     let scrubber = Scrubber::new(&settings.link.secrets);
     let (layer, devlog_rx) = devlog::channel(settings.device_log.info, scrubber.clone());
-    logging::init(&settings.file.log.level, scrubber, Some(layer));
+    logging::init_as(
+        args.log_format,
+        &settings.file.log.level,
+        scrubber,
+        Some(layer),
+    );
     // One worker: the agent's tasks hand messages to each other many times per message,
     // and on one thread that costs a queue push instead of waking another thread.
     // Heavy work (inference, fsync) goes to the blocking pool.
