@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod detect;
 pub mod exit;

@@ -3,6 +3,7 @@
 //! and by the local model, the breaker opening and closing, one update committed and
 //! one rolled back — as its summary says and as a mosquitto_sub on its embedded broker
 //! sees.
+#![cfg(feature = "demo")]
 
 mod support;
 

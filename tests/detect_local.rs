@@ -201,6 +201,7 @@ fn bad_models_and_images_are_refused_with_the_reason() {
     assert!(stderr(&o).contains("bad JPEG"), "{}", stderr(&o));
 }
 
+#[cfg(feature = "demo")]
 #[test]
 fn the_shipped_demo_detector_finds_each_apple_of_the_demo_scene_once() {
     use edge_agent::demo::scene;

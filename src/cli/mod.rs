@@ -2,6 +2,7 @@
 //! code to `main`.
 
 pub mod agent;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod detect;
 pub mod mqtt;
@@ -60,7 +61,15 @@ pub enum Command {
     Detect(detect::DetectArgs),
     /// The whole loop on this machine: an embedded broker, a simulated robot and cloud,
     /// and the agent between them.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
+    /// Not in this build (the robot's build leaves the demo out).
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
 }
 
 /// Where message definitions are looked up, beside `AMENT_PREFIX_PATH` and the bundled ones.
@@ -113,7 +122,13 @@ pub fn run(cli: Cli, ros: rosargs::RosArgs) -> Result<(), Failure> {
         Command::Outbox(cmd) => mqtt::run_outbox(cmd),
         Command::Ota(cmd) => ota::run(cmd),
         Command::Detect(args) => detect::run(args),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => Err(Failure::usage(
+            "this edge-agent was built without the demo (the robot's build leaves it out); \
+             `cargo run -- demo` in a clone of the repository runs it",
+        )),
     }
 }
 
