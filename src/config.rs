@@ -202,14 +202,14 @@ impl AgentConfig {
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "\"\"", "cannot be empty"));
         }
-        let link = self.mqtt.resolve(&self.device)?;
-        let outbox = self.outbox.resolve(&self.state_dir)?;
-        let device_log = self.device_log.resolve(&self.device)?;
         let base = if self.base_dir.as_os_str().is_empty() {
             PathBuf::from(".")
         } else {
             self.base_dir.clone()
         };
+        let link = self.mqtt.resolve(&self.device, &base)?;
+        let outbox = self.outbox.resolve(&self.state_dir)?;
+        let device_log = self.device_log.resolve(&self.device)?;
         let ros = self.ros.resolve(&base, self.source.as_deref())?;
         let registry = Registry::standard(&ros.interfaces).map_err(|e| {
             invalid(
@@ -260,6 +260,7 @@ impl AgentConfig {
         if let Some(ca) = &ota_cfg.ca_file {
             ota_cfg.ca_file = Some(base.join(ca));
         }
+        ota_cfg.public_key = ota_cfg.public_key.map(|k| k.rooted(&base));
         let mut ota = ota_cfg.resolve(&self.state_dir, &self.device)?;
         ota.onnx = self.onnx.clone();
         if let Some(lib) = &self.onnx.library {

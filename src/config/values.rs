@@ -131,7 +131,8 @@ pub enum SecretSource {
     Inline(String),
     /// `{ env = "NAME" }`: read from an environment variable at start.
     Env { env: String },
-    /// `{ file = "/path" }`: the file's content, surrounding blanks removed.
+    /// `{ file = "/path" }`: the file's content, surrounding blanks removed. A relative
+    /// path is relative to the configuration file's folder.
     File { file: PathBuf },
 }
 
@@ -146,16 +147,30 @@ impl fmt::Debug for SecretSource {
 }
 
 impl SecretSource {
-    /// Reads the secret. The error says where it looked, never what it found.
-    pub fn resolve(&self) -> Result<Secret, String> {
+    /// The same source, a relative file taken from `base`.
+    pub fn rooted(&self, base: &std::path::Path) -> Self {
+        match self {
+            SecretSource::File { file } => SecretSource::File {
+                file: base.join(file),
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// Reads the secret; a relative file is looked up in `base` (the configuration
+    /// file's folder). The error says where it looked, never what it found.
+    pub fn resolve(&self, base: &std::path::Path) -> Result<Secret, String> {
         match self {
             SecretSource::Inline(s) => Ok(Secret(s.clone())),
             SecretSource::Env { env } => std::env::var(env)
                 .map(Secret)
                 .map_err(|_| format!("environment variable {env} is not set")),
-            SecretSource::File { file } => std::fs::read_to_string(file)
-                .map(|s| Secret(s.trim().to_owned()))
-                .map_err(|e| format!("cannot read {}: {e}", file.display())),
+            SecretSource::File { file } => {
+                let file = base.join(file);
+                std::fs::read_to_string(&file)
+                    .map(|s| Secret(s.trim().to_owned()))
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))
+            }
         }
     }
 }

@@ -146,6 +146,23 @@ pub struct TlsConfig {
     pub alpn: Vec<String>,
 }
 
+impl TlsConfig {
+    /// With relative files taken from `base`.
+    pub fn rooted(mut self, base: &std::path::Path) -> Self {
+        for f in [
+            &mut self.ca_file,
+            &mut self.client_cert_file,
+            &mut self.client_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *f = base.join(&*f);
+        }
+        self
+    }
+}
+
 /// `[mqtt.aliyun]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,8 +359,13 @@ pub fn device_topic(
 }
 
 impl MqttConfig {
-    /// Checks every key and resolves secrets and certificates.
-    pub fn resolve(&self, device: &DeviceConfig) -> Result<LinkSettings, ConfigError> {
+    /// Checks every key and resolves secrets and certificates (relative files in `base`,
+    /// the configuration file's folder).
+    pub fn resolve(
+        &self,
+        device: &DeviceConfig,
+        base: &std::path::Path,
+    ) -> Result<LinkSettings, ConfigError> {
         let ka = self.keep_alive.0;
         let (ka_min, ka_max) = if self.profile == Profile::Aliyun {
             (Duration::from_secs(30), Duration::from_secs(1200))
@@ -419,7 +441,7 @@ impl MqttConfig {
         let password = match &self.password {
             Some(src) => {
                 let s = src
-                    .resolve()
+                    .resolve(base)
                     .map_err(|e| invalid("mqtt.password", format!("{src:?}"), e))?;
                 secrets.push(s.expose().to_owned());
                 Some(s)
@@ -467,7 +489,7 @@ impl MqttConfig {
                 let host = self.host.clone().ok_or_else(|| {
                     invalid("mqtt.host", "(missing)", "is required for the tls profile")
                 })?;
-                let tls_cfg = self.tls.clone().unwrap_or_default();
+                let tls_cfg = self.tls.clone().unwrap_or_default().rooted(base);
                 let config = tls::client_config(&tls_cfg)?;
                 let auth = Auth::static_login(client_id, self.username.clone(), password);
                 (host, self.port.unwrap_or(8883), auth, Some(config))
@@ -499,7 +521,7 @@ impl MqttConfig {
                         "set mqtt.aliyun.region (public instance) or mqtt.aliyun.instance_endpoint",
                     )),
                 };
-                let secret = a.device_secret.resolve().map_err(|e| {
+                let secret = a.device_secret.resolve(base).map_err(|e| {
                     invalid(
                         "mqtt.aliyun.device_secret",
                         format!("{:?}", a.device_secret),
@@ -508,7 +530,9 @@ impl MqttConfig {
                 })?;
                 secrets.push(secret.expose().to_owned());
                 let tls_config = if a.tls {
-                    Some(tls::client_config(&self.tls.clone().unwrap_or_default())?)
+                    Some(tls::client_config(
+                        &self.tls.clone().unwrap_or_default().rooted(base),
+                    )?)
                 } else {
                     None
                 };

@@ -165,8 +165,9 @@ impl OtaConfig {
         let public_key = match &self.public_key {
             None => None,
             Some(src) => {
+                // Relative files were rooted at the configuration's folder by the caller.
                 let text = src
-                    .resolve()
+                    .resolve(Path::new(""))
                     .map_err(|e| invalid("ota.public_key", format!("{src:?}"), e))?;
                 let bytes = super::package::decode_b64_or_hex(text.expose()).ok_or_else(|| {
                     invalid(
