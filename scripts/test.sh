@@ -12,11 +12,14 @@ cargo fmt --all --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --locked --features failpoints -- -D warnings
+cargo clippy --all-targets --locked --no-default-features -- -D warnings
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "== installing cargo-nextest"
     cargo install --locked cargo-nextest
 fi
+echo "== the Debian package (the quick deb-check profile; scripts/build-deb.sh builds the release one)"
+scripts/build-deb.sh --profile deb-check
 echo "== doc tests"
 cargo test --locked --doc
 echo "== tests"

@@ -20,10 +20,7 @@ fn the_unit_passes_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let unit = std::fs::read_to_string(support::repo().join("systemd/edge-agent.service")).unwrap();
     // The same unit, pointing at the binary under test.
-    let unit = unit.replace(
-        "/usr/local/bin/edge-agent",
-        env!("CARGO_BIN_EXE_edge-agent"),
-    );
+    let unit = unit.replace("/usr/bin/edge-agent", env!("CARGO_BIN_EXE_edge-agent"));
     let path = dir.path().join("edge-agent.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new(analyze)

@@ -89,20 +89,25 @@ impl RosArgs {
         for f in self.params_files.iter().rev() {
             let text = std::fs::read_to_string(f)
                 .map_err(|e| format!("cannot read --params-file {}: {e}", f.display()))?;
-            let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+            let docs = yaml_rust2::YamlLoader::load_from_str(&text)
                 .map_err(|e| format!("--params-file {} is not YAML: {e}", f.display()))?;
             // { <node or /**>: { ros__parameters: { name: value } } }
-            if let serde_yaml::Value::Mapping(nodes) = doc {
-                for (_, node) in nodes {
-                    if let Some(v) = node.get("ros__parameters").and_then(|p| p.get(name)) {
-                        return Ok(Some(match v {
-                            serde_yaml::Value::String(s) => s.clone(),
-                            other => serde_yaml::to_string(other)
-                                .unwrap_or_default()
-                                .trim()
-                                .to_owned(),
-                        }));
-                    }
+            for doc in &docs {
+                let Some(nodes) = doc.as_hash() else { continue };
+                for node in nodes.values() {
+                    let v = &node["ros__parameters"][name];
+                    let text = match v {
+                        yaml_rust2::Yaml::String(s) | yaml_rust2::Yaml::Real(s) => s.clone(),
+                        yaml_rust2::Yaml::Integer(i) => i.to_string(),
+                        yaml_rust2::Yaml::Boolean(b) => b.to_string(),
+                        yaml_rust2::Yaml::BadValue | yaml_rust2::Yaml::Null => continue,
+                        other => {
+                            let mut out = String::new();
+                            let _ = yaml_rust2::YamlEmitter::new(&mut out).dump(other);
+                            out.trim_start_matches("---").trim().to_owned()
+                        }
+                    };
+                    return Ok(Some(text));
                 }
             }
         }

@@ -323,15 +323,37 @@ mod tests {
     fn secrets_do_not_print() {
         let s = SecretSource::Inline("hunter2".into());
         assert!(!format!("{s:?}").contains("hunter2"));
-        assert_eq!(format!("{:?}", s.resolve().unwrap()), "***");
+        assert_eq!(
+            format!("{:?}", s.resolve(std::path::Path::new("/")).unwrap()),
+            "***"
+        );
         let e = SecretSource::Env {
             env: "EDGE_AGENT_SURELY_UNSET_VAR".into(),
         }
-        .resolve()
+        .resolve(std::path::Path::new("/"))
         .unwrap_err();
         assert_eq!(
             e,
             "environment variable EDGE_AGENT_SURELY_UNSET_VAR is not set"
         );
+    }
+
+    #[test]
+    fn a_relative_secret_file_is_read_beside_the_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("device-secret"), " s3cr3t\n").unwrap();
+        let s = SecretSource::File {
+            file: "device-secret".into(),
+        };
+        assert_eq!(s.resolve(dir.path()).unwrap().expose(), "s3cr3t");
+        assert_eq!(
+            s.rooted(dir.path())
+                .resolve(std::path::Path::new("/x"))
+                .unwrap()
+                .expose(),
+            "s3cr3t"
+        );
+        let e = s.resolve(std::path::Path::new("/nonexistent")).unwrap_err();
+        assert!(e.contains("/nonexistent/device-secret"), "{e}");
     }
 }

@@ -308,6 +308,8 @@ impl DdsTransport {
                 true,
             )?;
             let p = p.clone();
+            let dp = self.dp.clone();
+            let reply_topic = format!("rr{fq}Reply");
             self.spawn(async move {
                 let stream = reader.as_async_stream();
                 futures::pin_mut!(stream);
@@ -319,6 +321,9 @@ impl DdsTransport {
                     };
                     match p.answer(short, &req.cdr) {
                         Ok(reply) => {
+                            if !service::wait_for_reader(&dp, &reply_topic, req.reader).await {
+                                tracing::debug!(service = short, "The client's reply reader is not discovered; replying anyway.");
+                            }
                             if let Err(e) = service::send_reply(&writer, &req.reply_to, &reply) {
                                 tracing::debug!(service = short, error = %e, "Cannot answer a parameter request.");
                             }

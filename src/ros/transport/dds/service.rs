@@ -46,6 +46,26 @@ pub enum ReplyTo {
 pub struct Request {
     pub cdr: Bytes,
     pub reply_to: ReplyTo,
+    /// The client's reply reader: exactly, when the request names it (rmw_fastrtps),
+    /// else any reader of the client's participant (its request writer's GUID).
+    pub reader: ReaderOf,
+}
+
+/// Who must have been discovered before a reply can reach them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderOf {
+    Exactly(GUID),
+    Participant(GUID),
+}
+
+impl ReaderOf {
+    /// Whether `reader` (a discovered reader's GUID) is the one.
+    pub fn is(&self, reader: GUID) -> bool {
+        match self {
+            ReaderOf::Exactly(g) => reader == *g,
+            ReaderOf::Participant(g) => reader.to_bytes()[..12] == g.to_bytes()[..12],
+        }
+    }
 }
 
 /// Splits a request sample into the message and its reply address.
@@ -54,10 +74,10 @@ pub fn unwrap_request(dcc: &DeserializedCacheChange<RawSample>) -> Option<Reques
     match dcc.write_options.related_sample_identity() {
         Some(related) => {
             // The client's reply reader, when it named one; the request's writer if not.
-            let writer_guid = if related.writer_guid == GUID::GUID_UNKNOWN {
-                dcc.writer_guid
+            let (writer_guid, reader) = if related.writer_guid == GUID::GUID_UNKNOWN {
+                (dcc.writer_guid, ReaderOf::Participant(dcc.writer_guid))
             } else {
-                related.writer_guid
+                (related.writer_guid, ReaderOf::Exactly(related.writer_guid))
             };
             Some(Request {
                 cdr: cdr.clone(),
@@ -65,6 +85,7 @@ pub fn unwrap_request(dcc: &DeserializedCacheChange<RawSample>) -> Option<Reques
                     writer_guid,
                     sequence_number: dcc.sequence_number,
                 }),
+                reader,
             })
         }
         None => {
@@ -72,6 +93,7 @@ pub fn unwrap_request(dcc: &DeserializedCacheChange<RawSample>) -> Option<Reques
             Some(Request {
                 cdr: splice(&cdr[..4], &cdr[4 + CYCLONE_HEADER..]),
                 reply_to: ReplyTo::Header(header),
+                reader: ReaderOf::Participant(dcc.writer_guid),
             })
         }
     }
@@ -93,6 +115,35 @@ fn with_header(cdr: &Bytes, header: &[u8; CYCLONE_HEADER]) -> Bytes {
     v.extend_from_slice(header);
     v.extend_from_slice(&cdr[split..]);
     Bytes::from(v)
+}
+
+/// How long a reply waits for the client's reply reader to be discovered: a reply
+/// written before it is matched is lost (the writer is volatile), and a client that saw
+/// the service first may ask before this side has seen its reader. rmw servers wait
+/// the same way.
+pub const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits until `dp` has discovered the client's reader on `reply_topic` (a DDS topic
+/// name), or [`READER_WAIT`] has passed; false in that case.
+pub async fn wait_for_reader(
+    dp: &rustdds::DomainParticipant,
+    reply_topic: &str,
+    reader: ReaderOf,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + READER_WAIT;
+    loop {
+        let found = dp.discovered_readers().iter().any(|r| {
+            r.subscription_topic_data.topic_name() == reply_topic
+                && reader.is(r.reader_proxy.remote_reader_guid)
+        });
+        if found {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Writes a reply (`cdr`: the response message, header included).
