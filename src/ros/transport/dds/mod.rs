@@ -183,6 +183,19 @@ fn cache_footprint(sample_len: usize, depth: usize) -> Option<(usize, usize)> {
     (bytes >= 16 << 20).then_some((kept, bytes))
 }
 
+/// Whether DDS is limited to loopback addresses while the loopback interface has
+/// multicast off (Linux's default): RustDDS then announces the participant by unicast
+/// only, and a peer that listens for announcements by multicast alone (Cyclone DDS, as
+/// ROS 2 nodes run it with ROS_LOCALHOST_ONLY) finds the agent only when it repeats
+/// its own announcement, seconds later. `flags` is /sys/class/net/lo/flags.
+fn loopback_without_multicast(only: &[IpAddr], flags: Option<&str>) -> bool {
+    const IFF_MULTICAST: u32 = 0x1000;
+    let multicast = flags
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & IFF_MULTICAST != 0);
+    !only.is_empty() && only.iter().all(IpAddr::is_loopback) && !multicast
+}
+
 /// Services: reliable, volatile, the last 10 (rmw's default for services).
 fn service_qos() -> QosPolicies {
     to_qos(Qos::ros_default())
@@ -192,6 +205,10 @@ impl DdsTransport {
     /// Joins the domain and starts the node. Needs a tokio runtime.
     pub fn start(opts: &DdsOptions) -> Result<Self, TransportError> {
         let start = |e: String| TransportError::Start(e);
+        let lo_flags = std::fs::read_to_string("/sys/class/net/lo/flags").ok();
+        if loopback_without_multicast(&opts.only_networks, lo_flags.as_deref()) {
+            tracing::warn!("DDS is limited to the loopback interface, which has multicast off: nodes on Cyclone DDS find the agent only when they repeat their announcement, seconds from now. `ip link set lo multicast on` (as root) makes discovery immediate; docs/bridge.md says how to make it stick.");
+        }
         let mut builder = rustdds::DomainParticipantBuilder::new(opts.domain_id);
         if !opts.only_networks.is_empty() {
             builder = builder.with_only_networks(opts.only_networks.clone());
@@ -656,6 +673,18 @@ mod tests {
         assert!(r("/", "9lives").is_err());
         assert!(r("/", "a/").is_err());
         assert!(r("/", "{node}/x").is_err());
+    }
+
+    #[test]
+    fn loopback_only_without_multicast_is_recognised() {
+        let lo: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap()];
+        let eth: Vec<IpAddr> = vec!["192.168.1.20".parse().unwrap()];
+        // Linux's lo: UP, LOOPBACK, RUNNING (0x49); with multicast on: 0x1049.
+        assert!(loopback_without_multicast(&lo, Some("0x49\n")));
+        assert!(!loopback_without_multicast(&lo, Some("0x1049\n")));
+        assert!(!loopback_without_multicast(&eth, Some("0x49")));
+        assert!(!loopback_without_multicast(&[], Some("0x49")));
+        assert!(loopback_without_multicast(&lo, None));
     }
 
     #[test]
