@@ -58,11 +58,29 @@ impl Write for ScrubbingWriter {
     }
 }
 
+/// A progress bar on the terminal (`edge-agent ota install`): log lines are written
+/// above it instead of through it.
+static PROGRESS_BAR: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+
+/// Log lines go above `bar` until it is taken away (`None`).
+pub fn set_progress_bar(bar: Option<indicatif::ProgressBar>) {
+    if let Ok(mut b) = PROGRESS_BAR.lock() {
+        *b = bar;
+    }
+}
+
 impl Drop for ScrubbingWriter {
     fn drop(&mut self) {
         let text = String::from_utf8_lossy(&self.buf);
         let clean = self.scrubber.scrub(&text);
-        let _ = std::io::stderr().lock().write_all(clean.as_bytes());
+        let write = || {
+            let _ = std::io::stderr().lock().write_all(clean.as_bytes());
+        };
+        let bar = PROGRESS_BAR.lock().ok().and_then(|b| b.clone());
+        match bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
     }
 }
 

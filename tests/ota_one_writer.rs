@@ -318,7 +318,19 @@ fn cli_agent_and_cli_racing_take_turns_and_the_refused_are_told_who_has_the_slot
         "{}",
         stderr(&o)
     );
+    // A push while the agent's own job runs is answered too, and asked for again after.
+    let gets_before = payloads(&sys.snapshot(), GET).len();
+    let v4 = make_package(www.path(), "4.0.0", &files("v4", true), None, None);
+    publish(mq.port, UPGRADE, &push(&srv, &v4, 1903), &["-q", "1"]);
+    dev.wait_for("the refusal of the push during the agent's job", T, |l| {
+        descs(l)
+            .iter()
+            .any(|(step, d)| *step == -1 && d.contains("another update is under way"))
+    });
     srv.control("rate?bps=0");
+    sys.wait_for("a new firmware/get after the agent's job", T, |l| {
+        payloads(l, GET).len() > gets_before
+    });
     dev.wait_for("3.0.0 installed by the agent", T, |l| informed(l, "3.0.0"));
     let st = status(&ota_dir);
     assert_eq!(st["committed"]["version"], "3.0.0", "{st}");

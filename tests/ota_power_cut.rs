@@ -38,6 +38,63 @@ fn noise(seed: u64, size: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Complete packages and kept URLs in the store's downloads/.
+fn leftover_packages(state: &Path) -> Vec<String> {
+    std::fs::read_dir(state.join("downloads"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".pkg") || n.ends_with(".source"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_cut_between_the_commit_and_the_clean_up_leaves_no_package_behind() {
+    if !cfg!(feature = "failpoints") {
+        panic!("this test needs crash points: run it with `cargo nextest run --features failpoints` (scripts/test.sh does)");
+    }
+    let www = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let p = make_package(
+        www.path(),
+        "1.0.0",
+        &[("m/w.bin", noise(7, 5000))],
+        None,
+        None,
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["ota", "install"])
+        .arg(&p.package)
+        .args(["--yes", "--state-dir"])
+        .arg(state.path())
+        .env(
+            "EDGE_AGENT_CRASH_AT_POINT",
+            "confirm: committed, package not removed",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "the crash point was not reached: {}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("confirm: committed, package not removed"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !leftover_packages(state.path()).is_empty(),
+        "the cut came after the clean-up"
+    );
+    let o = ota(&["recover", "--state-dir", state.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(leftover_packages(state.path()), Vec::<String>::new());
+    assert_eq!(status(state.path())["journal"]["state"], "committed");
+}
+
 #[test]
 fn a_power_cut_at_any_point_leaves_a_complete_slot() {
     if !cfg!(feature = "failpoints") {
@@ -183,6 +240,13 @@ fn a_power_cut_at_any_point_leaves_a_complete_slot() {
                 );
                 assert_eq!(s["committed"]["slot"], s["active"], "{cut_at}: {s}");
             }
+        }
+        if phase != "switched-pending-confirm" {
+            let left = leftover_packages(&state);
+            assert!(
+                left.is_empty(),
+                "{cut_at}: {phase} but downloads/ holds {left:?}"
+            );
         }
         *outcomes.entry(phase).or_default() += 1;
         let _ = std::fs::remove_dir_all(&state);

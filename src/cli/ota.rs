@@ -44,6 +44,10 @@ pub enum OtaCommand {
         /// Detached signature (base64); `<package>.sig` is used when absent.
         #[arg(long)]
         signature: Option<String>,
+        /// The public key packages must be signed with (base64 or hex, or a file holding
+        /// it), for `--state-dir`; with `--config`, `ota.public_key` applies.
+        #[arg(long, value_name = "KEY-OR-FILE", conflicts_with = "config")]
+        public_key: Option<String>,
         /// The version (read from the package when it is a file).
         #[arg(long)]
         version: Option<String>,
@@ -238,12 +242,25 @@ pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
             package: pkg,
             sha256,
             signature,
+            public_key,
             version,
             yes,
             force,
             no_confirm,
             at,
-        } => install(pkg, sha256, signature, version, yes, force, no_confirm, &at),
+        } => install(
+            pkg,
+            sha256,
+            Signing {
+                signature,
+                public_key,
+            },
+            version,
+            yes,
+            force,
+            no_confirm,
+            &at,
+        ),
         OtaCommand::Pack {
             dir,
             version,
@@ -316,11 +333,59 @@ fn read_seed(path: &Path) -> Result<[u8; 32], Failure> {
         .map_err(|_| Failure::usage(format!("{} is not a 32-byte ed25519 key", path.display())))
 }
 
+/// What `install` is told about signatures.
+struct Signing {
+    signature: Option<String>,
+    public_key: Option<String>,
+}
+
+/// `--public-key`: the key itself, or a file holding it.
+fn read_public_key(text: &str) -> Result<[u8; 32], Failure> {
+    let value = match std::fs::read_to_string(text) {
+        Ok(t) => t,
+        Err(_) => text.to_owned(),
+    };
+    package::decode_b64_or_hex(&value)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "--public-key {text:?} is neither an ed25519 public key (32 bytes, base64 or hex) nor a file holding one"
+            ))
+        })
+}
+
+/// The package hash from `<url>.sha256` (as `ota pack` writes it beside the package),
+/// for an install from a URL without `--sha256`.
+fn hash_beside(inst: &mut Installer, url: &str) -> Result<String, Failure> {
+    let sha_url = crate::ota::download::sibling_url(url, ".sha256");
+    let refuse = |why: String| {
+        Failure::usage(format!(
+            "give --sha256 HASH for a package URL: {why}, so the download could not be checked"
+        ))
+    };
+    let http = inst.http().map_err(|e| refuse(e.to_string()))?;
+    let text = runtime()?
+        .block_on(crate::ota::download::fetch_text(&http, &sha_url))
+        .map_err(|e| refuse(format!("no hash beside it ({e})")))?;
+    let hash = text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(refuse(format!(
+            "{} does not hold a SHA-256",
+            crate::ota::download::redact_url(&sha_url)
+        )));
+    }
+    Ok(hash)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn install(
     pkg: String,
     sha256: Option<String>,
-    signature: Option<String>,
+    signing: Signing,
     version: Option<String>,
     yes: bool,
     force: bool,
@@ -339,13 +404,36 @@ fn install(
         (None, Some(p)) => peek_manifest(p)?.version,
         (None, None) => return Err(Failure::usage("give --version for a package URL")),
     };
+    let public_key = match &signing.public_key {
+        Some(k) => Some(read_public_key(k)?),
+        None => None,
+    };
     let mut inst = open_locked(at)?;
+    if let Some(k) = public_key {
+        inst.settings.public_key = Some(k);
+    }
     if let Recovery::RolledBack(r) = inst
         .recover()
         .map_err(|e| Failure::internal(e.to_string()))?
     {
         eprintln!("note: an earlier update was rolled back: {r}");
     }
+    // A URL without a hash: the one beside it, or a refusal before anything is fetched.
+    let sha256 = match sha256 {
+        Some(h) => Some(h),
+        None if remote => Some(hash_beside(&mut inst, &pkg)?),
+        None => None,
+    };
+    if let Some(p) = &local {
+        let sig = PathBuf::from(format!("{}.sig", p.display()));
+        if inst.settings.public_key.is_none() && sig.exists() {
+            eprintln!(
+                "note: {} is not checked: no public key is configured (give --public-key, or set ota.public_key)",
+                sig.display()
+            );
+        }
+    }
+    let signature = signing.signature;
     let job = Job {
         origin: Origin::Cli,
         module: inst.settings.module.clone(),
@@ -363,7 +451,8 @@ fn install(
     };
     // The same package again takes up the interrupted job; different details (a new
     // hash or signature for the same URL) replace it.
-    let same = |j: &Job| j.url == job.url && j.version == job.version;
+    let shown = crate::ota::download::redact_url;
+    let same = |j: &Job| shown(&j.url) == shown(&job.url) && j.version == job.version;
     let mut resuming = inst.journal.phase.busy() && inst.journal.phase.job().is_some_and(same);
     if resuming {
         let differs = inst.journal.phase.job().is_some_and(|o| {
@@ -383,7 +472,7 @@ fn install(
     };
     if !resuming {
         if let Err(reason) = inst.admit(&job) {
-            return Err(Failure::usage(format!(
+            return Err(Failure::data(format!(
                 "not installing: {reason} (use --force to override)"
             )));
         }
@@ -408,7 +497,7 @@ fn install(
             "Install {} {} from {} into slot {slot}{}? [y/N] ",
             job.module,
             job.version,
-            job.url,
+            shown(&job.url),
             inst.current_version()
                 .map(|v| format!(" (installed: {v})"))
                 .unwrap_or_default()
@@ -436,19 +525,28 @@ fn install(
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let token = tokio_util::sync::CancellationToken::new();
+    crate::logging::set_progress_bar(Some(bar.clone()));
+    let again = format!("edge-agent ota install {}", shown(&pkg));
     let result = runtime()?.block_on(async {
         let run = inst.install(job, !no_confirm, &token);
         tokio::pin!(run);
+        let mut stopping = false;
         loop {
             tokio::select! {
                 r = &mut run => break r,
                 Some(e) = rx.recv() => show(&bar, &e),
+                _ = tokio::signal::ctrl_c(), if !stopping => {
+                    stopping = true;
+                    token.cancel();
+                    bar.println("Stopping. A download stops here and resumes where it stopped when the same install is run again; a step under way on the slot finishes first.");
+                }
             }
         }
     });
     while let Ok(e) = rx.try_recv() {
         show(&bar, &e);
     }
+    crate::logging::set_progress_bar(None);
     bar.finish_and_clear();
     let phase = result.map_err(|e| Failure::usage(e.to_string()))?;
     print_json(&inst.status_json());
@@ -457,6 +555,12 @@ fn install(
         Phase::Failed { reason, .. } | Phase::RolledBack { reason, .. } => {
             Err(Failure::data(format!("update not installed: {reason}")))
         }
+        Phase::Downloading { .. } => Err(Failure {
+            code: exit::TEMPFAIL,
+            message: format!(
+                "stopped while downloading; what was downloaded is kept, and `{again} …` with the same arguments resumes it"
+            ),
+        }),
         other => Err(Failure::internal(format!(
             "update stopped in state {}",
             other.name()

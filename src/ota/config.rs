@@ -43,8 +43,13 @@ pub struct OtaConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_max_package")]
     pub max_package_bytes: ByteSize,
+    /// The most a package may expand to; less when the package is small (see
+    /// `max_expansion`) or the state folder's disk has less room.
     #[serde(default = "default_max_extracted")]
     pub max_extracted_bytes: ByteSize,
+    /// A package may expand to at most this many times its own size (plus 1 MiB).
+    #[serde(default = "default_max_expansion")]
+    pub max_expansion: u64,
     #[serde(default = "default_max_files")]
     pub max_files: u64,
     #[serde(default = "default_retries")]
@@ -83,6 +88,9 @@ const fn default_max_package() -> ByteSize {
 }
 const fn default_max_extracted() -> ByteSize {
     ByteSize(2 * 1024 * 1024 * 1024)
+}
+const fn default_max_expansion() -> u64 {
+    50
 }
 const fn default_max_files() -> u64 {
     10_000
@@ -130,6 +138,7 @@ pub struct OtaSettings {
     pub ca_file: Option<PathBuf>,
     pub max_package_bytes: u64,
     pub max_extracted_bytes: u64,
+    pub max_expansion: u64,
     pub max_files: u64,
     pub download_retries: u32,
     pub stall_timeout: Duration,
@@ -235,6 +244,15 @@ impl OtaConfig {
             ca_file: self.ca_file.clone(),
             max_package_bytes: self.max_package_bytes.0,
             max_extracted_bytes: self.max_extracted_bytes.0,
+            max_expansion: if self.max_expansion >= 1 {
+                self.max_expansion
+            } else {
+                return Err(invalid(
+                    "ota.max_expansion",
+                    self.max_expansion.to_string(),
+                    "must be at least 1",
+                ));
+            },
             max_files: self.max_files,
             download_retries: self.download_retries,
             stall_timeout: self.stall_timeout.0,

@@ -2,6 +2,12 @@
 //! connection and after an agent restart (only if the server's size and validator did
 //! not change), bounded retries with backoff, no retry on 4xx, a stall timeout, an
 //! optional bandwidth cap, and HTTPS unless configured otherwise.
+//!
+//! An attempt that brought data ([`PROGRESS`] or more) gives back the whole retry
+//! budget: on a link that drops every few megabytes the download goes on for as long as
+//! it keeps advancing. URLs appear in messages and files without their query string
+//! and user information ([`redact_url`]): presigned OSS/S3 URLs carry their
+//! credentials there.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -39,7 +45,90 @@ pub enum DownloadError {
     Stopped,
 }
 
-/// What is known about a partial download, saved beside it for resuming.
+/// An attempt that brought at least this much resets the retry budget and backoff.
+pub const PROGRESS: u64 = 64 * 1024;
+
+/// A URL as it may be shown, logged, reported or written down: without user
+/// information, query string (tokens and signatures of presigned URLs) or fragment.
+pub fn redact_url(url: &str) -> String {
+    let cut = url.find(['?', '#']).unwrap_or(url.len());
+    let base = &url[..cut];
+    let hidden = if cut < url.len() { "?…" } else { "" };
+    match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            format!("{scheme}://{host}{path}{hidden}")
+        }
+        None => format!("{base}{hidden}"),
+    }
+}
+
+/// The URL of a file beside `url`'s: `suffix` appended to its path, before any query
+/// string (`pkg.tar.gz?x` -> `pkg.tar.gz.sig?x`).
+pub fn sibling_url(url: &str, suffix: &str) -> String {
+    let cut = url.find(['?', '#']).unwrap_or(url.len());
+    format!("{}{suffix}{}", &url[..cut], &url[cut..])
+}
+
+/// A small text file (a signature, a hash) from `url`: a local path or file:// URL, or
+/// HTTP(S). Errors name the URL redacted.
+pub async fn fetch_text(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    if let Some(path) = url
+        .strip_prefix("file://")
+        .or_else(|| (!url.contains("://")).then_some(url))
+    {
+        return std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"));
+    }
+    let shown = redact_url(url);
+    let r = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{shown}: {}", describe(e)))?;
+    if !r.status().is_success() {
+        return Err(format!("{shown} answered {}", r.status().as_u16()));
+    }
+    let body = r
+        .bytes()
+        .await
+        .map_err(|e| format!("{shown}: {}", describe(e)))?;
+    if body.len() > 64 * 1024 {
+        return Err(format!(
+            "{shown} is {} bytes, too long for a signature or hash",
+            body.len()
+        ));
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| format!("{shown} is not text"))
+}
+
+/// A reqwest error as a sentence: its causes, without the URL (which may carry a
+/// token).
+pub fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text = format!("{text}: {t}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn mb(bytes: u64) -> String {
+    if bytes >= 1_000_000 {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// What is known about a partial download, saved beside it for resuming. The URL is
+/// kept redacted: a new presigned URL for the same file still resumes (the server's
+/// ETag or Last-Modified decides whether the bytes are the same).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct PartInfo {
     url: String,
@@ -106,19 +195,28 @@ pub async fn download(
         .strip_prefix("file://")
         .or_else(|| (!url.contains("://")).then_some(url))
     {
-        // A local file (`ota install ./pkg.tar.gz`): copy it.
+        // A local file (`ota install ./pkg.tar.gz`): copy it, durably (a power cut must
+        // not leave a package that passes for complete).
         let n = std::fs::copy(path, dest).map_err(|e| io(Path::new(path), e))?;
+        std::fs::File::open(dest)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io(dest, e))?;
+        if let Some(dir) = dest.parent() {
+            super::store::sync_dir(dir)
+                .map_err(|e| DownloadError::Io(dir.display().to_string(), e.source))?;
+        }
         progress(n, Some(n));
         return Ok(n);
     }
+    let shown = redact_url(url);
     if url.starts_with("http://") && !settings.allow_http {
         return Err(DownloadError::Refused(format!(
-            "{url} is plain HTTP; use HTTPS, or set ota.allow_http = true for a trusted network"
+            "{shown} is plain HTTP; use HTTPS, or set ota.allow_http = true for a trusted network"
         )));
     }
     if !url.starts_with("https://") && !url.starts_with("http://") {
         return Err(DownloadError::Refused(format!(
-            "'{url}' is not an http(s) URL or a file"
+            "'{shown}' is not an http(s) URL or a file"
         )));
     }
     let part = dest.with_extension("part");
@@ -126,45 +224,57 @@ pub async fn download(
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    if info.url != url {
-        // A partial file of another URL is no use.
+    if info.url != shown {
+        // A partial file of another file is no use.
         let _ = std::fs::remove_file(&part);
         info = PartInfo {
-            url: url.to_owned(),
+            url: shown.clone(),
             ..PartInfo::default()
         };
     }
-    let mut attempt = 0u32;
+    // Attempts in a row that brought (almost) nothing; the backoff grows with them.
+    let mut failures = 0u32;
+    let mut attempts = 0u32;
     let mut last_error = String::new();
     loop {
         if cancel.is_cancelled() {
             return Err(DownloadError::Stopped);
         }
-        if attempt > settings.retries {
+        if failures > settings.retries {
             return Err(DownloadError::GaveUp {
-                attempts: attempt,
+                attempts,
                 last: last_error,
             });
         }
-        if attempt > 0 {
+        if attempts > 0 {
             let wait =
-                Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6)).min(30_000));
+                Duration::from_millis(500u64.saturating_mul(1 << failures.min(6)).min(30_000));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = cancel.cancelled() => return Err(DownloadError::Stopped),
             }
         }
-        attempt += 1;
+        attempts += 1;
         match attempt_once(http, url, &part, &mut info, settings, progress, cancel).await {
             Ok(n) => {
                 std::fs::rename(&part, dest).map_err(|e| io(dest, e))?;
                 let _ = std::fs::remove_file(info_path(&part));
+                // The rename is durable only once the folder is.
+                if let Some(dir) = dest.parent() {
+                    super::store::sync_dir(dir)
+                        .map_err(|e| DownloadError::Io(dir.display().to_string(), e.source))?;
+                }
                 return Ok(n);
             }
             Err(Attempt::Fatal(e)) => return Err(e),
-            Err(Attempt::Retry(e)) => {
-                tracing::debug!(attempt, error = %e, "Download interrupted; resuming.");
-                last_error = e;
+            Err(Attempt::Retry { reason, progressed }) => {
+                if progressed >= PROGRESS {
+                    failures = 0;
+                } else {
+                    failures += 1;
+                }
+                tracing::debug!(attempts, failures, error = %reason, "Download interrupted; resuming.");
+                last_error = reason;
             }
         }
     }
@@ -172,7 +282,18 @@ pub async fn download(
 
 enum Attempt {
     Fatal(DownloadError),
-    Retry(String),
+    /// Worth another attempt; `progressed` bytes came in this one.
+    Retry {
+        reason: String,
+        progressed: u64,
+    },
+}
+
+fn retry(reason: impl Into<String>) -> Attempt {
+    Attempt::Retry {
+        reason: reason.into(),
+        progressed: 0,
+    }
 }
 
 async fn attempt_once(
@@ -197,16 +318,16 @@ async fn attempt_once(
     let resp = req
         .send()
         .await
-        .map_err(|e| Attempt::Retry(e.to_string()))?;
+        .map_err(|e| retry(format!("cannot reach the server: {}", describe(e))))?;
     let status = resp.status().as_u16();
     if (400..500).contains(&status) && status != 408 && status != 429 {
         return Err(Attempt::Fatal(DownloadError::Status {
             status,
-            url: url.to_owned(),
+            url: redact_url(url),
         }));
     }
     if !(200..300).contains(&status) {
-        return Err(Attempt::Retry(format!("server answered {status}")));
+        return Err(retry(format!("the server answered {status}")));
     }
     let etag = header(&resp, "etag");
     let last_modified = header(&resp, "last-modified");
@@ -217,12 +338,10 @@ async fn attempt_once(
             // The file changed on the server: start again.
             let _ = std::fs::remove_file(part);
             *info = PartInfo {
-                url: url.to_owned(),
+                url: redact_url(url),
                 ..PartInfo::default()
             };
-            return Err(Attempt::Retry(
-                "the file changed on the server; starting over".into(),
-            ));
+            return Err(retry("the file changed on the server; starting over"));
         }
         (have, total.or(info.total))
     } else {
@@ -238,7 +357,7 @@ async fn attempt_once(
         }
     }
     *info = PartInfo {
-        url: url.to_owned(),
+        url: redact_url(url),
         total,
         etag,
         last_modified,
@@ -266,18 +385,32 @@ async fn attempt_once(
                 return Err(Attempt::Fatal(DownloadError::Stopped));
             }
         };
+        let at = || match total {
+            Some(t) => format!("{} of {}", mb(offset), mb(t)),
+            None => mb(offset),
+        };
         let chunk = match next {
             Err(_) => {
                 let _ = f.sync_data();
-                return Err(Attempt::Retry(format!(
-                    "no data for {}s",
-                    settings.stall_timeout.as_secs()
-                )));
+                return Err(Attempt::Retry {
+                    reason: format!(
+                        "no data for {}s at {}",
+                        settings.stall_timeout.as_secs(),
+                        at()
+                    ),
+                    progressed: offset - start_offset,
+                });
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
                 let _ = f.sync_data();
-                return Err(Attempt::Retry(e.to_string()));
+                // reqwest says "error decoding response body" for a connection that
+                // closed early: what the technician needs is where it stopped.
+                tracing::debug!(error = %describe(e), "The download's connection broke.");
+                return Err(Attempt::Retry {
+                    reason: format!("the connection dropped at {}", at()),
+                    progressed: offset - start_offset,
+                });
             }
             Ok(Some(Ok(c))) => c,
         };
@@ -309,8 +442,43 @@ async fn attempt_once(
     f.sync_data().map_err(|e| Attempt::Fatal(io(part, e)))?;
     if let Some(t) = total {
         if offset != t {
-            return Err(Attempt::Retry(format!("got {offset} of {t} bytes")));
+            return Err(Attempt::Retry {
+                reason: format!("the connection ended at {} of {}", mb(offset), mb(t)),
+                progressed: offset - start_offset,
+            });
         }
     }
     Ok(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact_url("https://bucket.oss-cn-shanghai.aliyuncs.com/pkg/v2.tar.gz?OSSAccessKeyId=AK&Expires=1&Signature=abc%2B"),
+            "https://bucket.oss-cn-shanghai.aliyuncs.com/pkg/v2.tar.gz?…"
+        );
+        assert_eq!(
+            redact_url("https://user:pw@host:8443/a/b?x=1#frag"),
+            "https://host:8443/a/b?…"
+        );
+        assert_eq!(redact_url("http://h/p.tar.gz"), "http://h/p.tar.gz");
+        assert_eq!(redact_url("/tmp/p.tar.gz"), "/tmp/p.tar.gz");
+        assert_eq!(redact_url("https://h?token=s"), "https://h?…");
+    }
+
+    #[test]
+    fn sibling_files_keep_the_query() {
+        assert_eq!(
+            sibling_url("https://h/p.tar.gz?sig=1", ".sig"),
+            "https://h/p.tar.gz.sig?sig=1"
+        );
+        assert_eq!(
+            sibling_url("/tmp/p.tar.gz", ".sha256"),
+            "/tmp/p.tar.gz.sha256"
+        );
+    }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::OtaSettings;
 use super::download::{self, DownloadError, DownloadSettings};
-use super::machine::{FailStep, InvalidTransition, Job, Phase};
+use super::machine::{FailStep, Hash, InvalidTransition, Job, Phase};
 use super::package::{self, Limits, Manifest, PackageError};
 use super::store::{Committed, Journal, LockError, StateLock, Store, StoreError};
 use super::{crash_point, version, Slot};
@@ -75,6 +75,16 @@ pub enum OtaEvent {
         current: Option<String>,
         log: Vec<String>,
     },
+}
+
+/// Whether two jobs are the same update, the one read back from the journal (URL
+/// redacted) or not.
+pub fn same_job(a: &Job, b: &Job) -> bool {
+    let shown = |j: &Job| Job {
+        url: download::redact_url(&j.url),
+        ..j.clone()
+    };
+    shown(a) == shown(b)
 }
 
 /// What recovery found on start.
@@ -344,10 +354,29 @@ impl Installer {
         Ok(r)
     }
 
+    /// Removes complete packages and kept URLs from `downloads/`: with no update under
+    /// way none belongs to anything (a cut between a commit and this clean-up leaves
+    /// them). Partial downloads stay, for a new job of the same file to resume.
+    fn remove_downloads(&self) {
+        let Ok(dir) = std::fs::read_dir(self.store.downloads()) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let p = e.path();
+            if matches!(
+                p.extension().and_then(|x| x.to_str()),
+                Some("pkg" | "source")
+            ) {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+
     /// With no update under way, `current` is the committed slot (a cut during a
-    /// rollback switch can leave it elsewhere).
+    /// rollback switch can leave it elsewhere), and `downloads/` holds no package.
     fn align_current(&mut self) -> Result<(), OtaError> {
         self.held()?;
+        self.remove_downloads();
         if let Some(c) = &self.journal.committed {
             if self.store.active() != Some(c.slot) {
                 tracing::warn!(
@@ -370,7 +399,8 @@ impl Installer {
         }
     }
 
-    fn http(&mut self) -> Result<reqwest::Client, OtaError> {
+    /// The HTTP client downloads use (the configured CA, if any), made once.
+    pub fn http(&mut self) -> Result<reqwest::Client, OtaError> {
         if let Some(c) = &self.http {
             return Ok(c.clone());
         }
@@ -391,11 +421,8 @@ impl Installer {
 
     fn fail(&mut self, step: FailStep, reason: String) -> Result<Phase, OtaError> {
         let job = self.journal.phase.job().cloned();
-        if let Some(j) = &job {
-            if step != FailStep::Download {
-                let _ = std::fs::remove_file(self.package_path(j));
-            }
-        }
+        // The package goes; a partial download stays for a retry of the same file.
+        self.remove_downloads();
         self.note(format!("failed: {reason}"));
         tracing::warn!(step = ?step, reason = %reason, "Update failed; the robot stays on its current software.");
         let next = self.journal.phase.failed(step, reason.clone(), now_ms())?;
@@ -423,7 +450,37 @@ impl Installer {
         });
     }
 
-    /// The URL a partial download beside `pkg` came from.
+    /// The whole URL of a job (with its query string), kept beside the download so a job
+    /// taken up after a restart can fetch again: the journal holds the URL redacted.
+    fn source_path(pkg: &Path) -> PathBuf {
+        pkg.with_extension("source")
+    }
+
+    fn keep_source(&self, job: &Job) {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = Self::source_path(&self.package_path(job));
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(job.url.as_bytes()));
+    }
+
+    /// A job read back from the journal has its URL redacted: the whole one comes from
+    /// beside the download, when it is the same URL.
+    fn restore_source(&self, job: &mut Job) {
+        let shown = download::redact_url(&job.url);
+        if let Ok(full) = std::fs::read_to_string(Self::source_path(&self.package_path(job))) {
+            if download::redact_url(full.trim()) == shown {
+                job.url = full.trim().to_owned();
+            }
+        }
+    }
+
+    /// The URL (redacted) a partial download beside `pkg` came from.
     fn partial_url(&self, pkg: &Path) -> String {
         std::fs::read(pkg.with_extension("part.json"))
             .ok()
@@ -466,13 +523,17 @@ impl Installer {
     /// or rollback; every outcome is in the journal and in the events.
     pub async fn install(
         &mut self,
-        job: Job,
+        mut job: Job,
         commit: bool,
         cancel: &CancellationToken,
     ) -> Result<Phase, OtaError> {
         self.held()?;
         // Taking up an interrupted job, or starting a new one.
-        let resuming = self.journal.phase.busy() && self.journal.phase.job() == Some(&job);
+        let resuming = self.journal.phase.busy()
+            && self.journal.phase.job().is_some_and(|j| same_job(j, &job));
+        if resuming {
+            self.restore_source(&mut job);
+        }
         if !resuming {
             if !self.journal.phase.busy() {
                 self.align_current()?;
@@ -499,12 +560,15 @@ impl Installer {
             // Nothing of an earlier job may pass for this one's package.
             let pkg = self.package_path(&job);
             let _ = std::fs::remove_file(&pkg);
-            if job.url != self.partial_url(&pkg) {
+            if download::redact_url(&job.url) != self.partial_url(&pkg) {
                 let _ = std::fs::remove_file(pkg.with_extension("part"));
             }
+            self.keep_source(&job);
             self.note(format!(
                 "update {} {} from {}",
-                job.module, job.version, job.url
+                job.module,
+                job.version,
+                download::redact_url(&job.url)
             ));
             let next = self.journal.phase.start(job.clone())?;
             self.save(next)?;
@@ -576,16 +640,22 @@ impl Installer {
             }
             self.store.clear_slot(slot)?;
             let dir = self.store.slot_dir(slot);
-            let limits = Limits {
-                max_bytes: self.settings.max_extracted_bytes,
-                max_files: self.settings.max_files,
-            };
+            let limits = Limits::for_package(
+                std::fs::metadata(&pkg).map(|m| m.len()).unwrap_or(0),
+                self.settings.max_extracted_bytes,
+                self.settings.max_expansion,
+                &self.store.root,
+                self.settings.max_files,
+            );
             let pkg2 = pkg.clone();
             let dir2 = dir.clone();
-            let extracted =
-                tokio::task::spawn_blocking(move || package::extract(&pkg2, &dir2, limits))
-                    .await
-                    .map_err(|e| OtaError::Refused(e.to_string()))?;
+            let total = std::fs::metadata(&pkg).map(|m| m.len()).unwrap_or(0);
+            let mut progress = self.step_progress(&job, 88, "installing", total);
+            let extracted = tokio::task::spawn_blocking(move || {
+                package::extract_with(&pkg2, &dir2, limits, &mut progress)
+            })
+            .await
+            .map_err(|e| OtaError::Refused(e.to_string()))?;
             let manifest = match extracted {
                 Ok(m) => m,
                 Err(e) => {
@@ -648,20 +718,61 @@ impl Installer {
         Ok(self.journal.phase.clone())
     }
 
+    /// A progress callback for a blocking step over the package file (`total` bytes):
+    /// sends progress events, at most one per percent of the file.
+    fn step_progress(
+        &self,
+        job: &Job,
+        percent: u8,
+        desc: &'static str,
+        total: u64,
+    ) -> impl FnMut(u64) + Send + 'static {
+        let events = self.events.clone();
+        let job = job.clone();
+        let mut last = 0u64;
+        move |bytes: u64| {
+            let step = (total / 100).max(1);
+            if bytes / step != last / step || bytes == total {
+                last = bytes;
+                if let Some(tx) = &events {
+                    let _ = tx.try_send(OtaEvent::Progress {
+                        job: job.clone(),
+                        percent,
+                        desc: desc.to_owned(),
+                        bytes,
+                        total: Some(total),
+                    });
+                }
+            }
+        }
+    }
+
     async fn verify_package(&mut self, job: &Job, pkg: &Path) -> Result<(), String> {
         let remote = job.url.starts_with("http://") || job.url.starts_with("https://");
+        if job.hash.is_none() && remote {
+            return Err("the update gives no package hash".into());
+        }
+        let signature = match (self.settings.public_key, &job.signature) {
+            (None, _) => None,
+            (Some(_), Some(s)) => Some(s.clone()),
+            (Some(_), None) => Some(self.fetch_signature(&job.url).await?),
+        };
+        // One pass over the file, off the runtime's thread, for the hash and the
+        // signature alike.
+        let total = std::fs::metadata(pkg).map(|m| m.len()).unwrap_or(0);
+        let mut progress = self.step_progress(job, 82, "verifying", total);
+        let md5 = matches!(job.hash, Some(Hash::Md5(_)));
+        let path = pkg.to_path_buf();
+        let d = tokio::task::spawn_blocking(move || package::digests(&path, md5, &mut progress))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         match &job.hash {
-            Some(h) => package::check_hash(pkg, h).map_err(|e| e.to_string())?,
-            None if remote => return Err("the update gives no package hash".into()),
+            Some(h) => package::check_digest(&d, h).map_err(|e| e.to_string())?,
             None => self.note("no hash given for a local package"),
         }
-        if let Some(key) = self.settings.public_key {
-            let sig = match &job.signature {
-                Some(s) => s.clone(),
-                None => self.fetch_signature(&job.url).await?,
-            };
-            let (_, digest) = package::sha256_file(pkg).map_err(|e| e.to_string())?;
-            package::check_signature(&digest, &sig, &key).map_err(|e| e.to_string())?;
+        if let (Some(key), Some(sig)) = (self.settings.public_key, signature) {
+            package::check_signature(&d.sha256, &sig, &key).map_err(|e| e.to_string())?;
             self.note("signature verified");
         }
         Ok(())
@@ -669,21 +780,10 @@ impl Installer {
 
     /// `<url>.sig` (or `<file>.sig`) when the update did not carry the signature.
     async fn fetch_signature(&mut self, url: &str) -> Result<String, String> {
-        let sig_url = format!("{url}.sig");
-        if !url.contains("://") || url.starts_with("file://") {
-            let p = sig_url.trim_start_matches("file://").to_owned();
-            return std::fs::read_to_string(&p)
-                .map_err(|_| format!("a signature is required and {p} is missing"));
-        }
         let http = self.http().map_err(|e| e.to_string())?;
-        let r = http.get(&sig_url).send().await.map_err(|e| e.to_string())?;
-        if !r.status().is_success() {
-            return Err(format!(
-                "a signature is required and {sig_url} answered {}",
-                r.status()
-            ));
-        }
-        r.text().await.map_err(|e| e.to_string())
+        download::fetch_text(&http, &download::sibling_url(url, ".sig"))
+            .await
+            .map_err(|e| format!("a signature is required and none came with the update ({e})"))
     }
 
     fn check_manifest(&self, job: &Job, m: &Manifest) -> Result<(), String> {
@@ -824,6 +924,7 @@ impl Installer {
     /// the committed version. A failure here is only logged: the journal already says
     /// the slot is not to be used.
     fn clear_rejected(&mut self, slot: Slot) {
+        self.remove_downloads();
         if self.slot_in_use(slot).is_some() {
             return;
         }
@@ -882,7 +983,8 @@ impl Installer {
             self.journal.floor = Some(job.version.clone());
         }
         self.save(next)?;
-        let _ = std::fs::remove_file(self.package_path(&job));
+        crash_point("confirm: committed, package not removed");
+        self.remove_downloads();
         self.note(format!("committed {}", job.version));
         tracing::info!(version = %job.version, "Update committed.");
         let log = self.take_log();

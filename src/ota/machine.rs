@@ -45,7 +45,10 @@ pub struct Job {
     pub origin: Origin,
     pub module: String,
     pub version: String,
-    /// `https://…`, `http://…` (when allowed) or a local file.
+    /// `https://…`, `http://…` (when allowed) or a local file. Written down (journal,
+    /// reports) without its query string: a presigned URL's credentials are there. The
+    /// installer keeps the whole URL beside the download for resuming.
+    #[serde(serialize_with = "redacted")]
     pub url: String,
     pub size: Option<u64>,
     pub hash: Option<Hash>,
@@ -54,6 +57,10 @@ pub struct Job {
     /// A technician's `--force`: allows downgrades and going under the floor.
     #[serde(default)]
     pub force: bool,
+}
+
+fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&super::download::redact_url(url))
 }
 
 /// Which step failed, as the platforms want it reported.

@@ -42,23 +42,25 @@ impl Slot {
 /// A point where a power cut is simulated in the power-cut tests: built with the
 /// `failpoints` feature and run with `EDGE_AGENT_CRASH_AT=N`, the process aborts at the
 /// Nth point it reaches (no destructors, no flushing: as close to a power cut as a
-/// process can get). Without the feature this is nothing.
+/// process can get); with `EDGE_AGENT_CRASH_AT_POINT=<what>`, at the first point of that
+/// name. Without the feature this is nothing.
 #[cfg(feature = "failpoints")]
 pub fn crash_point(what: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static REACHED: AtomicU64 = AtomicU64::new(0);
-    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    let at = *AT.get_or_init(|| {
-        std::env::var("EDGE_AGENT_CRASH_AT")
-            .ok()
-            .and_then(|v| v.parse().ok())
+    static AT: std::sync::OnceLock<(Option<u64>, Option<String>)> = std::sync::OnceLock::new();
+    let (at, named) = AT.get_or_init(|| {
+        (
+            std::env::var("EDGE_AGENT_CRASH_AT")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            std::env::var("EDGE_AGENT_CRASH_AT_POINT").ok(),
+        )
     });
-    if let Some(at) = at {
-        let n = REACHED.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == at {
-            eprintln!("crash point {n}: {what}");
-            std::process::abort();
-        }
+    let n = REACHED.fetch_add(1, Ordering::SeqCst) + 1;
+    if *at == Some(n) || named.as_deref() == Some(what) {
+        eprintln!("crash point {n}: {what}");
+        std::process::abort();
     }
 }
 

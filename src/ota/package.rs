@@ -17,7 +17,7 @@ use std::path::{Component as PathPart, Path, PathBuf};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use super::crash_point;
 use super::machine::Hash;
@@ -76,8 +76,8 @@ pub enum PackageError {
     Signature(String),
     #[error("refused entry '{path}': {reason}")]
     Refused { path: String, reason: String },
-    #[error("package expands past the limit of {limit} bytes")]
-    TooBig { limit: u64 },
+    #[error("package expands past the limit of {limit} bytes ({why})")]
+    TooBig { limit: u64, why: String },
     #[error("package has more than {limit} files")]
     TooManyFiles { limit: u64 },
     #[error("manifest.json: {0}")]
@@ -97,47 +97,116 @@ fn io(path: &Path, e: std::io::Error) -> PackageError {
 }
 
 /// Limits on what a package may expand to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub max_bytes: u64,
+    /// Which limit `max_bytes` is, for the error.
+    pub why: String,
     pub max_files: u64,
 }
 
-pub fn sha256_file(path: &Path) -> Result<(String, [u8; 32]), PackageError> {
-    let mut f = std::fs::File::open(path).map_err(|e| io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| io(path, e))?;
-        if n == 0 {
-            break;
+/// Room kept free on the state folder's disk by an extraction.
+pub const DISK_RESERVE: u64 = 64 << 20;
+
+impl Limits {
+    /// The smallest of: the configured most, `expansion` times the package's size (plus
+    /// 1 MiB), and the free space of `dir`'s disk less [`DISK_RESERVE`].
+    pub fn for_package(
+        package_len: u64,
+        max_bytes: u64,
+        expansion: u64,
+        dir: &Path,
+        max_files: u64,
+    ) -> Limits {
+        let mut l = Limits {
+            max_bytes,
+            why: "ota.max_extracted_bytes".into(),
+            max_files,
+        };
+        let by_ratio = package_len
+            .saturating_mul(expansion)
+            .saturating_add(1 << 20);
+        if by_ratio < l.max_bytes {
+            l.max_bytes = by_ratio;
+            l.why = format!("{expansion} times the package's size, ota.max_expansion");
         }
-        h.update(&buf[..n]);
+        if let Ok(st) = rustix::fs::statvfs(dir) {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            let room = free.saturating_sub(DISK_RESERVE);
+            if room < l.max_bytes {
+                l.max_bytes = room;
+                l.why = format!(
+                    "the free space on {}'s disk, less {} MiB",
+                    dir.display(),
+                    DISK_RESERVE >> 20
+                );
+            }
+        }
+        l
     }
-    let d: [u8; 32] = h.finalize().into();
-    Ok((hex::encode(d), d))
 }
 
-pub fn md5_file(path: &Path) -> Result<String, PackageError> {
+/// A file's digests, from one pass over it.
+#[derive(Debug, Clone)]
+pub struct Digests {
+    pub sha256: [u8; 32],
+    /// Only when asked for (platforms that give an MD5).
+    pub md5: Option<String>,
+}
+
+impl Digests {
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+}
+
+/// Reads `path` once for its SHA-256 (and MD5 with `md5`), telling `progress` the bytes
+/// read so far.
+pub fn digests(
+    path: &Path,
+    md5: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Digests, PackageError> {
     use md5::Digest as _;
     let mut f = std::fs::File::open(path).map_err(|e| io(path, e))?;
-    let mut h = md5::Md5::new();
+    let mut sha = Sha256::new();
+    let mut m = md5.then(md5::Md5::new);
     let mut buf = vec![0u8; 256 * 1024];
+    let mut done = 0u64;
     loop {
         let n = f.read(&mut buf).map_err(|e| io(path, e))?;
         if n == 0 {
             break;
         }
-        h.update(&buf[..n]);
+        sha.update(&buf[..n]);
+        if let Some(m) = m.as_mut() {
+            m.update(&buf[..n]);
+        }
+        done += n as u64;
+        progress(done);
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(Digests {
+        sha256: sha.finalize().into(),
+        md5: m.map(|m| hex::encode(m.finalize())),
+    })
+}
+
+pub fn sha256_file(path: &Path) -> Result<(String, [u8; 32]), PackageError> {
+    let d = digests(path, false, &mut |_| {})?;
+    Ok((d.sha256_hex(), d.sha256))
 }
 
 /// Checks the package file against the cloud's hash (case-insensitive hex).
 pub fn check_hash(path: &Path, expected: &Hash) -> Result<(), PackageError> {
+    let d = digests(path, matches!(expected, Hash::Md5(_)), &mut |_| {})?;
+    check_digest(&d, expected)
+}
+
+/// Checks digests already made against the cloud's hash.
+pub fn check_digest(d: &Digests, expected: &Hash) -> Result<(), PackageError> {
     let actual = match expected {
-        Hash::Sha256(_) => sha256_file(path)?.0,
-        Hash::Md5(_) => md5_file(path)?,
+        Hash::Sha256(_) => d.sha256_hex(),
+        Hash::Md5(_) => d.md5.clone().unwrap_or_default(),
     };
     if !actual.eq_ignore_ascii_case(expected.hex().trim()) {
         return Err(PackageError::HashMismatch {
@@ -293,13 +362,44 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
+/// Counts the package bytes read, for progress.
+struct Consumed<R, F> {
+    inner: R,
+    read: u64,
+    progress: F,
+}
+
+impl<R: Read, F: FnMut(u64)> Read for Consumed<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        (self.progress)(self.read);
+        Ok(n)
+    }
+}
+
 /// Unpacks `package` into the empty folder `dest`, refusing anything hostile, and
 /// checks every component's hash. Returns the manifest.
 pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, PackageError> {
+    extract_with(package, dest, limits, &mut |_| {})
+}
+
+/// [`extract`], telling `progress` how many bytes of the package file were read.
+pub fn extract_with(
+    package: &Path,
+    dest: &Path,
+    limits: Limits,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Manifest, PackageError> {
     let f = std::fs::File::open(package).map_err(|e| io(package, e))?;
+    let consumed = Consumed {
+        inner: f,
+        read: 0,
+        progress,
+    };
     // Headers and padding count too: allow a little over the payload limit.
     let counted = Counted {
-        inner: flate2::read::GzDecoder::new(std::io::BufReader::new(f)),
+        inner: flate2::read::GzDecoder::new(std::io::BufReader::new(consumed)),
         read: 0,
         limit: limits
             .max_bytes
@@ -317,7 +417,7 @@ pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, 
         .entries()
         .map_err(|e| PackageError::Archive(e.to_string()))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| archive_error(e, limits))?;
+        let mut entry = entry.map_err(|e| archive_error(e, &limits))?;
         let path = entry
             .path()
             .map_err(|e| PackageError::Archive(e.to_string()))?
@@ -381,6 +481,7 @@ pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, 
                 if total > limits.max_bytes {
                     return Err(PackageError::TooBig {
                         limit: limits.max_bytes,
+                        why: limits.why.clone(),
                     });
                 }
                 if let Some(parent) = target.parent() {
@@ -392,7 +493,7 @@ pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, 
                     .open(&target)
                     .map_err(|e| io(&target, e))?;
                 let copied = std::io::copy(&mut (&mut entry).take(size), &mut out)
-                    .map_err(|e| archive_error(e, limits))?;
+                    .map_err(|e| archive_error(e, &limits))?;
                 if copied != size {
                     return Err(PackageError::Archive(format!("'{shown}' is cut short")));
                 }
@@ -468,10 +569,11 @@ pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, 
     Ok(manifest)
 }
 
-fn archive_error(e: std::io::Error, limits: Limits) -> PackageError {
+fn archive_error(e: std::io::Error, limits: &Limits) -> PackageError {
     if e.get_ref().is_some_and(|i| i.is::<ExpansionLimit>()) {
         PackageError::TooBig {
             limit: limits.max_bytes,
+            why: limits.why.clone(),
         }
     } else {
         PackageError::Archive(e.to_string())
@@ -699,6 +801,7 @@ mod tests {
             dest.path(),
             Limits {
                 max_bytes: 1 << 20,
+                why: "test".into(),
                 max_files: 10,
             },
         )

@@ -7,6 +7,7 @@ Prints "PORT <n>" once listening on 127.0.0.1 (a free port).
 
 Control (GET):
   /_control/cut?after=N    cut the next file response after N bytes (close the socket)
+  /_control/cut_every?bytes=N  cut every file response after N bytes (0: stop cutting)
   /_control/rate?bps=N     send files at most N bytes/s (0: no limit)
   /_control/stats          {"bytes_sent": n, "requests": [[path, range-or-null, status], ...]}
   /_control/reset          forget the stats
@@ -24,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 ROOT = sys.argv[1]
-state = {"cut_after": None, "bps": 0, "bytes_sent": 0, "requests": []}
+state = {"cut_after": None, "cut_every": 0, "bps": 0, "bytes_sent": 0, "requests": []}
 lock = threading.Lock()
 
 
@@ -50,6 +51,8 @@ class Handler(BaseHTTPRequestHandler):
             with lock:
                 if what == "cut":
                     state["cut_after"] = int(q["after"][0])
+                elif what == "cut_every":
+                    state["cut_every"] = int(q["bytes"][0])
                 elif what == "rate":
                     state["bps"] = int(q["bps"][0])
                 elif what == "reset":
@@ -87,6 +90,8 @@ class Handler(BaseHTTPRequestHandler):
             state["requests"].append([u.path, rng, status])
             cut = state["cut_after"]
             state["cut_after"] = None
+            if cut is None and state["cut_every"]:
+                cut = state["cut_every"]
             bps = state["bps"]
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
