@@ -266,7 +266,7 @@ ros_type = "geometry_msgs/msg/PoseStamped"
     );
     peer.wait_received("target", before + 1, Duration::from_secs(10));
     let log = stop(agent);
-    assert!(log.contains("Rejected a cloud command"), "{log}");
+    assert!(log.contains("Refused a cloud command"), "{log}");
 }
 
 #[test]

@@ -573,6 +573,7 @@ async fn mqtt5_carries_content_type_and_commands_come_back() {
     m.props = Some(Box::new(Props {
         content_type: Some("image/jpeg".into()),
         user: vec![],
+        ..Props::default()
     }));
     r.handle.publish(m, "telemetry").await.unwrap();
     tokio::task::spawn_blocking(move || {

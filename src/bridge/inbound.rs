@@ -1,8 +1,16 @@
 //! MQTT -> ROS 2: one task per rule. Each cloud command is parsed, checked against the
 //! message definition and published on the ROS topic; a bad one gets an error message
 //! on the rule's error topic (with the JSON path of what was wrong), and the agent goes on.
+//!
+//! A command is acknowledged to the broker only once it has been dealt with here
+//! (published, or refused with an answer): the message's [`crate::mqtt::Ack`] goes with
+//! it and is sent when it is dropped at the end of its turn. Commands are taken one at
+//! a time, in order; a command that comes before the topic has a subscriber (just after
+//! the agent started, while DDS matches its publishers) waits for one, up to the rule's
+//! `wait_for_subscriber`. A command older than the rule's `max_age` is not carried out.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -19,6 +27,10 @@ use crate::ros::transport::RawPublisher;
 /// The CDR for one command, or why not.
 pub fn convert(rule: &MqttToRos, payload: &[u8]) -> Result<Bytes, String> {
     let v: Value = serde_json::from_slice(payload).map_err(|e| format!("invalid JSON: {e}"))?;
+    convert_value(rule, v)
+}
+
+fn convert_value(rule: &MqttToRos, v: Value) -> Result<Bytes, String> {
     let msg = match rule.envelope {
         Envelope::Raw => v,
         Envelope::Alink => match v {
@@ -37,6 +49,208 @@ pub fn convert(rule: &MqttToRos, payload: &[u8]) -> Result<Bytes, String> {
         .map_err(|e| e.to_string())
 }
 
+/// When a command was sent, from its `timestamp_field`: milliseconds since the epoch
+/// (a number from 1e11 up), seconds (a smaller number), or RFC 3339 text.
+pub fn sent_at_ms(v: &Value, path: &[String]) -> Result<u64, String> {
+    let name = path.join(".");
+    let mut at = v;
+    for part in path {
+        at = at
+            .get(part)
+            .ok_or_else(|| format!("{name}: missing (the rule's timestamp_field)"))?;
+    }
+    match at {
+        Value::Number(n) => {
+            let f = n
+                .as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .ok_or_else(|| format!("{name}: {n} is not a time"))?;
+            Ok(if f >= 1e11 {
+                f as u64
+            } else {
+                (f * 1000.0) as u64
+            })
+        }
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.timestamp_millis().max(0) as u64)
+            .map_err(|e| format!("{name}: {s:?} is not an RFC 3339 time ({e})")),
+        other => Err(format!("{name}: {other} is not a time")),
+    }
+}
+
+/// Takes the member at `path` out of `v` (the timestamp, when it is not in the message).
+fn remove_path(v: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut at = v;
+    for p in parents {
+        match at.get_mut(p) {
+            Some(next) => at = next,
+            None => return,
+        }
+    }
+    if let Value::Object(m) = at {
+        m.remove(last);
+    }
+}
+
+/// Why a command is too old, if it is: `sent_ms` is when it was sent (if known),
+/// `arrived_ms` when the agent took it from the broker.
+pub fn staleness(
+    rule: &MqttToRos,
+    sent_ms: Option<u64>,
+    arrived_ms: u64,
+    now: u64,
+) -> Option<String> {
+    let max = rule.max_age?;
+    let max_ms = max.as_millis() as u64;
+    let from = sent_ms.unwrap_or(arrived_ms);
+    let age = now.saturating_sub(from);
+    (age > max_ms).then(|| {
+        format!(
+            "stale: {} {:.1} s ago, more than max_age {:.1} s; not carried out",
+            if sent_ms.is_some() {
+                "sent"
+            } else {
+                "received"
+            },
+            age as f64 / 1000.0,
+            max.as_secs_f64()
+        )
+    })
+}
+
+/// How often a waiting command looks for a subscriber.
+const MATCH_POLL: Duration = Duration::from_millis(20);
+
+/// Waits until the topic has a subscriber, or `limit` passes; false then.
+async fn wait_for_subscriber(
+    publisher: &dyn RawPublisher,
+    limit: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if publisher.subscription_count() > 0 {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(MATCH_POLL) => {}
+            _ = shutdown.cancelled() => return false,
+        }
+    }
+}
+
+/// What became of one command.
+enum Outcome {
+    Sent,
+    /// The agent is stopping: not carried out and not acknowledged, so the broker
+    /// sends it again to the next run.
+    Withheld,
+    Refused {
+        why: String,
+        stale: bool,
+        too_large: bool,
+    },
+}
+
+async fn handle(
+    rule: &MqttToRos,
+    m: &Incoming,
+    publisher: &dyn RawPublisher,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let refused = |why: String| Outcome::Refused {
+        why,
+        stale: false,
+        too_large: false,
+    };
+    if let Some((size, limit)) = m.oversized {
+        return Outcome::Refused {
+            why: format!(
+                "the command is {size} bytes, more than mqtt.max_packet_size ({limit} bytes); it was not read"
+            ),
+            stale: false,
+            too_large: true,
+        };
+    }
+    let arrived = now_ms();
+    let mut v: Value = match serde_json::from_slice(&m.payload) {
+        Ok(v) => v,
+        Err(e) => return refused(format!("invalid JSON: {e}")),
+    };
+    let sent = match &rule.timestamp_field {
+        Some(path) => match sent_at_ms(&v, path) {
+            Ok(t) => {
+                if rule.timestamp_outside_message {
+                    remove_path(&mut v, path);
+                }
+                Some(t)
+            }
+            Err(e) => return refused(e),
+        },
+        None => None,
+    };
+    // MQTT 5 Message Expiry: the broker forwards what is left of the command's life.
+    let expiry = m.props.as_ref().and_then(|p| p.expiry);
+    let expires_ms = expiry.map(|secs| arrived + u64::from(secs) * 1000);
+    let too_old = |now: u64| {
+        staleness(rule, sent, arrived, now).or_else(|| {
+            expires_ms.filter(|&at| now > at).map(|_| {
+                format!(
+                    "stale: its MQTT message expiry ({} s) passed before it could be carried out",
+                    expiry.unwrap_or_default()
+                )
+            })
+        })
+    };
+    if let Some(why) = too_old(now_ms()) {
+        return Outcome::Refused {
+            why,
+            stale: true,
+            too_large: false,
+        };
+    }
+    let cdr = match convert_value(rule, v) {
+        Ok(c) => c,
+        Err(e) => return refused(e),
+    };
+    if publisher.subscription_count() == 0 {
+        // Held, not published into the void; but never past its max_age or expiry.
+        let now = now_ms();
+        let mut limit = rule.wait_for_subscriber;
+        if let Some(max) = rule.max_age {
+            let used = Duration::from_millis(now.saturating_sub(sent.unwrap_or(arrived)));
+            limit = limit.min(max.saturating_sub(used));
+        }
+        if let Some(at) = expires_ms {
+            limit = limit.min(Duration::from_millis(at.saturating_sub(now)));
+        }
+        if !wait_for_subscriber(publisher, limit, shutdown).await {
+            if shutdown.is_cancelled() {
+                return Outcome::Withheld;
+            }
+            // Just past the limit: a command held to its last moment is refused.
+            if let Some(why) = too_old(now_ms() + 1) {
+                return Outcome::Refused {
+                    why: format!("{why} (no subscriber on {})", rule.ros_topic),
+                    stale: true,
+                    too_large: false,
+                };
+            }
+            tracing::debug!(rule = %rule.name, ros_topic = %rule.ros_topic, "No subscriber yet; the command goes out anyway.");
+        }
+    }
+    match publisher.publish(&cdr) {
+        Ok(()) => Outcome::Sent,
+        Err(e) => refused(e.to_string()),
+    }
+}
+
 pub async fn run(
     rule: Arc<MqttToRos>,
     mut rx: mpsc::Receiver<Incoming>,
@@ -47,6 +261,7 @@ pub async fn run(
 ) {
     loop {
         let m = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
             m = rx.recv() => match m {
                 Some(m) => m,
@@ -54,22 +269,30 @@ pub async fn run(
             },
         };
         RuleStats::inc(&stats.received);
-        let result = convert(&rule, &m.payload)
-            .and_then(|cdr| publisher.publish(&cdr).map_err(|e| e.to_string()));
-        match result {
-            Ok(()) => RuleStats::inc(&stats.sent),
-            Err(e) => {
-                if stats.error(e.clone()) {
-                    tracing::warn!(rule = %rule.name, topic = %m.topic, error = %e,
-                        "Rejected a cloud command; an error message went back to the cloud. Further rejections are only counted.");
+        match handle(&rule, &m, publisher.as_ref(), &shutdown).await {
+            Outcome::Sent => RuleStats::inc(&stats.sent),
+            Outcome::Withheld => m.withhold(),
+            Outcome::Refused {
+                why,
+                stale,
+                too_large,
+            } => {
+                if stale {
+                    RuleStats::inc(&stats.refused_stale);
+                } else if too_large {
+                    RuleStats::inc(&stats.refused_too_large);
+                }
+                if stats.error(why.clone()) {
+                    tracing::warn!(rule = %rule.name, topic = %m.topic, error = %why,
+                        "Refused a cloud command; the reason went back to the cloud. Further refusals are only counted.");
                 } else {
-                    tracing::debug!(rule = %rule.name, topic = %m.topic, error = %e, "Rejected a cloud command.");
+                    tracing::debug!(rule = %rule.name, topic = %m.topic, error = %why, "Refused a cloud command.");
                 }
                 let body = serde_json::json!({
                     "rule": rule.name,
                     "topic": m.topic,
                     "ros_topic": rule.ros_topic,
-                    "error": e,
+                    "error": why,
                     "time": rfc3339_ms(now_ms()),
                 });
                 let reply = Message::new(
@@ -80,5 +303,54 @@ pub async fn run(
                 let _ = link.publish_nowait(reply, "telemetry").await;
             }
         }
+        // `m` goes here, and with it the acknowledgement to the broker.
+        drop(m);
+    }
+    // Commands not carried out stay with the broker for the next run.
+    rx.close();
+    while let Ok(m) = rx.try_recv() {
+        m.withhold();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn times_in_commands() {
+        let p = |s: &str| s.split('.').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            sent_at_ms(&json!({"ts": 1_765_000_000_123u64}), &p("ts")).unwrap(),
+            1_765_000_000_123
+        );
+        assert_eq!(
+            sent_at_ms(&json!({"ts": 1_765_000_000.5}), &p("ts")).unwrap(),
+            1_765_000_000_500
+        );
+        assert_eq!(
+            sent_at_ms(
+                &json!({"params": {"t": "2026-12-06T10:00:00.250Z"}}),
+                &p("params.t")
+            )
+            .unwrap(),
+            1_796_551_200_250
+        );
+        assert!(sent_at_ms(&json!({}), &p("ts"))
+            .unwrap_err()
+            .contains("missing"));
+        assert!(sent_at_ms(&json!({"ts": "yesterday"}), &p("ts")).is_err());
+        assert!(sent_at_ms(&json!({"ts": -5}), &p("ts")).is_err());
+    }
+
+    #[test]
+    fn the_timestamp_is_taken_out_of_the_command() {
+        let mut v = json!({"params": {"t": 1, "mode": "pick"}, "ts": 2});
+        remove_path(&mut v, &["params".into(), "t".into()]);
+        assert_eq!(v, json!({"params": {"mode": "pick"}, "ts": 2}));
+        remove_path(&mut v, &["ts".into()]);
+        remove_path(&mut v, &["nope".into(), "x".into()]);
+        assert_eq!(v, json!({"params": {"mode": "pick"}}));
     }
 }

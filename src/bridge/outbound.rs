@@ -214,6 +214,7 @@ fn build_image(
                 ("width".into(), w.to_string()),
                 ("height".into(), h.to_string()),
             ],
+            ..Props::default()
         }));
         m
     } else {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::values::TopicTemplate;
+use crate::config::values::{Dur, TopicTemplate};
 use crate::config::DeviceConfig;
 use crate::mqtt::QoS;
 use crate::ros::msgdef::ArrayKind;
@@ -174,6 +174,22 @@ pub struct MqttToRosRaw {
     /// Where errors about bad commands go.
     #[serde(default = "default_error_topic")]
     pub error_topic: String,
+    /// A command older than this is not carried out (it is answered on error_topic):
+    /// a robot must not act on a command queued while it was out of coverage. Its age is
+    /// taken from `timestamp_field` when given, and counts the time the agent held it.
+    pub max_age: Option<Dur>,
+    /// Where in the command its time of sending is (a dot path, e.g. "ts" or
+    /// "params.time"): milliseconds or seconds since the epoch, or RFC 3339 text. When it
+    /// is not a field of the ROS message it is taken out before the command is converted.
+    pub timestamp_field: Option<String>,
+    /// How long a command waits for the ROS topic to have a subscriber (after the agent
+    /// starts, its publishers take a moment to be matched) before it goes out anyway.
+    #[serde(default = "default_wait_for_subscriber")]
+    pub wait_for_subscriber: Dur,
+}
+
+const fn default_wait_for_subscriber() -> Dur {
+    Dur::secs(10)
 }
 
 fn default_error_topic() -> String {
@@ -250,6 +266,13 @@ pub struct MqttToRos {
     pub strict: bool,
     pub envelope: Envelope,
     pub error_topic: String,
+    pub max_age: Option<std::time::Duration>,
+    /// `timestamp_field` split at the dots.
+    pub timestamp_field: Option<Vec<String>>,
+    /// The timestamp is not a field of the ROS message (it is taken out of the command
+    /// before the command is converted, so a strict rule does not refuse it).
+    pub timestamp_outside_message: bool,
+    pub wait_for_subscriber: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -633,8 +656,34 @@ impl MqttToRos {
             &[("ros_topic", &short), ("name", r)],
             false,
         )?;
+        let max_age = match raw.max_age {
+            Some(d) if d.0.is_zero() => return Err(ctx.err(r, "max_age", "must be more than 0s")),
+            d => d.map(|d| d.0),
+        };
+        let timestamp_field: Option<Vec<String>> = match &raw.timestamp_field {
+            Some(f) if f.is_empty() || f.split('.').any(str::is_empty) => {
+                return Err(ctx.err(
+                    r,
+                    "timestamp_field",
+                    "a dot path of field names, e.g. \"ts\"",
+                ))
+            }
+            f => f
+                .as_ref()
+                .map(|f| f.split('.').map(str::to_owned).collect()),
+        };
+        let timestamp_outside_message = match (&timestamp_field, raw.envelope) {
+            (None, _) => false,
+            (Some(p), Envelope::Raw) => resolve_path(&schema, p).is_none(),
+            (Some(p), Envelope::Alink) => {
+                p.len() < 2 || p[0] != "params" || resolve_path(&schema, &p[1..]).is_none()
+            }
+        };
         Ok(MqttToRos {
             qos: ctx.qos(r, &raw.qos)?,
+            max_age,
+            timestamp_field,
+            timestamp_outside_message,
             name: raw.name,
             file: ctx.file.clone(),
             mqtt_filter,
@@ -644,6 +693,7 @@ impl MqttToRos {
             strict: raw.strict,
             envelope: raw.envelope,
             error_topic,
+            wait_for_subscriber: raw.wait_for_subscriber.0,
         })
     }
 }

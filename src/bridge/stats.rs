@@ -18,7 +18,15 @@ pub struct RuleStats {
     /// Replaced by a newer value under the rate limit.
     pub rate_dropped: AtomicU64,
     pub errors: AtomicU64,
+    /// Cloud commands not carried out because they were older than the rule's max_age.
+    pub refused_stale: AtomicU64,
+    /// Cloud commands over mqtt.max_packet_size.
+    pub refused_too_large: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +39,10 @@ pub struct RuleSnapshot {
     pub sent: u64,
     pub rate_dropped: u64,
     pub errors: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused_stale: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused_too_large: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
@@ -69,6 +81,8 @@ impl RuleStats {
             sent: self.sent.load(Ordering::Relaxed),
             rate_dropped: self.rate_dropped.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            refused_stale: self.refused_stale.load(Ordering::Relaxed),
+            refused_too_large: self.refused_too_large.load(Ordering::Relaxed),
             last_error: self.last_error.lock().ok().and_then(|l| l.clone()),
         }
     }

@@ -83,6 +83,25 @@ pub struct MqttConfig {
     /// The retained online/offline status (birth and last will).
     #[serde(default = "default_status_topic")]
     pub status_topic: String,
+    /// Start a new session at every connection. Off by default: the broker then keeps
+    /// the session while the robot is away and delivers the commands sent meanwhile when
+    /// it is back (the client id must stay the same; it does unless set otherwise).
+    #[serde(default)]
+    pub clean_session: bool,
+    /// MQTT 5: how long the broker keeps the session after the robot went away.
+    #[serde(default = "default_session_expiry")]
+    pub session_expiry: Dur,
+    /// MQTT 5: how many QoS 1 messages the broker may send before the agent has handed
+    /// them on and acknowledged them (Receive Maximum), at least 1.
+    #[serde(default = "default_receive_maximum")]
+    pub receive_maximum: u16,
+}
+
+const fn default_session_expiry() -> Dur {
+    Dur::secs(24 * 3600)
+}
+const fn default_receive_maximum() -> u16 {
+    32
 }
 
 const fn default_keep_alive() -> Dur {
@@ -321,6 +340,9 @@ pub struct LinkSettings {
     pub initial_delay: Duration,
     pub max_delay: Duration,
     pub status_topic: String,
+    pub clean_session: bool,
+    pub session_expiry: Duration,
+    pub receive_max: u16,
     /// Secret values, so log output can be scrubbed of them.
     pub secrets: Vec<String>,
 }
@@ -549,6 +571,9 @@ impl MqttConfig {
         if host.trim().is_empty() {
             return Err(invalid("mqtt.host", format!("{host:?}"), "cannot be empty"));
         }
+        if self.receive_maximum == 0 {
+            return Err(invalid("mqtt.receive_maximum", 0, "must be at least 1"));
+        }
         Ok(LinkSettings {
             protocol: self.protocol,
             host,
@@ -563,6 +588,9 @@ impl MqttConfig {
             initial_delay: r.initial_delay.0,
             max_delay: r.max_delay.0,
             status_topic,
+            clean_session: self.clean_session,
+            session_expiry: self.session_expiry.0,
+            receive_max: self.receive_maximum,
             secrets,
         })
     }

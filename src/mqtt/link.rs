@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::config::LinkSettings;
-use super::message::{topic_matches, Incoming, Message, QoS};
+use super::message::{topic_matches, Ack, Incoming, Message, QoS};
 use super::outbox::{Outbox, OutboxError};
 use super::session::{backoff, request_capacity, Failure, Session, SessionEvent};
 use super::stats::LinkStats;
@@ -160,11 +160,39 @@ enum Sent {
 struct Subscription {
     filter: String,
     qos: QoS,
-    sinks: Vec<mpsc::Sender<Incoming>>,
+    /// One forwarder per handler: an unbounded queue into a task that waits for room in
+    /// the handler's channel. A busy handler holds messages back rather than losing
+    /// them; QoS 1 ones stay unacknowledged meanwhile, so the broker's in-flight window
+    /// (mqtt.receive_maximum on MQTT 5) bounds what waits.
+    sinks: Vec<mpsc::UnboundedSender<Incoming>>,
 }
+
+/// Starts the forwarder of one handler's channel.
+fn forwarder(sink: mpsc::Sender<Incoming>) -> mpsc::UnboundedSender<Incoming> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Incoming>();
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if let Err(mpsc::error::SendError(m)) = sink.send(m).await {
+                // The handler has stopped: what it did not take is not acknowledged.
+                m.withhold();
+                while let Ok(m) = rx.try_recv() {
+                    m.withhold();
+                }
+                break;
+            }
+        }
+    });
+    tx
+}
+
+/// How long a message that matches no subscription yet is kept (a broker resuming a
+/// session may deliver before the agent's handlers have subscribed again).
+const PARK_FOR: Duration = Duration::from_secs(30);
 
 struct Connected {
     session: Session,
+    /// Which connection this is, for acknowledgements made after it ended.
+    generation: u64,
     /// Handed to the session, packet id not known yet (in request order).
     queued: VecDeque<Sent>,
     /// Other requests (subscribe, disconnect) not yet processed by the session.
@@ -210,12 +238,20 @@ pub struct Link {
     last_failure: Option<Failure>,
     down_since: Option<Instant>,
     ever_connected: bool,
-    incoming_warned: bool,
     acks_since_sync: u32,
     /// QoS 0 messages waiting for room in the session's queue (only while connected).
     qos0: VecDeque<Message>,
     /// The broker refused a QoS 1 last will (MQTT 5 Maximum QoS 0): send it at QoS 0.
     will_qos0: bool,
+    /// Acknowledgements of handed-on messages, from [`Ack`] guards.
+    acks_tx: mpsc::UnboundedSender<(u64, u16)>,
+    acks_rx: mpsc::UnboundedReceiver<(u64, u16)>,
+    /// Messages handed on whose acknowledgement is not decided yet.
+    acks_outstanding: Arc<std::sync::atomic::AtomicUsize>,
+    connections: u64,
+    /// Messages no subscription matched yet, with when they came.
+    parked: VecDeque<(Instant, Incoming)>,
+    last_oversized_log: Option<Instant>,
 }
 
 /// QoS 0 messages held in memory while the connection catches up; when full, the link
@@ -237,6 +273,7 @@ pub fn link(settings: LinkSettings, outbox: Outbox, sync_interval: Duration) -> 
     let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
     let stats = Arc::new(LinkStats::default());
     stats.set_classes(outbox.stats());
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let classes: HashMap<String, usize> = outbox
         .stats()
         .iter()
@@ -264,10 +301,15 @@ pub fn link(settings: LinkSettings, outbox: Outbox, sync_interval: Duration) -> 
         last_failure: None,
         down_since: None,
         ever_connected: false,
-        incoming_warned: false,
         will_qos0: false,
         acks_since_sync: 0,
         qos0: VecDeque::new(),
+        acks_tx,
+        acks_rx,
+        acks_outstanding: Default::default(),
+        connections: 0,
+        parked: VecDeque::new(),
+        last_oversized_log: None,
     };
     (link, handle)
 }
@@ -385,7 +427,17 @@ impl Link {
                     }
                     None => break,
                 },
-                _ = sync_tick.tick() => self.sync(),
+                Some((generation, pkid)) = self.acks_rx.recv() => {
+                    if let Phase::Up(c) = &phase {
+                        if c.generation == generation {
+                            c.session.ack(pkid);
+                        }
+                    }
+                }
+                _ = sync_tick.tick() => {
+                    self.sync();
+                    self.expire_parked();
+                }
             }
         }
         self.shutdown(phase, policy).await;
@@ -484,7 +536,10 @@ impl Link {
 
     fn on_event(&mut self, phase: &mut Phase, ev: SessionEvent) {
         match ev {
-            SessionEvent::Connected => {
+            SessionEvent::Connected { session_present } => {
+                if session_present {
+                    tracing::info!("The broker kept this agent's session: what it holds for the agent (commands sent while it was away) follows.");
+                }
                 let old = std::mem::replace(
                     phase,
                     Phase::Waiting {
@@ -495,8 +550,10 @@ impl Link {
                     *phase = old;
                     return;
                 };
+                self.connections += 1;
                 let mut c = Box::new(Connected {
                     session,
+                    generation: self.connections,
                     queued: VecDeque::new(),
                     queued_other: 0,
                     in_flight: HashMap::new(),
@@ -536,7 +593,36 @@ impl Link {
                     }
                 }
             }
-            SessionEvent::Message(m) => self.route(m),
+            SessionEvent::Message(mut m, pkid) => {
+                if let (Some(pkid), Phase::Up(c)) = (pkid, &*phase) {
+                    m.ack = Some(Arc::new(Ack::new(
+                        c.generation,
+                        pkid,
+                        self.acks_tx.clone(),
+                        self.acks_outstanding.clone(),
+                    )));
+                }
+                self.route(m);
+            }
+            SessionEvent::TooLarge { topic, size, limit } => {
+                LinkStats::add(&self.stats.dropped_incoming, 1);
+                let now = Instant::now();
+                if self
+                    .last_oversized_log
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+                {
+                    self.last_oversized_log = Some(now);
+                    tracing::warn!(topic = %topic, size, limit,
+                        "A cloud message is larger than mqtt.max_packet_size; it was skipped and its handler answers with the reason (this line repeats at most once a minute).");
+                }
+                self.route(Incoming {
+                    topic,
+                    payload: bytes::Bytes::new(),
+                    props: None,
+                    ack: None,
+                    oversized: Some((size, limit)),
+                });
+            }
             SessionEvent::Other => {}
         }
     }
@@ -635,6 +721,17 @@ impl Link {
                 }
             }
             Command::Subscribe { filter, qos, sink } => {
+                let sink = forwarder(sink);
+                // What came for this filter before anyone asked for it.
+                let mut kept = VecDeque::new();
+                for (at, m) in self.parked.drain(..) {
+                    if topic_matches(&filter, &m.topic) {
+                        let _ = sink.send(m);
+                    } else {
+                        kept.push_back((at, m));
+                    }
+                }
+                self.parked = kept;
                 if let Some(s) = self.subs.iter_mut().find(|s| s.filter == filter) {
                     s.sinks.push(sink);
                     return;
@@ -688,21 +785,36 @@ impl Link {
         }
     }
 
+    /// Hands a message to every handler whose filter matches; one that matches none is
+    /// parked until a handler subscribes (or [`PARK_FOR`] passes).
     fn route(&mut self, m: Incoming) {
         LinkStats::add(&self.stats.received, 1);
+        let mut routed = false;
         for s in &mut self.subs {
             if !topic_matches(&s.filter, &m.topic) {
                 continue;
             }
             s.sinks.retain(|sink| !sink.is_closed());
             for sink in &s.sinks {
-                if sink.try_send(m.clone()).is_err() {
-                    LinkStats::add(&self.stats.dropped_incoming, 1);
-                    if !self.incoming_warned {
-                        self.incoming_warned = true;
-                        tracing::warn!(topic = %m.topic, "A cloud message was dropped: its handler is busy. Further drops are only counted.");
-                    }
-                }
+                routed |= sink.send(m.clone()).is_ok();
+            }
+        }
+        if !routed {
+            self.parked.push_back((Instant::now(), m));
+        }
+    }
+
+    /// Messages parked too long match no rule of this agent: they are dropped (and so
+    /// acknowledged, or the broker would send them again at every start).
+    fn expire_parked(&mut self) {
+        while self
+            .parked
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() >= PARK_FOR)
+        {
+            if let Some((_, m)) = self.parked.pop_front() {
+                LinkStats::add(&self.stats.dropped_incoming, 1);
+                tracing::warn!(topic = %m.topic, "A cloud message matches no rule of this agent; it is dropped.");
             }
         }
     }
@@ -715,6 +827,24 @@ impl Link {
             self.on_command(&mut phase, cmd);
         }
         let deadline = Instant::now() + policy.grace;
+        // Messages no handler took are left to the broker; those the handlers dealt
+        // with are acknowledged now, or the next run would carry them out again.
+        for (_, m) in self.parked.drain(..) {
+            m.withhold();
+        }
+        self.subs.clear();
+        while self.acks_outstanding.load(Ordering::Relaxed) > 0 || !self.acks_rx.is_empty() {
+            match tokio::time::timeout_at(deadline, self.acks_rx.recv()).await {
+                Ok(Some((generation, pkid))) => {
+                    if let Phase::Up(c) = &phase {
+                        if c.generation == generation {
+                            c.session.ack(pkid);
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
         if let Phase::Up(c) = &mut phase {
             // Finish what is in flight so it is not sent twice on the next start.
             while c.held_in_flight > 0 && Instant::now() < deadline {
@@ -795,7 +925,7 @@ pub async fn probe(settings: &LinkSettings, timeout: Duration) -> Result<Duratio
     let mut session = Session::new(settings, &creds, None);
     let result = tokio::time::timeout(timeout, async {
         loop {
-            if let SessionEvent::Connected = session.poll().await? {
+            if let SessionEvent::Connected { .. } = session.poll().await? {
                 return Ok(());
             }
         }

@@ -1,5 +1,6 @@
 //! Messages as the rest of the agent hands them to the cloud link, and as they arrive.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,11 +16,19 @@ pub enum QoS {
     AtLeastOnce = 1,
 }
 
-/// MQTT 5 properties the bridge uses; ignored on MQTT 3.1.1.
+/// MQTT 5 properties the agent uses; ignored on MQTT 3.1.1. The outbox keeps the
+/// content type and user properties of what it holds; the others are for messages
+/// sent at once (replies) and those that arrive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Props {
     pub content_type: Option<String>,
     pub user: Vec<(String, String)>,
+    /// Message Expiry Interval, seconds (what is left of it, on arrival).
+    pub expiry: Option<u32>,
+    /// Response Topic: where a request wants its reply.
+    pub response_topic: Option<String>,
+    /// Correlation Data: given back with the reply.
+    pub correlation: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +70,71 @@ pub struct Incoming {
     pub topic: String,
     pub payload: Bytes,
     pub props: Option<Props>,
+    /// At QoS 1: the acknowledgement, sent to the broker when the last copy of this
+    /// message is dropped, that is once every handler has dealt with it. Until then the
+    /// broker holds the message and sends it again after a reconnect.
+    pub ack: Option<Arc<Ack>>,
+    /// A message too large to be taken: (its size, mqtt.max_packet_size). Its payload is
+    /// empty; the handler answers that it was refused.
+    pub oversized: Option<(usize, usize)>,
+}
+
+impl Incoming {
+    /// Leaves this message unacknowledged (the agent is stopping before dealing with
+    /// it): the broker sends it again on the next connection.
+    pub fn withhold(&self) {
+        if let Some(a) = &self.ack {
+            a.withhold();
+        }
+    }
+}
+
+/// The pending acknowledgement of one QoS 1 message: (connection, packet id), sent to
+/// the link when dropped. An acknowledgement for a connection that has since ended is
+/// not sent: the broker sends that message again.
+#[derive(Debug)]
+pub struct Ack {
+    connection: u64,
+    pkid: u16,
+    tx: tokio::sync::mpsc::UnboundedSender<(u64, u16)>,
+    /// How many acknowledgements are still undecided (the link waits for them when
+    /// it stops).
+    outstanding: Arc<AtomicUsize>,
+    /// Not acknowledged after all: the agent stopped before the message was dealt
+    /// with, and the broker is to send it again.
+    withheld: AtomicBool,
+}
+
+impl Ack {
+    pub fn new(
+        connection: u64,
+        pkid: u16,
+        tx: tokio::sync::mpsc::UnboundedSender<(u64, u16)>,
+        outstanding: Arc<AtomicUsize>,
+    ) -> Self {
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        Ack {
+            connection,
+            pkid,
+            tx,
+            outstanding,
+            withheld: AtomicBool::new(false),
+        }
+    }
+
+    /// The message was not dealt with; the broker keeps it for the next connection.
+    pub fn withhold(&self) {
+        self.withheld.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if !self.withheld.load(Ordering::Relaxed) {
+            let _ = self.tx.send((self.connection, self.pkid));
+        }
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Whether a topic matches an MQTT filter (`+` one level, `#` the rest).
@@ -106,6 +180,7 @@ mod tests {
         m.props = Some(Box::new(Props {
             content_type: Some("a/b".into()),
             user: vec![("k".into(), "v".into())],
+            ..Props::default()
         }));
         // content type: id, length, 3 bytes; user property: id, two lengths, 1 + 1 bytes
         assert_eq!(m.packet_size(), 1 + 1 + 2 + 1 + 1 + (6 + 7) + 10);

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -23,13 +23,25 @@ use super::wire::{self, Packet, Version};
 /// What happened on the connection.
 #[derive(Debug)]
 pub enum SessionEvent {
-    Connected,
+    /// The broker accepted the connection; `session_present`: it resumed the session it
+    /// kept for this client.
+    Connected {
+        session_present: bool,
+    },
     /// A PUBLISH left; its packet id (0 for QoS 0).
     Sent(u16),
     /// A SUBSCRIBE or DISCONNECT left.
     OtherRequestSent,
     PubAck(u16),
-    Message(Incoming),
+    /// A message from the broker; at QoS 1 with its packet id, to be acknowledged
+    /// (`Session::ack`) once it has been handed on.
+    Message(Incoming, Option<u16>),
+    /// A PUBLISH over mqtt.max_packet_size was skipped (and, at QoS 1, acknowledged).
+    TooLarge {
+        topic: String,
+        size: usize,
+        limit: usize,
+    },
     Other,
 }
 
@@ -124,6 +136,8 @@ type Batch = Result<Vec<SessionEvent>, Failure>;
 /// A connection: requests go to its task, events come back from it.
 pub struct Session {
     requests: mpsc::Sender<Request>,
+    /// PUBACKs for messages the agent has handed on; never queued behind publishes.
+    acks: mpsc::UnboundedSender<u16>,
     events: mpsc::Receiver<Batch>,
     waiting: VecDeque<SessionEvent>,
     driver: tokio::task::JoinHandle<()>,
@@ -147,6 +161,9 @@ struct Params {
     max_packet_size: usize,
     creds: Credentials,
     will: Option<Message>,
+    clean_start: bool,
+    session_expiry_secs: u32,
+    receive_max: u16,
 }
 
 fn ended() -> Failure {
@@ -172,6 +189,7 @@ impl Session {
     pub fn new(s: &LinkSettings, creds: &Credentials, will: Option<&Message>) -> Self {
         let cap = request_capacity(s.window);
         let (requests, requests_rx) = mpsc::channel(cap);
+        let (acks, acks_rx) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::channel(EVENT_BATCHES);
         let params = Params {
             version: match s.protocol {
@@ -187,14 +205,18 @@ impl Session {
             max_packet_size: s.max_packet_size,
             creds: creds.clone(),
             will: will.cloned(),
+            clean_start: s.clean_session,
+            session_expiry_secs: s.session_expiry.as_secs().min(u64::from(u32::MAX)) as u32,
+            receive_max: s.receive_max,
         };
         let driver = tokio::spawn(async move {
-            if let Err(f) = drive(params, requests_rx, &events_tx).await {
+            if let Err(f) = drive(params, requests_rx, acks_rx, &events_tx).await {
                 let _ = events_tx.send(Err(f)).await;
             }
         });
         Session {
             requests,
+            acks,
             events,
             waiting: VecDeque::new(),
             driver,
@@ -219,6 +241,11 @@ impl Session {
             return Err(format!("the filter {filter:?} is empty or too long"));
         }
         self.request(Request::Subscribe(filter.to_owned(), qos))
+    }
+
+    /// Acknowledges a QoS 1 message the broker sent on this connection.
+    pub fn ack(&self, pkid: u16) {
+        let _ = self.acks.send(pkid);
     }
 
     pub fn try_disconnect(&self) -> Result<(), String> {
@@ -294,6 +321,9 @@ async fn handshake(
             password: user.and(p.creds.password.as_deref()),
             will: p.will.as_ref(),
             max_packet_size: p.max_packet_size.min(u32::MAX as usize) as u32,
+            clean_start: p.clean_start,
+            session_expiry_secs: p.session_expiry_secs,
+            receive_max: p.receive_max,
         },
         &mut out,
     );
@@ -374,6 +404,9 @@ struct Conn {
     disconnecting: bool,
     last_refusal_log: Option<tokio::time::Instant>,
     last_too_large_log: Option<tokio::time::Instant>,
+    /// Bytes of an oversized PUBLISH still to be read and thrown away.
+    skip: usize,
+    max_packet_size: usize,
 }
 
 /// Whether a rate-limited line may be logged now.
@@ -480,16 +513,22 @@ impl Conn {
                 payload,
                 props,
             } => {
-                match qos {
-                    1 => wire::encode_puback(pkid, out),
-                    2 => wire::encode_pubrec(pkid, out),
-                    _ => {}
+                // QoS 1 is acknowledged once the agent has handed the message on (see
+                // `Session::ack`): a PUBACK sent now would tell the broker it was
+                // delivered while it may still be lost.
+                if qos == 2 {
+                    wire::encode_pubrec(pkid, out);
                 }
-                evs.push(SessionEvent::Message(Incoming {
-                    topic,
-                    payload,
-                    props,
-                }));
+                evs.push(SessionEvent::Message(
+                    Incoming {
+                        topic,
+                        payload,
+                        props,
+                        ack: None,
+                        oversized: None,
+                    },
+                    (qos == 1).then_some(pkid),
+                ));
             }
             Packet::PubAck { pkid, code } => {
                 if self.ids.free(pkid) {
@@ -566,9 +605,52 @@ fn next_packet(p: &Params, rbuf: &mut BytesMut) -> Result<Option<Packet>, Failur
         .map_err(|e| Failure::Protocol(e.to_string()))
 }
 
+impl Conn {
+    /// Handles every complete packet in `rbuf`; a PUBLISH over the size limit is skipped
+    /// (acknowledged at QoS 1, so the broker does not send it again) and reported, and
+    /// the connection goes on.
+    fn read_all(
+        &mut self,
+        rbuf: &mut BytesMut,
+        out: &mut BytesMut,
+        evs: &mut Vec<SessionEvent>,
+    ) -> Result<(), Failure> {
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(rbuf.len());
+                rbuf.advance(n);
+                self.skip -= n;
+                if self.skip > 0 {
+                    return Ok(());
+                }
+            }
+            let read = wire::read_packet_or_skip(self.version, rbuf, self.max_packet_size)
+                .map_err(|e| Failure::Protocol(e.to_string()))?;
+            match read {
+                None => return Ok(()),
+                Some(wire::Read::Packet(pk)) => self.on_packet(pk, out, evs)?,
+                Some(wire::Read::Oversized(o)) => {
+                    if o.qos == 1 {
+                        wire::encode_puback(o.pkid, out);
+                    } else if o.qos == 2 {
+                        wire::encode_pubrec(o.pkid, out);
+                    }
+                    self.skip = o.remaining;
+                    evs.push(SessionEvent::TooLarge {
+                        topic: o.topic,
+                        size: o.size,
+                        limit: self.max_packet_size,
+                    });
+                }
+            }
+        }
+    }
+}
+
 async fn drive(
     p: Params,
     mut requests: mpsc::Receiver<Request>,
+    mut acks: mpsc::UnboundedReceiver<u16>,
     events: &mpsc::Sender<Batch>,
 ) -> Result<(), Failure> {
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
@@ -598,6 +680,8 @@ async fn drive(
         disconnecting: false,
         last_refusal_log: None,
         last_too_large_log: None,
+        skip: 0,
+        max_packet_size: p.max_packet_size,
     };
     if !c.qos1_allowed {
         tracing::warn!(
@@ -605,15 +689,15 @@ async fn drive(
         );
     }
     events
-        .send(Ok(vec![SessionEvent::Connected]))
+        .send(Ok(vec![SessionEvent::Connected {
+            session_present: ack.session_present,
+        }]))
         .await
         .map_err(|_| ended())?;
     // Packets that came with the CONNACK.
     let mut out = BytesMut::with_capacity(WRITE_BATCH + 1024);
     let mut evs = Vec::new();
-    while let Some(pk) = next_packet(&p, &mut rbuf)? {
-        c.on_packet(pk, &mut out, &mut evs)?;
-    }
+    c.read_all(&mut rbuf, &mut out, &mut evs)?;
     let ping_every = if keep_alive.is_zero() {
         Duration::from_secs(3600 * 24 * 365)
     } else {
@@ -646,8 +730,12 @@ async fn drive(
                 if n == 0 {
                     return Err(Failure::Network("the broker closed the connection".into()));
                 }
-                while let Some(pk) = next_packet(&p, &mut rbuf)? {
-                    c.on_packet(pk, &mut out, &mut evs)?;
+                c.read_all(&mut rbuf, &mut out, &mut evs)?;
+            }
+            Some(pkid) = acks.recv() => {
+                wire::encode_puback(pkid, &mut out);
+                while let Ok(pkid) = acks.try_recv() {
+                    wire::encode_puback(pkid, &mut out);
                 }
             }
             r = requests.recv(), if c.can_take() => {

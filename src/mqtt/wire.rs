@@ -39,6 +39,14 @@ pub struct Connect<'a> {
     pub will: Option<&'a Message>,
     /// The largest packet the agent accepts (told to an MQTT 5 broker).
     pub max_packet_size: u32,
+    /// Clean Session (3.1.1) / Clean Start (5): false resumes the broker's session, with
+    /// the messages it kept for this client while it was away.
+    pub clean_start: bool,
+    /// How long an MQTT 5 broker keeps the session after a disconnect (0: not at all).
+    pub session_expiry_secs: u32,
+    /// How many QoS 1 messages an MQTT 5 broker may send before this client acknowledges
+    /// them (Receive Maximum).
+    pub receive_max: u16,
 }
 
 const PUBLISH: u8 = 3;
@@ -82,6 +90,9 @@ fn put_str(out: &mut BytesMut, s: &[u8]) {
 fn props_len(p: Option<&Props>) -> usize {
     p.map_or(0, |p| {
         p.content_type.as_ref().map_or(0, |c| 3 + c.len())
+            + p.expiry.map_or(0, |_| 5)
+            + p.response_topic.as_ref().map_or(0, |t| 3 + t.len())
+            + p.correlation.as_ref().map_or(0, |c| 3 + c.len())
             + p.user
                 .iter()
                 .map(|(k, v)| 5 + k.len() + v.len())
@@ -92,9 +103,21 @@ fn props_len(p: Option<&Props>) -> usize {
 fn put_props(out: &mut BytesMut, p: Option<&Props>) {
     put_varint(out, props_len(p));
     if let Some(p) = p {
+        if let Some(e) = p.expiry {
+            out.put_u8(0x02);
+            out.put_u32(e);
+        }
         if let Some(c) = &p.content_type {
             out.put_u8(0x03);
             put_str(out, c.as_bytes());
+        }
+        if let Some(t) = &p.response_topic {
+            out.put_u8(0x08);
+            put_str(out, t.as_bytes());
+        }
+        if let Some(c) = &p.correlation {
+            out.put_u8(0x09);
+            put_str(out, c);
         }
         for (k, v) in &p.user {
             out.put_u8(0x26);
@@ -106,8 +129,13 @@ fn put_props(out: &mut BytesMut, p: Option<&Props>) {
 
 pub fn encode_connect(c: &Connect<'_>, out: &mut BytesMut) {
     let v5 = c.version == Version::V5;
-    // Variable header: protocol name, level, flags, keep alive (+ properties).
-    let connect_props = if v5 { 5 } else { 0 }; // Maximum Packet Size
+    // Variable header: protocol name, level, flags, keep alive (+ properties: Maximum
+    // Packet Size, Receive Maximum, Session Expiry Interval).
+    let connect_props = if v5 {
+        5 + 3 + if c.session_expiry_secs > 0 { 5 } else { 0 }
+    } else {
+        0
+    };
     let mut len = 2 + 4 + 1 + 1 + 2;
     if v5 {
         len += varint_len(connect_props) + connect_props;
@@ -131,7 +159,9 @@ pub fn encode_connect(c: &Connect<'_>, out: &mut BytesMut) {
     put_varint(out, len);
     put_str(out, b"MQTT");
     out.put_u8(if v5 { 5 } else { 4 });
-    let mut flags = 0x02; // clean session / clean start: the outbox owns resending
+    // The outbox owns resending what the agent sends; a kept session is for what the
+    // broker holds for the agent (commands sent while it was away).
+    let mut flags = if c.clean_start { 0x02 } else { 0 };
     if let Some(w) = c.will {
         flags |= 0x04 | (qos_bits(w.qos) << 3);
         if w.retain {
@@ -150,6 +180,12 @@ pub fn encode_connect(c: &Connect<'_>, out: &mut BytesMut) {
         put_varint(out, connect_props);
         out.put_u8(0x27);
         out.put_u32(c.max_packet_size);
+        out.put_u8(0x21);
+        out.put_u16(c.receive_max);
+        if c.session_expiry_secs > 0 {
+            out.put_u8(0x11);
+            out.put_u32(c.session_expiry_secs);
+        }
     }
     put_str(out, c.client_id.as_bytes());
     if let Some(w) = c.will {
@@ -251,6 +287,8 @@ pub fn encode_disconnect(out: &mut BytesMut) {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ConnAck {
     pub code: u8,
+    /// The broker resumed a session it kept for this client.
+    pub session_present: bool,
     /// How many QoS 1 messages may be unacknowledged at once (MQTT 5).
     pub receive_max: Option<u16>,
     /// The keep alive the broker imposes (MQTT 5).
@@ -368,7 +406,8 @@ impl Rd {
                 0x03 | 0x08 | 0x12 | 0x15 | 0x1A | 0x1C | 0x1F => {
                     Prop::Str(p.string("a property")?)
                 }
-                0x09 | 0x16 => {
+                0x09 => Prop::Bin(p.binary("a property")?),
+                0x16 => {
                     p.binary("a property")?;
                     Prop::Other
                 }
@@ -389,6 +428,7 @@ impl Rd {
 enum Prop {
     Int(u32),
     Str(String),
+    Bin(Bytes),
     Pair(String, String),
     Other,
 }
@@ -401,6 +441,73 @@ fn reason_of(props: &[(u8, Prop)]) -> Option<String> {
 }
 
 /// Takes one complete packet off the front of `buf`; `Ok(None)` while it is incomplete.
+/// A PUBLISH larger than the limit, taken off the buffer without keeping its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversized {
+    pub size: usize,
+    pub topic: String,
+    pub qos: u8,
+    pub pkid: u16,
+    /// Bytes of it still to come after what was taken off the buffer: to be skipped.
+    pub remaining: usize,
+}
+
+/// What [`read_packet_or_skip`] found.
+#[derive(Debug, PartialEq)]
+pub enum Read {
+    Packet(Packet),
+    Oversized(Oversized),
+}
+
+/// As [`read_packet`], except that a PUBLISH over `limit` is not an error: once its topic
+/// and packet id are in `buf`, it is taken off (what is there of it) and described, so
+/// the connection can skip the rest and carry on.
+pub fn read_packet_or_skip(
+    v: Version,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Result<Option<Read>, WireError> {
+    match read_packet(v, buf, limit) {
+        Ok(p) => Ok(p.map(Read::Packet)),
+        Err(WireError::TooLarge { size, limit }) if buf[0] >> 4 == PUBLISH => {
+            let header = 1 + buf[1..]
+                .iter()
+                .take(4)
+                .position(|b| b & 0x80 == 0)
+                .map_or(4, |p| p + 1);
+            let qos = (buf[0] >> 1) & 3;
+            let Some(tl) = buf.get(header..header + 2) else {
+                return Ok(None);
+            };
+            let tl = usize::from(u16::from_be_bytes([tl[0], tl[1]]));
+            let need = header + 2 + tl + if qos > 0 { 2 } else { 0 };
+            if need > size {
+                return Err(malformed("PUBLISH", "the topic runs past the packet"));
+            }
+            if buf.len() < need {
+                return Ok(None);
+            }
+            let topic = String::from_utf8_lossy(&buf[header + 2..header + 2 + tl]).into_owned();
+            let pkid = if qos > 0 {
+                u16::from_be_bytes([buf[header + 2 + tl], buf[header + 3 + tl]])
+            } else {
+                0
+            };
+            let take = buf.len().min(size);
+            buf.advance(take);
+            let _ = limit;
+            Ok(Some(Read::Oversized(Oversized {
+                size,
+                topic,
+                qos,
+                pkid,
+                remaining: size - take,
+            })))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub fn read_packet(
     v: Version,
     buf: &mut BytesMut,
@@ -469,10 +576,11 @@ fn decode(v: Version, first: u8, body: Bytes) -> Result<Packet, WireError> {
     };
     Ok(match kind {
         2 => {
-            let _flags = r.u8("the acknowledge flags")?;
+            let flags = r.u8("the acknowledge flags")?;
             let code = r.u8("the return code")?;
             let mut ack = ConnAck {
                 code,
+                session_present: flags & 1 != 0,
                 ..Default::default()
             };
             if v5 && r.b.has_remaining() {
@@ -498,13 +606,13 @@ fn decode(v: Version, first: u8, body: Bytes) -> Result<Packet, WireError> {
             let topic = r.string("the topic")?;
             let pkid = if qos > 0 { r.u16("the packet id")? } else { 0 };
             let props = if v5 {
-                let mut p = Props {
-                    content_type: None,
-                    user: Vec::new(),
-                };
+                let mut p = Props::default();
                 for (id, val) in r.props()? {
                     match (id, val) {
+                        (0x02, Prop::Int(n)) => p.expiry = Some(n),
                         (0x03, Prop::Str(s)) => p.content_type = Some(s),
+                        (0x08, Prop::Str(s)) => p.response_topic = Some(s),
+                        (0x09, Prop::Bin(b)) => p.correlation = Some(b),
                         (0x26, Prop::Pair(k, v)) => p.user.push((k, v)),
                         _ => {}
                     }
@@ -624,6 +732,9 @@ mod tests {
         m.props = Some(Box::new(Props {
             content_type: Some("image/jpeg".into()),
             user: vec![("k".into(), "v".into())],
+            expiry: Some(3600),
+            response_topic: Some("re/ply".into()),
+            correlation: Some(Bytes::from_static(b"\x00\x01id")),
         }));
         for v in [Version::V311, Version::V5] {
             let mut out = BytesMut::new();
@@ -700,6 +811,7 @@ mod tests {
             p,
             Packet::ConnAck(ConnAck {
                 code: 0,
+                session_present: false,
                 receive_max: Some(20),
                 server_keep_alive: Some(30),
                 max_packet_size: Some(2000),
@@ -749,6 +861,9 @@ mod tests {
                 password: Some("p"),
                 will: Some(&will),
                 max_packet_size: 1 << 20,
+                clean_start: true,
+                session_expiry_secs: 0,
+                receive_max: 32,
             },
             &mut out,
         );
@@ -757,5 +872,76 @@ mod tests {
             b'o', b'f', b'f', 0, 1, b'u', 0, 1, b'p',
         ];
         assert_eq!(&out[..], want);
+    }
+
+    #[test]
+    fn a_kept_session_is_asked_for_and_reported() {
+        // MQTT 3.1.1: the Clean Session bit is off.
+        let mut out = BytesMut::new();
+        let c = |version, clean_start| Connect {
+            version,
+            client_id: "c",
+            keep_alive_secs: 30,
+            username: None,
+            password: None,
+            will: None,
+            max_packet_size: 1 << 20,
+            clean_start,
+            session_expiry_secs: 86_400,
+            receive_max: 32,
+        };
+        encode_connect(&c(Version::V311, false), &mut out);
+        assert_eq!(out[9], 0x00, "flags: {out:?}");
+        // MQTT 5: Clean Start off, Session Expiry Interval and Receive Maximum given.
+        let mut out = BytesMut::new();
+        encode_connect(&c(Version::V5, false), &mut out);
+        assert_eq!(out[9], 0x00);
+        let props = &out[12..];
+        assert_eq!(props[0], 13, "property length: {props:?}");
+        assert_eq!(&props[1..6], &[0x27, 0, 0x10, 0, 0]);
+        assert_eq!(&props[6..9], &[0x21, 0, 32]);
+        assert_eq!(&props[9..14], &[0x11, 0, 1, 0x51, 0x80]);
+        // CONNACK with Session Present.
+        let p = one(Version::V311, &[0x20, 2, 1, 0]).unwrap().unwrap();
+        assert!(matches!(
+            p,
+            Packet::ConnAck(ConnAck {
+                session_present: true,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_oversized_publish_is_described_and_skipped_not_fatal() {
+        // QoS 1, topic "t/x", packet id 7, 5000 bytes of payload; limit 1000.
+        let mut pkt = BytesMut::new();
+        let m = Message::new("t/x", vec![9u8; 5000], QoS::AtLeastOnce);
+        encode_publish(Version::V311, &m, 7, &mut pkt);
+        let total = pkt.len();
+        let mut buf = BytesMut::from(&pkt[..100]);
+        let r = read_packet_or_skip(Version::V311, &mut buf, 1000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r,
+            Read::Oversized(Oversized {
+                size: total,
+                topic: "t/x".into(),
+                qos: 1,
+                pkid: 7,
+                remaining: total - 100,
+            })
+        );
+        assert!(buf.is_empty());
+        // Too little of it yet to know the topic: wait.
+        let mut buf = BytesMut::from(&pkt[..5]);
+        assert_eq!(
+            read_packet_or_skip(Version::V311, &mut buf, 1000).unwrap(),
+            None
+        );
+        // Anything but a PUBLISH over the limit is still an error.
+        let mut big = BytesMut::from(&[0x90, 0x80, 0x80, 0x01][..]);
+        assert!(read_packet_or_skip(Version::V311, &mut big, 1000).is_err());
     }
 }

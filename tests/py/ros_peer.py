@@ -183,6 +183,12 @@ def dds_topic(name):
     return "rt" + (name if name.startswith("/") else "/" + name)
 
 
+def is_invalid(sample):
+    """A sample without data: Cyclone's note that an instance has no writers left or
+    was disposed (take() returns these among the samples)."""
+    return type(sample).__name__ == "InvalidSample"
+
+
 class Matched(Listener):
     def __init__(self):
         super().__init__()
@@ -209,6 +215,8 @@ def serve_set_bool(dp, cmd):
     def serve():
         while True:
             for r in reader.take(16):
+                if is_invalid(r):
+                    continue
                 emit({"event": "msg", "id": cmd["id"], "value": {"data": bool(r.data)}})
                 writer.write(rep_t(client=r.client, seq=r.seq, success=bool(cmd.get("success", True)),
                                    message=cmd.get("message", "")))
@@ -281,7 +289,7 @@ def param_call(dp, cmd):
         wait_until = min(end, time.time() + 0.5)
         while time.time() < wait_until:
             for rep in r.take(16):
-                if rep.client != client or rep.seq != seq:
+                if is_invalid(rep) or rep.client != client or rep.seq != seq:
                     continue
                 if cmd["service"] == "list":
                     reply = {"names": list(rep.result.names)}
@@ -344,6 +352,8 @@ def main():
                 items = list(readers.items())
             for rid, (reader, tname) in items:
                 for s in reader.take(64):
+                    if is_invalid(s):  # a writer went away: an instance state change
+                        continue
                     desc = (Nodetype.NAME, tname)
                     emit({"event": "msg", "id": rid, "value": types.to_json(desc, s),
                           "cdr": s.serialize().hex()})
@@ -353,6 +363,8 @@ def main():
                 graph_errors.append(f"cannot read: {type(e).__name__}: {e}")
                 samples = []
             for s in samples:
+                if is_invalid(s):
+                    continue
                 gid = bytes(s.gid.data).hex()
                 if gid == bytes(own_gid).hex():
                     continue

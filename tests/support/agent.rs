@@ -22,6 +22,11 @@ impl AgentDir {
 
     /// As [`AgentDir::new`], with `ros` as the body of the `[ros]` table.
     pub fn with_ros(port: u16, ros: &str, rules: &str, extra: &str) -> Self {
+        Self::with_mqtt(port, ros, rules, "", extra)
+    }
+
+    /// As [`AgentDir::with_ros`], with `mqtt` added to the `[mqtt]` table.
+    pub fn with_mqtt(port: u16, ros: &str, rules: &str, mqtt: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
         let cfg = format!(
@@ -46,7 +51,7 @@ health_interval = "1s"
 {extra}
 "#,
             state = dir.path().join("state").display(),
-            mqtt_extra = "",
+            mqtt_extra = mqtt,
         );
         std::fs::write(dir.path().join("agent.toml"), cfg).unwrap();
         AgentDir { dir }

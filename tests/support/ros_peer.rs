@@ -135,13 +135,11 @@ impl RosPeer {
 
     /// Messages received so far on subscription `id`.
     pub fn received(&self, id: &str) -> Vec<Value> {
-        self.msgs
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|m| m["id"] == id)
-            .cloned()
-            .collect()
+        let msgs = self.msgs.lock().unwrap();
+        if let Some(e) = msgs.iter().find(|m| m["event"] == "peer-error") {
+            panic!("the Cyclone peer stopped reading: {}", e["error"]);
+        }
+        msgs.iter().filter(|m| m["id"] == id).cloned().collect()
     }
 
     pub fn wait_received(&self, id: &str, n: usize, timeout: Duration) -> Vec<Value> {

@@ -325,6 +325,7 @@ fn decode_props(rest: &mut &[u8]) -> Option<Props> {
     Some(Props {
         content_type: (!ct.is_empty()).then_some(ct),
         user,
+        ..Props::default()
     })
 }
 
@@ -366,6 +367,7 @@ mod tests {
         with_props.props = Some(Box::new(Props {
             content_type: Some("image/jpeg".into()),
             user: vec![("k".into(), "v".into())],
+            ..Props::default()
         }));
         w.append(9, 1002, &with_props).unwrap();
         w.flush().unwrap();

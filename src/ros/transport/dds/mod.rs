@@ -27,7 +27,8 @@ use futures::{FutureExt as _, StreamExt as _};
 use rustdds::no_key::DataWriter;
 use rustdds::policy::{Deadline, Durability as DDurability, History, Lifespan, Liveliness};
 use rustdds::{
-    DomainParticipant, QosPolicies, QosPolicyBuilder, RTPSEntity as _, Topic, TopicKind,
+    DomainParticipant, QosPolicies, QosPolicyBuilder, RTPSEntity as _, StatusEvented as _, Topic,
+    TopicKind,
 };
 use tokio::sync::mpsc;
 
@@ -383,28 +384,97 @@ struct DdsPublisher {
     dds_topic: String,
     writer: RawWriter,
     dp: DomainParticipant,
+    /// Readers this writer itself is matched with (from its status events), and since
+    /// when. Discovery knows a reader a moment before the writer does, and what is
+    /// written in between is not sent to that reader.
+    matched: Mutex<HashMap<rustdds::GUID, std::time::Instant>>,
+    /// A reader matched since the last acknowledged sample.
+    new_reader: std::sync::atomic::AtomicBool,
+}
+
+/// How long after this writer matched a reader it counts as a subscriber. Matching is
+/// not symmetric: the reader's side learns of this writer a moment later, and a volatile
+/// reader (Cyclone DDS's) drops what was written before its side matched. A command
+/// published right at the match was lost; [`MATCH_SETTLE`] later it arrives.
+///
+/// The first sample after a new match also waits (up to [`MATCH_SETTLE`]) for the
+/// readers' acknowledgement: a volatile reader counts whatever it has not yet received
+/// when it reads this writer's first heartbeat as history and never asks for it, so a
+/// burst written at once could lose its tail. Once acknowledged, losses are repaired.
+pub const MATCH_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl DdsPublisher {
+    /// Takes the writer's status events into the matched readers.
+    fn update_matches(&self, matched: &mut HashMap<rustdds::GUID, std::time::Instant>) {
+        let own = self.dp.guid().prefix;
+        while let Some(st) = self.writer.try_recv_status() {
+            if let rustdds::DataWriterStatus::PublicationMatched {
+                current, reader, ..
+            } = st
+            {
+                if reader.prefix == own {
+                    continue;
+                }
+                if current.count_change() > 0 {
+                    matched
+                        .entry(reader)
+                        .or_insert_with(std::time::Instant::now);
+                    self.new_reader
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                } else if current.count_change() < 0 {
+                    matched.remove(&reader);
+                }
+            }
+        }
+    }
+
+    /// Waits (blocking) for every matched reader to acknowledge what was written.
+    fn wait_acknowledged(&self) {
+        let wait = || self.writer.wait_for_acknowledgments(MATCH_SETTLE);
+        let acked = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        if !matches!(acked, Ok(true)) {
+            tracing::debug!(
+                topic = &self.dds_topic[2..],
+                "A new subscriber has not acknowledged the first message yet."
+            );
+        }
+    }
 }
 
 impl RawPublisher for DdsPublisher {
     fn publish(&self, cdr: &Bytes) -> Result<(), TransportError> {
+        if let Ok(mut matched) = self.matched.lock() {
+            self.update_matches(&mut matched);
+        }
         self.writer
             .write(RawSample(cdr.clone()), Some(rustdds::Timestamp::now()))
             .map_err(|e| TransportError::Publish {
                 topic: self.dds_topic[2..].to_owned(),
                 reason: format!("{e:?}"),
-            })
+            })?;
+        if self
+            .new_reader
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.wait_acknowledged();
+        }
+        Ok(())
     }
 
     fn subscription_count(&self) -> usize {
-        // Matched readers as DDS discovery knows them, other participants' only.
-        let own = self.dp.guid().prefix;
-        self.dp
-            .discovered_readers()
-            .iter()
-            .filter(|r| {
-                r.subscription_topic_data.topic_name() == &self.dds_topic
-                    && r.reader_proxy.remote_reader_guid.prefix != own
-            })
+        // Readers of other participants this writer has been matched with for a moment.
+        let Ok(mut matched) = self.matched.lock() else {
+            return 0;
+        };
+        self.update_matches(&mut matched);
+        matched
+            .values()
+            .filter(|at| at.elapsed() >= MATCH_SETTLE)
             .count()
     }
 }
@@ -528,6 +598,8 @@ impl Transport for DdsTransport {
             dds_topic,
             writer,
             dp: self.dp.clone(),
+            matched: Mutex::new(Default::default()),
+            new_reader: Default::default(),
         }))
     }
 
