@@ -12,6 +12,7 @@
 
 mod announce;
 pub mod graph;
+mod lo_relay;
 mod params;
 mod raw;
 mod service;
@@ -207,9 +208,23 @@ impl DdsTransport {
     pub fn start(opts: &DdsOptions) -> Result<Self, TransportError> {
         let start = |e: String| TransportError::Start(e);
         let lo_flags = std::fs::read_to_string("/sys/class/net/lo/flags").ok();
-        if loopback_without_multicast(&opts.only_networks, lo_flags.as_deref()) {
-            tracing::warn!("DDS is limited to the loopback interface, which has multicast off: nodes on Cyclone DDS find the agent only when they repeat their announcement, seconds from now. `ip link set lo multicast on` (as root) makes discovery immediate; docs/bridge.md says how to make it stick.");
-        }
+        let relay = if loopback_without_multicast(&opts.only_networks, lo_flags.as_deref()) {
+            match lo_relay::Relay::bind(opts.domain_id) {
+                Ok(r) => {
+                    tracing::debug!(
+                        participant_slot = r.participant,
+                        "The loopback interface has multicast off: the agent's DDS announcements are passed on to the multicast group through it, for Cyclone DDS nodes."
+                    );
+                    Some(r)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "DDS is limited to the loopback interface, which has multicast off, and the agent cannot pass its announcements on to the multicast group: nodes on Cyclone DDS find the agent only when they repeat their announcement, seconds from now. `ip link set lo multicast on` (as root) makes discovery immediate; docs/bridge.md says how to make it stick.");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut builder = rustdds::DomainParticipantBuilder::new(opts.domain_id);
         if !opts.only_networks.is_empty() {
             builder = builder.with_only_networks(opts.only_networks.clone());
@@ -243,6 +258,10 @@ impl DdsTransport {
             tasks: Mutex::new(Vec::new()),
             threads,
         };
+        if let Some(r) = relay {
+            // Announcements sent since the participant started wait in its socket.
+            t.spawn(r.run());
+        }
         t.spawn(announce::run(dp, publisher, subscriber, announcer, policy));
         t.serve_parameters(params::Parameters {
             config_file: opts
