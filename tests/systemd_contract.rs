@@ -207,3 +207,42 @@ fn journal_lines_carry_their_priority_and_no_timestamp() {
         }
     }
 }
+
+/// A stop asked for while the agent is still starting (systemd stopping a unit that
+/// has just been started, a technician's Ctrl-C) is a clean stop, not a kill by the
+/// signal: exit 0, "edge-agent stopped." in the log.
+#[test]
+fn sigterm_while_starting_is_a_clean_stop() {
+    let mut broker = Mosquitto::start(Options::default());
+    let port = broker.port;
+    broker.stop();
+    let dom = support::domain();
+    let rules = "[[ros_to_mqtt]]\nname = \"c\"\nros_topic = \"/chatter\"\nros_type = \"std_msgs/msg/String\"\nmqtt_topic = \"/t\"\n";
+    let a = AgentDir::new(port, dom.id, rules, "");
+    for sig in ["-TERM", "-INT"] {
+        let log = a.path().join(format!("start{sig}.log"));
+        let child = run_logging_to(&a, &log, false);
+        // The first line is written once the handlers are in place; the ROS node,
+        // the bridge and the link are still being started.
+        // Watched closely and signalled directly: starting takes a few tens of ms.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("edge-agent starting.")
+        {
+            assert!(Instant::now() < deadline, "the agent did not start");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let signo = if sig == "-TERM" {
+            libc::SIGTERM
+        } else {
+            libc::SIGINT
+        };
+        // SAFETY: kill(2) on the child's pid, which has not been waited for yet.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signo) }, 0);
+        let (code, _) = finish(child);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(code, Some(0), "{sig} while starting:\n{text}");
+        assert!(text.contains("edge-agent stopped."), "{text}");
+    }
+}

@@ -65,6 +65,7 @@ pub fn run(args: RunArgs, ros: RosArgs) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::internal(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async {
+        let mut termination = crate::agent::Termination::install();
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %args.config.as_deref().unwrap_or(std::path::Path::new("-")).display(),
             device = %settings.file.device.device_name, "edge-agent starting.");
         if !ros.ignored.is_empty() {
@@ -74,7 +75,7 @@ pub fn run(args: RunArgs, ros: RosArgs) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::internal(format!("{e:#}")))?;
         let failed = tokio::select! {
-            _ = crate::agent::termination() => None,
+            _ = termination.wait() => None,
             why = running.failed() => Some(why),
         };
         if failed.is_none() {

@@ -332,6 +332,7 @@ pub async fn run(opts: DemoOptions, dir: &Path, live: bool) -> anyhow::Result<Su
     );
     println!();
 
+    let mut termination = crate::agent::Termination::install();
     let running = crate::agent::start(&settings, None).await?;
     // The robot is a second ROS 2 participant on the same domain.
     let robot_t: Arc<dyn crate::ros::transport::Transport> = Arc::new(
@@ -367,7 +368,7 @@ pub async fn run(opts: DemoOptions, dir: &Path, live: bool) -> anyhow::Result<Su
     let end = opts.duration.map(|d| started + d);
     loop {
         tokio::select! {
-            _ = crate::agent::termination() => break,
+            _ = termination.wait() => break,
             _ = async { match end { Some(e) => tokio::time::sleep_until(e).await, None => std::future::pending().await } } => break,
             _ = tick.tick() => {
                 let lines = view(&state, &running, started.elapsed());
