@@ -72,6 +72,7 @@ pub async fn start(
     let mut rule_stats = Vec::new();
     let needs_ros = !settings.rules.outbound.is_empty()
         || !settings.rules.inbound.is_empty()
+        || !settings.rules.services.is_empty()
         || settings.detect.is_some();
     if needs_ros {
         let t =
@@ -81,6 +82,7 @@ pub async fn start(
             t.clone(),
             handle.clone(),
             settings.link.protocol == Protocol::V5,
+            &settings.file.state_dir,
             shutdown.clone(),
         )
         .await

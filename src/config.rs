@@ -242,6 +242,13 @@ impl AgentConfig {
                     invalid(&format!("{file}: rule '{name}': ros_type"), t, reason)
                 })?;
             }
+            if let Some(r) = rules.services.first() {
+                return Err(invalid(
+                    &format!("{}: rule '{}'", r.file, r.name),
+                    "mqtt_to_service",
+                    "service rules need ros.transport = \"dds\" (the rcl transport does not call services yet)",
+                ));
+            }
         }
         let hi = self.bridge.health_interval.0;
         if hi < std::time::Duration::from_secs(1) {

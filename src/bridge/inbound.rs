@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::rules::{Envelope, MqttToRos};
+use super::rules::{AgeLimit, Envelope, MqttToRos};
 use super::stats::RuleStats;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::mqtt::{Incoming, LinkHandle, Message, QoS};
@@ -98,16 +98,16 @@ fn remove_path(v: &mut Value, path: &[String]) {
 /// Why a command is too old, if it is: `sent_ms` is when it was sent (if known),
 /// `arrived_ms` when the agent took it from the broker.
 pub fn staleness(
-    rule: &MqttToRos,
+    age: &AgeLimit,
     sent_ms: Option<u64>,
     arrived_ms: u64,
     now: u64,
 ) -> Option<String> {
-    let max = rule.max_age?;
+    let max = age.max_age?;
     let max_ms = max.as_millis() as u64;
     let from = sent_ms.unwrap_or(arrived_ms);
-    let age = now.saturating_sub(from);
-    (age > max_ms).then(|| {
+    let old = now.saturating_sub(from);
+    (old > max_ms).then(|| {
         format!(
             "stale: {} {:.1} s ago, more than max_age {:.1} s; not carried out",
             if sent_ms.is_some() {
@@ -115,10 +115,92 @@ pub fn staleness(
             } else {
                 "received"
             },
-            age as f64 / 1000.0,
+            old as f64 / 1000.0,
             max.as_secs_f64()
         )
     })
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not JSON, or not the rule's type.
+    Invalid,
+    /// Older than the rule's `max_age`, or past its MQTT 5 Message Expiry.
+    Stale,
+    /// Over `mqtt.max_packet_size`: not read.
+    TooLarge,
+    /// ROS could not take it.
+    Failed,
+}
+
+/// A cloud command as read: its JSON (with the timestamp taken out when it is not part
+/// of the message) and the times that decide whether it is still fresh.
+pub struct Received {
+    pub value: Value,
+    pub sent_ms: Option<u64>,
+    pub arrived_ms: u64,
+    /// MQTT 5 Message Expiry: the seconds left on arrival, and when that runs out.
+    expiry: Option<(u32, u64)>,
+}
+
+impl Received {
+    pub fn read(age: &AgeLimit, m: &Incoming) -> Result<Self, (Refusal, String)> {
+        if let Some((size, limit)) = m.oversized {
+            return Err((
+                Refusal::TooLarge,
+                format!("the command is {size} bytes, more than mqtt.max_packet_size ({limit} bytes); it was not read"),
+            ));
+        }
+        let arrived_ms = now_ms();
+        let mut value: Value = serde_json::from_slice(&m.payload)
+            .map_err(|e| (Refusal::Invalid, format!("invalid JSON: {e}")))?;
+        let sent_ms = match &age.timestamp_field {
+            Some(path) => {
+                let t = sent_at_ms(&value, path).map_err(|e| (Refusal::Invalid, e))?;
+                if age.timestamp_outside_message {
+                    remove_path(&mut value, path);
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        // MQTT 5 Message Expiry: the broker forwards what is left of the command's life.
+        let expiry = m
+            .props
+            .as_ref()
+            .and_then(|p| p.expiry)
+            .map(|secs| (secs, arrived_ms + u64::from(secs) * 1000));
+        Ok(Self {
+            value,
+            sent_ms,
+            arrived_ms,
+            expiry,
+        })
+    }
+
+    /// Why the command is too old at `now`, if it is.
+    pub fn too_old(&self, age: &AgeLimit, now: u64) -> Option<String> {
+        staleness(age, self.sent_ms, self.arrived_ms, now).or_else(|| {
+            self.expiry.filter(|&(_, at)| now > at).map(|(secs, _)| {
+                format!("stale: its MQTT message expiry ({secs} s) passed before it could be carried out")
+            })
+        })
+    }
+
+    /// `wait`, shortened so that the command does not age past its limits meanwhile.
+    pub fn wait_limit(&self, age: &AgeLimit, wait: Duration, now: u64) -> Duration {
+        let mut limit = wait;
+        if let Some(max) = age.max_age {
+            let used =
+                Duration::from_millis(now.saturating_sub(self.sent_ms.unwrap_or(self.arrived_ms)));
+            limit = limit.min(max.saturating_sub(used));
+        }
+        if let Some((_, at)) = self.expiry {
+            limit = limit.min(Duration::from_millis(at.saturating_sub(now)));
+        }
+        limit
+    }
 }
 
 /// How often a waiting command looks for a subscriber.
@@ -151,11 +233,7 @@ enum Outcome {
     /// The agent is stopping: not carried out and not acknowledged, so the broker
     /// sends it again to the next run.
     Withheld,
-    Refused {
-        why: String,
-        stale: bool,
-        too_large: bool,
-    },
+    Refused(Refusal, String),
 }
 
 async fn handle(
@@ -164,90 +242,37 @@ async fn handle(
     publisher: &dyn RawPublisher,
     shutdown: &CancellationToken,
 ) -> Outcome {
-    let refused = |why: String| Outcome::Refused {
-        why,
-        stale: false,
-        too_large: false,
-    };
-    if let Some((size, limit)) = m.oversized {
-        return Outcome::Refused {
-            why: format!(
-                "the command is {size} bytes, more than mqtt.max_packet_size ({limit} bytes); it was not read"
-            ),
-            stale: false,
-            too_large: true,
-        };
-    }
-    let arrived = now_ms();
-    let mut v: Value = match serde_json::from_slice(&m.payload) {
-        Ok(v) => v,
-        Err(e) => return refused(format!("invalid JSON: {e}")),
-    };
-    let sent = match &rule.timestamp_field {
-        Some(path) => match sent_at_ms(&v, path) {
-            Ok(t) => {
-                if rule.timestamp_outside_message {
-                    remove_path(&mut v, path);
-                }
-                Some(t)
-            }
-            Err(e) => return refused(e),
-        },
-        None => None,
-    };
-    // MQTT 5 Message Expiry: the broker forwards what is left of the command's life.
-    let expiry = m.props.as_ref().and_then(|p| p.expiry);
-    let expires_ms = expiry.map(|secs| arrived + u64::from(secs) * 1000);
-    let too_old = |now: u64| {
-        staleness(rule, sent, arrived, now).or_else(|| {
-            expires_ms.filter(|&at| now > at).map(|_| {
-                format!(
-                    "stale: its MQTT message expiry ({} s) passed before it could be carried out",
-                    expiry.unwrap_or_default()
-                )
-            })
-        })
-    };
-    if let Some(why) = too_old(now_ms()) {
-        return Outcome::Refused {
-            why,
-            stale: true,
-            too_large: false,
-        };
-    }
-    let cdr = match convert_value(rule, v) {
+    let cmd = match Received::read(&rule.age, m) {
         Ok(c) => c,
-        Err(e) => return refused(e),
+        Err((kind, why)) => return Outcome::Refused(kind, why),
+    };
+    if let Some(why) = cmd.too_old(&rule.age, now_ms()) {
+        return Outcome::Refused(Refusal::Stale, why);
+    }
+    let cdr = match convert_value(rule, cmd.value.clone()) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Refused(Refusal::Invalid, e),
     };
     if publisher.subscription_count() == 0 {
         // Held, not published into the void; but never past its max_age or expiry.
-        let now = now_ms();
-        let mut limit = rule.wait_for_subscriber;
-        if let Some(max) = rule.max_age {
-            let used = Duration::from_millis(now.saturating_sub(sent.unwrap_or(arrived)));
-            limit = limit.min(max.saturating_sub(used));
-        }
-        if let Some(at) = expires_ms {
-            limit = limit.min(Duration::from_millis(at.saturating_sub(now)));
-        }
+        let limit = cmd.wait_limit(&rule.age, rule.wait_for_subscriber, now_ms());
         if !wait_for_subscriber(publisher, limit, shutdown).await {
             if shutdown.is_cancelled() {
                 return Outcome::Withheld;
             }
             // Just past the limit: a command held to its last moment is refused.
-            if let Some(why) = too_old(now_ms() + 1) {
-                return Outcome::Refused {
-                    why: format!("{why} (no subscriber on {})", rule.ros_topic),
-                    stale: true,
-                    too_large: false,
-                };
+            if let Some(why) = cmd.too_old(&rule.age, now_ms() + 1) {
+                return Outcome::Refused(
+                    Refusal::Stale,
+                    format!("{why} (no subscriber on {})", rule.ros_topic),
+                );
             }
             tracing::debug!(rule = %rule.name, ros_topic = %rule.ros_topic, "No subscriber yet; the command goes out anyway.");
         }
     }
     match publisher.publish(&cdr) {
         Ok(()) => Outcome::Sent,
-        Err(e) => refused(e.to_string()),
+        Err(e) => Outcome::Refused(Refusal::Failed, e.to_string()),
     }
 }
 
@@ -272,16 +297,8 @@ pub async fn run(
         match handle(&rule, &m, publisher.as_ref(), &shutdown).await {
             Outcome::Sent => RuleStats::inc(&stats.sent),
             Outcome::Withheld => m.withhold(),
-            Outcome::Refused {
-                why,
-                stale,
-                too_large,
-            } => {
-                if stale {
-                    RuleStats::inc(&stats.refused_stale);
-                } else if too_large {
-                    RuleStats::inc(&stats.refused_too_large);
-                }
+            Outcome::Refused(kind, why) => {
+                stats.refused(kind);
                 if stats.error(why.clone()) {
                     tracing::warn!(rule = %rule.name, topic = %m.topic, error = %why,
                         "Refused a cloud command; the reason went back to the cloud. Further refusals are only counted.");

@@ -1,10 +1,12 @@
 //! The bridge: configured ROS 2 topics to MQTT as JSON (or images), and cloud commands
 //! back onto ROS 2, for any message type, following the rules in `msg_mappings/`.
 
+pub mod calls;
 pub mod image;
 pub mod inbound;
 pub mod outbound;
 pub mod rules;
+pub mod service;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -85,13 +87,18 @@ async fn auto_qos(transport: &Arc<dyn Transport>, topic: &str, fallback: Qos) ->
 
 /// Starts every rule. Subscriptions with `auto` QoS start once the publisher is known
 /// (or after a short wait).
+/// The call log of cloud service requests, in the state folder.
+pub const CALL_LOG: &str = "service-calls.jsonl";
+
 pub async fn start(
     rules: &Rules,
     transport: Arc<dyn Transport>,
     link: LinkHandle,
     v5: bool,
+    state_dir: &std::path::Path,
     shutdown: CancellationToken,
 ) -> Result<Bridge, TransportError> {
+    let started = std::time::Instant::now();
     let mut stats = Vec::new();
     let mut tasks = Vec::new();
     for rule in &rules.outbound {
@@ -161,9 +168,45 @@ pub async fn start(
             shutdown.clone(),
         )));
     }
+    if !rules.services.is_empty() {
+        let path = state_dir.join(CALL_LOG);
+        let log = calls::CallLog::open(&path, calls::KEPT).map_err(|e| {
+            TransportError::Start(format!(
+                "cannot open the service call log {}: {e}",
+                path.display()
+            ))
+        })?;
+        let log = Arc::new(std::sync::Mutex::new(log));
+        for rule in &rules.services {
+            let rule = Arc::new(rule.clone());
+            let st = Arc::new(RuleStats::new(
+                &rule.name,
+                "mqtt_to_service",
+                &rule.ros_service,
+                &rule.mqtt_filter,
+            ));
+            stats.push(st.clone());
+            // The client now, so that it is matched with the server by the first request.
+            transport.service_ready(&rule.ros_service, &rule.type_name, rule.rmw)?;
+            let rx = link
+                .subscribe(&rule.mqtt_filter, QoS::AtLeastOnce, 256)
+                .await
+                .map_err(|e| TransportError::Start(e.to_string()))?;
+            let svc = service::Service {
+                rule,
+                transport: transport.clone(),
+                link: link.clone(),
+                stats: st,
+                log: log.clone(),
+                started,
+            };
+            tasks.push(tokio::spawn(svc.run(rx, shutdown.clone())));
+        }
+    }
     tracing::info!(
         to_cloud = rules.outbound.len(),
         from_cloud = rules.inbound.len(),
+        services = rules.services.len(),
         files = rules.files.len(),
         "Bridge rules started."
     );

@@ -15,7 +15,7 @@ use crate::config::DeviceConfig;
 use crate::mqtt::QoS;
 use crate::ros::msgdef::ArrayKind;
 use crate::ros::schema::{Elem, MsgSchema};
-use crate::ros::transport::{Durability, Qos, Reliability};
+use crate::ros::transport::{Durability, Qos, Reliability, ServiceRmw};
 use crate::ros::{Registry, TypeName};
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +196,69 @@ fn default_error_topic() -> String {
     "/${productKey}/${deviceName}/user/cmd/error".into()
 }
 
+/// `[[mqtt_to_service]]`: a cloud request calls a ROS 2 service; its response goes back
+/// as the reply (docs/commands.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttToServiceRaw {
+    pub name: String,
+    /// Where requests arrive; may end in a wildcard (`+`, `#`).
+    pub mqtt_topic: String,
+    pub ros_service: String,
+    /// `pkg/srv/Name`.
+    pub ros_type: String,
+    /// How the robot's middleware carries the request id: `fastrtps` or `cyclonedds`.
+    #[serde(default)]
+    pub rmw: ServiceRmw,
+    /// `alink`: an Alink service call, `{"id","version","params":{…},"method"}`; the
+    /// request is `params`.
+    #[serde(default)]
+    pub envelope: Envelope,
+    #[serde(default)]
+    pub strict: bool,
+    /// Where in the request its id is (a dot path). MQTT 5 Correlation Data, when
+    /// present, is the id instead.
+    #[serde(default = "default_id_field")]
+    pub id_field: String,
+    /// The id is the last level of the request's topic (Aliyun RRPC:
+    /// `…/rrpc/request/<messageId>`).
+    #[serde(default)]
+    pub id_from_topic: bool,
+    /// Where the reply goes when the request names no MQTT 5 Response Topic; `${topic}`
+    /// is the request's topic and `${id}` its id.
+    #[serde(default = "default_reply_topic")]
+    pub reply_topic: String,
+    /// Where refusals of requests without an id (or too broken to have one) go.
+    #[serde(default = "default_error_topic")]
+    pub error_topic: String,
+    /// How long the service has to answer.
+    #[serde(default = "default_call_timeout")]
+    pub timeout: Dur,
+    /// How long a request waits for the service to be on the ROS graph, counted from
+    /// the agent's start (discovery takes a moment); later, a missing server is
+    /// answered at once.
+    #[serde(default = "default_wait_for_server")]
+    pub wait_for_server: Dur,
+    pub max_age: Option<Dur>,
+    pub timestamp_field: Option<String>,
+}
+
+fn default_id_field() -> String {
+    "id".into()
+}
+
+fn default_reply_topic() -> String {
+    "${topic}_reply".into()
+}
+
+const fn default_call_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+const fn default_wait_for_server() -> Dur {
+    Dur::secs(5)
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleFile {
@@ -203,6 +266,8 @@ struct RuleFile {
     ros_to_mqtt: Vec<RosToMqttRaw>,
     #[serde(default)]
     mqtt_to_ros: Vec<MqttToRosRaw>,
+    #[serde(default)]
+    mqtt_to_service: Vec<MqttToServiceRaw>,
 }
 
 /// How a rule's ROS QoS is chosen.
@@ -266,19 +331,106 @@ pub struct MqttToRos {
     pub strict: bool,
     pub envelope: Envelope,
     pub error_topic: String,
+    pub age: AgeLimit,
+    pub wait_for_subscriber: std::time::Duration,
+}
+
+/// How old a cloud command may be.
+#[derive(Debug, Clone, Default)]
+pub struct AgeLimit {
     pub max_age: Option<std::time::Duration>,
     /// `timestamp_field` split at the dots.
     pub timestamp_field: Option<Vec<String>>,
     /// The timestamp is not a field of the ROS message (it is taken out of the command
     /// before the command is converted, so a strict rule does not refuse it).
     pub timestamp_outside_message: bool,
-    pub wait_for_subscriber: std::time::Duration,
+}
+
+impl AgeLimit {
+    fn compile(
+        ctx: &Ctx<'_>,
+        r: &str,
+        max_age: Option<Dur>,
+        field: Option<&str>,
+        envelope: Envelope,
+        schema: &MsgSchema,
+    ) -> Result<Self, RuleError> {
+        let max_age = match max_age {
+            Some(d) if d.0.is_zero() => return Err(ctx.err(r, "max_age", "must be more than 0s")),
+            d => d.map(|d| d.0),
+        };
+        let timestamp_field: Option<Vec<String>> = match field {
+            Some(f) if f.is_empty() || f.split('.').any(str::is_empty) => {
+                return Err(ctx.err(
+                    r,
+                    "timestamp_field",
+                    "a dot path of field names, e.g. \"ts\"",
+                ))
+            }
+            f => f.map(|f| f.split('.').map(str::to_owned).collect()),
+        };
+        let timestamp_outside_message = match (&timestamp_field, envelope) {
+            (None, _) => false,
+            (Some(p), Envelope::Raw) => resolve_path(schema, p).is_none(),
+            (Some(p), Envelope::Alink) => {
+                p.len() < 2 || p[0] != "params" || resolve_path(schema, &p[1..]).is_none()
+            }
+        };
+        Ok(Self {
+            max_age,
+            timestamp_field,
+            timestamp_outside_message,
+        })
+    }
+}
+
+/// A compiled `[[mqtt_to_service]]` rule.
+#[derive(Debug, Clone)]
+pub struct MqttToService {
+    pub name: String,
+    pub file: String,
+    pub mqtt_filter: String,
+    pub ros_service: String,
+    /// `pkg/srv/Name`.
+    pub type_name: TypeName,
+    pub request: Arc<MsgSchema>,
+    pub response: Arc<MsgSchema>,
+    pub rmw: ServiceRmw,
+    pub envelope: Envelope,
+    pub strict: bool,
+    /// `id_field` split at the dots.
+    pub id_field: Vec<String>,
+    /// The id is not a field of the request (it is taken out before conversion).
+    pub id_outside_request: bool,
+    pub id_from_topic: bool,
+    /// The reply topic with the device filled in; `${topic}` and `${id}` are filled
+    /// per request.
+    pub reply_topic: TopicTemplate,
+    pub error_topic: String,
+    pub timeout: Duration,
+    pub wait_for_server: Duration,
+    pub age: AgeLimit,
+}
+
+impl MqttToService {
+    /// The reply topic for one request; `None` when the id cannot be put in a topic.
+    pub fn reply_topic_for(&self, topic: &str, id: &str) -> Option<String> {
+        if self.reply_topic.uses("id") && (id.is_empty() || id.contains(['/', '+', '#', '\0'])) {
+            return None;
+        }
+        Some(self.reply_topic.render(|v| match v {
+            "topic" => Some(topic.to_owned()),
+            "id" => Some(id.to_owned()),
+            _ => None,
+        }))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
     pub outbound: Vec<RosToMqtt>,
     pub inbound: Vec<MqttToRos>,
+    pub services: Vec<MqttToService>,
     pub files: Vec<PathBuf>,
 }
 
@@ -656,34 +808,17 @@ impl MqttToRos {
             &[("ros_topic", &short), ("name", r)],
             false,
         )?;
-        let max_age = match raw.max_age {
-            Some(d) if d.0.is_zero() => return Err(ctx.err(r, "max_age", "must be more than 0s")),
-            d => d.map(|d| d.0),
-        };
-        let timestamp_field: Option<Vec<String>> = match &raw.timestamp_field {
-            Some(f) if f.is_empty() || f.split('.').any(str::is_empty) => {
-                return Err(ctx.err(
-                    r,
-                    "timestamp_field",
-                    "a dot path of field names, e.g. \"ts\"",
-                ))
-            }
-            f => f
-                .as_ref()
-                .map(|f| f.split('.').map(str::to_owned).collect()),
-        };
-        let timestamp_outside_message = match (&timestamp_field, raw.envelope) {
-            (None, _) => false,
-            (Some(p), Envelope::Raw) => resolve_path(&schema, p).is_none(),
-            (Some(p), Envelope::Alink) => {
-                p.len() < 2 || p[0] != "params" || resolve_path(&schema, &p[1..]).is_none()
-            }
-        };
+        let age = AgeLimit::compile(
+            ctx,
+            r,
+            raw.max_age,
+            raw.timestamp_field.as_deref(),
+            raw.envelope,
+            &schema,
+        )?;
         Ok(MqttToRos {
             qos: ctx.qos(r, &raw.qos)?,
-            max_age,
-            timestamp_field,
-            timestamp_outside_message,
+            age,
             name: raw.name,
             file: ctx.file.clone(),
             mqtt_filter,
@@ -694,6 +829,99 @@ impl MqttToRos {
             envelope: raw.envelope,
             error_topic,
             wait_for_subscriber: raw.wait_for_subscriber.0,
+        })
+    }
+}
+
+impl MqttToService {
+    fn compile(raw: MqttToServiceRaw, ctx: &Ctx<'_>) -> Result<Self, RuleError> {
+        let r = raw.name.as_str();
+        let ros_service = ctx.ros_topic(r, "ros_service", &raw.ros_service)?;
+        let type_name =
+            TypeName::parse(&raw.ros_type).map_err(|e| ctx.err(r, "ros_type", e.to_string()))?;
+        if type_name.kind != "srv" {
+            return Err(ctx.err(
+                r,
+                "ros_type",
+                format!("'{}' is not a service type (pkg/srv/Name)", raw.ros_type),
+            ));
+        }
+        let half = |h: &str| {
+            ctx.registry
+                .schema(&format!("{type_name}_{h}"))
+                .map_err(|e| ctx.err(r, "ros_type", e.to_string()))
+        };
+        let (request, response) = (half("Request")?, half("Response")?);
+        let short = ros_service.trim_start_matches('/').to_owned();
+        let names = [("ros_service", short.as_str()), ("name", r)];
+        let mqtt_filter = ctx.template(r, "mqtt_topic", &raw.mqtt_topic, &names, true)?;
+        let error_topic = ctx.template(r, "error_topic", &raw.error_topic, &names, false)?;
+        if raw.id_from_topic && !mqtt_filter.ends_with("/+") {
+            return Err(ctx.err(
+                r,
+                "id_from_topic",
+                "needs an mqtt_topic that ends in '/+' (the id's level)",
+            ));
+        }
+        // The device's names now; the request's topic and id per request.
+        let vars = [
+            "productKey",
+            "deviceName",
+            "name",
+            "ros_service",
+            "topic",
+            "id",
+        ];
+        let t = TopicTemplate::parse(&raw.reply_topic, &vars)
+            .map_err(|e| ctx.err(r, "reply_topic", e))?;
+        let partly = t.render(|v| match v {
+            "productKey" => Some(ctx.device.product_key.clone()),
+            "deviceName" => Some(ctx.device.device_name.clone()),
+            "name" => Some(r.to_owned()),
+            "ros_service" => Some(short.clone()),
+            other => Some(format!("${{{other}}}")),
+        });
+        let reply_topic = TopicTemplate::parse(&partly, &["topic", "id"])
+            .map_err(|e| ctx.err(r, "reply_topic", e))?;
+        let id_field: Vec<String> = raw.id_field.split('.').map(str::to_owned).collect();
+        if raw.id_field.is_empty() || id_field.iter().any(String::is_empty) {
+            return Err(ctx.err(r, "id_field", "a dot path of field names, e.g. \"id\""));
+        }
+        let id_outside_request = match raw.envelope {
+            Envelope::Raw => resolve_path(&request, &id_field).is_none(),
+            // The Alink id is beside params, never in the request.
+            Envelope::Alink => true,
+        };
+        if raw.timeout.0.is_zero() {
+            return Err(ctx.err(r, "timeout", "must be more than 0s"));
+        }
+        let age = AgeLimit::compile(
+            ctx,
+            r,
+            raw.max_age,
+            raw.timestamp_field.as_deref(),
+            raw.envelope,
+            &request,
+        )?;
+        Ok(MqttToService {
+            name: raw.name,
+            file: ctx.file.clone(),
+            mqtt_filter,
+            ros_service,
+            type_name,
+            request,
+            response,
+            rmw: raw.rmw,
+            envelope: raw.envelope,
+            strict: raw.strict,
+            id_field,
+            id_outside_request,
+            id_from_topic: raw.id_from_topic,
+            reply_topic,
+            error_topic,
+            timeout: raw.timeout.0,
+            wait_for_server: raw.wait_for_server.0,
+            age,
         })
     }
 }
@@ -753,6 +981,10 @@ pub fn load(
             check_name(&ctx, &raw.name, &mut names)?;
             rules.inbound.push(MqttToRos::compile(raw, &ctx)?);
         }
+        for raw in parsed.mqtt_to_service {
+            check_name(&ctx, &raw.name, &mut names)?;
+            rules.services.push(MqttToService::compile(raw, &ctx)?);
+        }
     }
     Ok(rules)
 }
@@ -769,4 +1001,82 @@ fn check_name(ctx: &Ctx<'_>, name: &str, names: &mut HashSet<String>) -> Result<
         return Err(ctx.err(name, "name", "another rule has this name"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_one(text: &str) -> Result<Rules, RuleError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("services.toml");
+        std::fs::write(&file, text).unwrap();
+        let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/interfaces");
+        let registry = Registry::standard(&[fixtures]).unwrap();
+        let device = DeviceConfig {
+            product_key: "pk1".into(),
+            device_name: "robot-7".into(),
+        };
+        let classes: HashSet<String> = ["telemetry".to_owned()].into();
+        load(&[file], &device, &registry, false, &classes)
+    }
+
+    fn service(extra: &str) -> String {
+        format!(
+            "[[mqtt_to_service]]\nname = \"goto\"\nmqtt_topic = \"/${{productKey}}/${{deviceName}}/svc/+\"\nros_service = \"/arm/goto\"\nros_type = \"orchard_test_srvs/srv/GoToRow\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn a_service_rule_fills_its_reply_topic_per_request() {
+        let rules = load_one(&service(
+            "id_from_topic = true\nreply_topic = \"/sys/${productKey}/${deviceName}/rrpc/response/${id}\"",
+        ))
+        .unwrap();
+        let r = &rules.services[0];
+        assert_eq!(r.mqtt_filter, "/pk1/robot-7/svc/+");
+        assert_eq!(
+            r.reply_topic_for("/pk1/robot-7/svc/42", "42").as_deref(),
+            Some("/sys/pk1/robot-7/rrpc/response/42")
+        );
+        // An id that cannot be a topic level has no reply topic.
+        assert_eq!(r.reply_topic_for("/x", "a/b"), None);
+        assert_eq!(r.reply_topic_for("/x", "#"), None);
+        let rules = load_one(&service("")).unwrap();
+        assert_eq!(
+            rules.services[0]
+                .reply_topic_for("/pk1/robot-7/svc/a", "7")
+                .as_deref(),
+            Some("/pk1/robot-7/svc/a_reply")
+        );
+        // The id is not a field of the request: it is taken out before conversion.
+        assert!(rules.services[0].id_outside_request);
+    }
+
+    #[test]
+    fn service_rule_errors_name_the_key() {
+        let err = |extra: &str, ty: Option<&str>| {
+            let mut text = service(extra);
+            if let Some(t) = ty {
+                text = text.replace("orchard_test_srvs/srv/GoToRow", t);
+            }
+            load_one(&text).unwrap_err().to_string()
+        };
+        let e = err("", Some("std_msgs/msg/String"));
+        assert!(
+            e.contains("ros_type") && e.contains("not a service type"),
+            "{e}"
+        );
+        let e = err("", Some("orchard_test_srvs/srv/Missing"));
+        assert!(e.contains("ros_type"), "{e}");
+        let e = err("reply_topic = \"/r/${nope}\"", None);
+        assert!(e.contains("reply_topic") && e.contains("${nope}"), "{e}");
+        let e = err("timeout = \"0s\"", None);
+        assert!(e.contains("timeout"), "{e}");
+        let e = err("rmw = \"zenoh\"", None);
+        assert!(e.contains("zenoh"), "{e}");
+        let text = service("id_from_topic = true").replace("/svc/+", "/svc");
+        let e = load_one(&text).unwrap_err().to_string();
+        assert!(e.contains("id_from_topic"), "{e}");
+    }
 }

@@ -22,6 +22,13 @@ pub struct RuleStats {
     pub refused_stale: AtomicU64,
     /// Cloud commands over mqtt.max_packet_size.
     pub refused_too_large: AtomicU64,
+    /// Cloud commands that were not JSON or not the rule's type.
+    pub refused_invalid: AtomicU64,
+    /// Service requests whose id was answered before: given the stored reply, not
+    /// carried out again.
+    pub duplicates: AtomicU64,
+    /// Replies sent to service requests (the stored ones given to duplicates included).
+    pub replies: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -43,6 +50,12 @@ pub struct RuleSnapshot {
     pub refused_stale: u64,
     #[serde(skip_serializing_if = "is_zero")]
     pub refused_too_large: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused_invalid: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub duplicates: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub replies: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
@@ -60,6 +73,17 @@ impl RuleStats {
 
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refused cloud command by its reason.
+    pub fn refused(&self, kind: crate::bridge::inbound::Refusal) {
+        use crate::bridge::inbound::Refusal;
+        match kind {
+            Refusal::Invalid => Self::inc(&self.refused_invalid),
+            Refusal::Stale => Self::inc(&self.refused_stale),
+            Refusal::TooLarge => Self::inc(&self.refused_too_large),
+            Refusal::Failed => {}
+        }
     }
 
     /// Counts an error and remembers it; returns true the first time (log it then).
@@ -83,6 +107,9 @@ impl RuleStats {
             errors: self.errors.load(Ordering::Relaxed),
             refused_stale: self.refused_stale.load(Ordering::Relaxed),
             refused_too_large: self.refused_too_large.load(Ordering::Relaxed),
+            refused_invalid: self.refused_invalid.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            replies: self.replies.load(Ordering::Relaxed),
             last_error: self.last_error.lock().ok().and_then(|l| l.clone()),
         }
     }

@@ -204,6 +204,17 @@ pub fn check_config(file: PathBuf) -> Result<(), Failure> {
             r.name, r.mqtt_filter, r.ros_topic, r.type_name
         ));
     }
+    for r in &s.rules.services {
+        out.push_str(&format!(
+            "  rule {:<14} {} -> service {} ({}, {:?}, timeout {:.1} s)\n",
+            r.name,
+            r.mqtt_filter,
+            r.ros_service,
+            r.type_name,
+            r.rmw,
+            r.timeout.as_secs_f64()
+        ));
+    }
     print!("{out}");
     Ok(())
 }

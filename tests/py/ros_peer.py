@@ -21,6 +21,13 @@ It is driven over stdin/stdout, one JSON object per line. Commands:
       rr/<s>Reply; each sample starts with the client's 8-byte id and the sequence
       number, echoed in the reply); each request is an event {"event":"msg","id":ID,
       "value":{"data":B}}
+  {"op":"service_server","id":ID,"service":"/s","type":"pkg/srv/T","response":{...},
+   "delay_ms":D}                                                     -> {"ok":ID}
+      serves any service type found in the folders as rmw_cyclonedds does (as above);
+      each request is an event {"event":"msg","id":ID,"value":{request}}; the reply is
+      "response" with "{field}" in its strings filled from the request, and a "calls"
+      field (when the type has one) set to the number of requests so far; D ms pass
+      before each reply
   {"op":"quit"}
 Events: {"event":"msg","id":ID,"value":{...},"cdr":"<hex of Cyclone's serialization>"}
 qos: {"reliability":"reliable"|"best-effort","durability":"volatile"|"transient-local","depth":N}
@@ -73,25 +80,44 @@ class Types:
         for root in dirs:
             for pkg in sorted(os.listdir(root)):
                 d = os.path.join(root, pkg, "msg")
-                if not os.path.isdir(d) or pkg == "rmw_dds_common":
+                if pkg == "rmw_dds_common":
                     continue
-                for f in sorted(os.listdir(d)):
+                for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
                     name = f"{pkg}/msg/{f[:-4]}"
                     if f.endswith(".msg") and name not in self.ts.fielddefs:
                         with open(os.path.join(d, f), encoding="utf-8") as fh:
                             extra.update(get_types_from_msg(fh.read(), name))
+                d = os.path.join(root, pkg, "srv")
+                if not os.path.isdir(d):
+                    continue
+                for f in sorted(os.listdir(d)):
+                    if not f.endswith(".srv"):
+                        continue
+                    with open(os.path.join(d, f), encoding="utf-8") as fh:
+                        text = fh.read()
+                    lines = text.splitlines()
+                    cut = next(i for i, l in enumerate(lines) if l.strip() == "---")
+                    for half, part in (("Request", lines[:cut]), ("Response", lines[cut + 1:])):
+                        name = f"{pkg}/srv/{f[:-4]}_{half}"
+                        if name not in self.ts.fielddefs:
+                            # (rosbags names it pkg/srv/msg/T; the ROS name is kept)
+                            defs = get_types_from_msg("\n".join(part) + "\n", name)
+                            extra.update({name: d for d in defs.values()})
         self.ts.register(extra)
         self.classes = {}
 
-    def idl(self, name):
-        if name in self.classes:
-            return self.classes[name]
-        pkg, _, tname = name.split("/")
-        fields = {}
+    def idl(self, name, header=False):
+        """The DDS type of `name`; with `header`, a service half as rmw_cyclonedds
+        sends it (the client's id and a sequence number first)."""
+        key = (name, header)
+        if key in self.classes:
+            return self.classes[key]
+        pkg, kind, tname = name.split("/")
+        fields = {"client": T.uint64, "seq": T.uint64} if header else {}
         for fname, desc in self.ts.fielddefs[name][1]:
             fields[fname] = self.annotation(desc)
-        cls = make_idl_struct(f"{pkg}_{tname}", f"{pkg}::msg::dds_::{tname}_", fields)
-        self.classes[name] = cls
+        cls = make_idl_struct(f"{pkg}_{tname}{'_h' if header else ''}", f"{pkg}::{kind}::dds_::{tname}_", fields)
+        self.classes[key] = cls
         return cls
 
     def annotation(self, desc):
@@ -127,9 +153,9 @@ class Types:
             return list(base64.b64decode(v))
         return [self.to_py(elem, x) for x in v]
 
-    def make(self, name, value):
-        cls = self.idl(name)
-        kwargs = {}
+    def make(self, name, value, head=None):
+        cls = self.idl(name, header=head is not None)
+        kwargs = dict(head or {})
         for fname, desc in self.ts.fielddefs[name][1]:
             if fname == "structure_needs_at_least_one_member":
                 kwargs[fname] = 0
@@ -221,6 +247,46 @@ def serve_set_bool(dp, cmd):
                 writer.write(rep_t(client=r.client, seq=r.seq, success=bool(cmd.get("success", True)),
                                    message=cmd.get("message", "")))
             time.sleep(0.005)
+
+    threading.Thread(target=serve, daemon=True).start()
+    emit({"ok": cmd["id"]})
+
+
+def serve_any(dp, types, cmd):
+    qos = Qos(Policy.Reliability.Reliable(max_blocking_time=100_000_000), Policy.Durability.Volatile,
+              Policy.History.KeepLast(100))
+    tname = cmd["type"]
+    rq, rp = tname + "_Request", tname + "_Response"
+    rq_t, rp_t = types.idl(rq, header=True), types.idl(rp, header=True)
+    name = cmd["service"].lstrip("/")
+    reader = DataReader(dp, Topic(dp, f"rq/{name}Request", rq_t, qos=qos), qos=qos)
+    writer = DataWriter(dp, Topic(dp, f"rr/{name}Reply", rp_t, qos=qos), qos=qos)
+    fields = [f for f, _ in types.ts.fielddefs[rp][1]]
+    calls = [0]
+
+    def fill(v, request):
+        if isinstance(v, str):
+            return v.format(**{k: x for k, x in request.items() if not isinstance(x, (dict, list))})
+        if isinstance(v, dict):
+            return {k: fill(x, request) for k, x in v.items()}
+        return v
+
+    def serve():
+        while True:
+            for r in reader.take(16):
+                if is_invalid(r):
+                    continue
+                calls[0] += 1
+                request = {f: types.to_json(d, getattr(r, f)) for f, d in types.ts.fielddefs[rq][1]
+                           if f != "structure_needs_at_least_one_member"}
+                emit({"event": "msg", "id": cmd["id"], "value": request})
+                response = fill(cmd.get("response", {}), request)
+                if "calls" in fields:
+                    response["calls"] = calls[0]
+                if cmd.get("delay_ms"):
+                    time.sleep(cmd["delay_ms"] / 1000)
+                writer.write(types.make(rp, response, head={"client": r.client, "seq": r.seq}))
+            time.sleep(0.002)
 
     threading.Thread(target=serve, daemon=True).start()
     emit({"ok": cmd["id"]})
@@ -421,6 +487,8 @@ def main():
                 emit({"ok": cmd["id"]})
             elif op == "setbool_server":
                 serve_set_bool(dp, cmd)
+            elif op == "service_server":
+                serve_any(dp, types, cmd)
             elif op == "nodes":
                 emit({"ok": cmd["id"], "nodes": [n for v in nodes.values() for n in v],
                       "errors": list(graph_errors)})

@@ -5,10 +5,13 @@
 //! header   = "EAOB" 0x01 0x00 0x00 0x00
 //! record   = len:u32le crc32(body):u32le body
 //! body     = 0x01 topic_id:u32le topic          (a topic used by later records)
-//!          | 0x02 seq:u64le ts_ms:u64le topic_id:u32le flags:u8 [props] payload
-//! flags    = qos (bits 0-1) | retain (bit 2) | has props (bit 3)
+//!          | 0x02 seq:u64le ts_ms:u64le topic_id:u32le flags:u8 [props] [corr] payload
+//! flags    = qos (bits 0-1) | retain (bit 2) | has props (bit 3) | has corr (bit 4)
 //! props    = len:u16le content_type n:u16le (klen:u16le key vlen:u16le value)*
+//! corr     = len:u16le correlation_data       (MQTT 5 Correlation Data of a reply)
 //! ```
+//!
+//! Bit 4 came with replies to cloud service calls; segments without it read as before.
 //!
 //! A message record costs 30 bytes beside its payload; topics are written once per
 //! segment. A torn or corrupt record (kill -9 mid-write, a bad disk block) is found by
@@ -125,12 +128,24 @@ impl SegmentWriter {
         self.body.extend_from_slice(&ts_ms.to_le_bytes());
         self.body.extend_from_slice(&topic_id.to_le_bytes());
         let mut flags = msg.qos as u8 | if msg.retain { 4 } else { 0 };
+        let corr = msg
+            .props
+            .as_ref()
+            .and_then(|p| p.correlation.as_ref())
+            .filter(|c| c.len() <= usize::from(u16::MAX));
         if msg.props.is_some() {
             flags |= 8;
+        }
+        if corr.is_some() {
+            flags |= 16;
         }
         self.body.push(flags);
         if let Some(p) = &msg.props {
             encode_props(p, &mut self.body);
+        }
+        if let Some(c) = corr {
+            self.body.extend_from_slice(&(c.len() as u16).to_le_bytes());
+            self.body.extend_from_slice(c);
         }
         self.body.extend_from_slice(&msg.payload);
         frame(&self.body, &mut self.scratch);
@@ -269,7 +284,7 @@ impl SegmentReader {
                         damage(format!("message refers to unknown topic {topic_id}"))
                     })?;
                 let mut rest = &b[22..];
-                let props = if flags & 8 != 0 {
+                let mut props = if flags & 8 != 0 {
                     Some(Box::new(
                         decode_props(&mut rest)
                             .ok_or_else(|| damage("bad message properties".into()))?,
@@ -277,6 +292,15 @@ impl SegmentReader {
                 } else {
                     None
                 };
+                if flags & 16 != 0 {
+                    let c = take(&mut rest, 2)
+                        .and_then(|l| {
+                            take(&mut rest, usize::from(u16::from_le_bytes([l[0], l[1]])))
+                        })
+                        .ok_or_else(|| damage("bad correlation data".into()))?;
+                    props.get_or_insert_with(Box::default).correlation =
+                        Some(Bytes::copy_from_slice(c));
+                }
                 let qos = match flags & 3 {
                     0 => QoS::AtMostOnce,
                     _ => QoS::AtLeastOnce,
@@ -370,6 +394,13 @@ mod tests {
             ..Props::default()
         }));
         w.append(9, 1002, &with_props).unwrap();
+        // A reply to an MQTT 5 request keeps its correlation data.
+        let mut reply = msg("/r", b"{}");
+        reply.props = Some(Box::new(Props {
+            correlation: Some(Bytes::from_static(b"\x00\x01id")),
+            ..Props::default()
+        }));
+        w.append(10, 1003, &reply).unwrap();
         w.flush().unwrap();
         // The topic is written once; a message costs 30 bytes beside its payload.
         assert_eq!(second, MESSAGE_OVERHEAD + 5);
@@ -382,7 +413,11 @@ mod tests {
                 got.push(s);
             }
         }
-        assert_eq!(got.len(), 3);
+        assert_eq!(got.len(), 4);
+        let p = got[3].msg.props.as_ref().unwrap();
+        assert_eq!(p.correlation.as_deref(), Some(&b"\x00\x01id"[..]));
+        assert_eq!(&got[3].msg.payload[..], b"{}");
+        assert_eq!(got[2].msg.props.as_ref().unwrap().correlation, None);
         assert_eq!(
             (got[0].seq, &*got[0].msg.topic, &got[0].msg.payload[..]),
             (7, "/a/b", &b"hello"[..])

@@ -205,6 +205,21 @@ pub trait Transport: Send + Sync {
         })
     }
 
+    /// Whether a server of `service` is on the graph and matched with this side's client,
+    /// so that a request sent now reaches it and its reply comes back.
+    fn service_ready(
+        &self,
+        service: &str,
+        srv: &TypeName,
+        rmw: ServiceRmw,
+    ) -> Result<bool, TransportError> {
+        let _ = (srv, rmw);
+        Err(TransportError::Call {
+            service: service.to_owned(),
+            reason: "this transport does not call services of any type".into(),
+        })
+    }
+
     /// Calls the `std_srvs/srv/SetBool` service `service` (a camera's on/off switch),
     /// sending the request again every 500 ms until a reply or `timeout` (the server
     /// may not be discovered yet; switching on or off twice is harmless).

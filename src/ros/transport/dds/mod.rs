@@ -678,6 +678,24 @@ impl Transport for DdsTransport {
         })
     }
 
+    fn service_ready(
+        &self,
+        service: &str,
+        srv: &TypeName,
+        rmw: ServiceRmw,
+    ) -> Result<bool, TransportError> {
+        let client = self.client(service, rmw, srv)?;
+        if !client.server_matched(MATCH_SETTLE) {
+            return Ok(false);
+        }
+        let reply_topic = format!("rr{}Reply", self.resolve(service)?);
+        let own = self.dp.guid().prefix;
+        Ok(self.dp.discovered_writers().iter().any(|w| {
+            w.publication_topic_data.topic_name == reply_topic
+                && w.writer_proxy.remote_writer_guid.prefix != own
+        }))
+    }
+
     fn set_bool(
         &self,
         service: &str,

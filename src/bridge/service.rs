@@ -1,0 +1,468 @@
+//! MQTT -> ROS 2 service calls: one task per `[[mqtt_to_service]]` rule. A cloud
+//! request (JSON) becomes a call of the rule's service; the response, as JSON, is the
+//! reply. Each request is carried out at most once: the call log ([`super::calls`])
+//! remembers, by request id, what was called and how it was answered, and a request
+//! that comes again gets the stored reply instead of a second call.
+//!
+//! Replies: `{"id","code","data","message"}` (the Alink service reply form), to the
+//! request's MQTT 5 Response Topic with its Correlation Data when it names one, else to
+//! the rule's `reply_topic`. A request is acknowledged to the broker once its reply is
+//! in the outbox (class `reports`); one still waiting when the agent stops is not, so
+//! the next run gets it again. Codes are listed in docs/commands.md.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::calls::{CallLog, Known};
+use super::inbound::{Received, Refusal};
+use super::rules::{Envelope, MqttToService};
+use super::stats::RuleStats;
+use crate::clock::{now_ms, rfc3339_ms};
+use crate::mqtt::{Incoming, LinkHandle, Message, Props, QoS};
+use crate::ros::codec::{self, DecodeOptions, EncodeOptions};
+use crate::ros::transport::Transport;
+
+pub const OK: u16 = 200;
+pub const BAD_REQUEST: u16 = 400;
+pub const NO_SERVER: u16 = 404;
+pub const STALE: u16 = 408;
+pub const UNKNOWN_OUTCOME: u16 = 409;
+pub const TOO_LARGE: u16 = 413;
+pub const FAILED: u16 = 500;
+pub const CALL_FAILED: u16 = 502;
+pub const NO_ANSWER: u16 = 504;
+
+/// How often a request that waits for its server looks again.
+const SERVER_POLL: Duration = Duration::from_millis(20);
+
+/// How long a call in progress may still finish once the agent is told to stop.
+const STOP_WAIT: Duration = Duration::from_secs(3);
+
+/// Where a request's reply goes.
+#[derive(Debug, Clone, PartialEq)]
+enum Address {
+    Reply {
+        topic: String,
+        correlation: Option<Bytes>,
+    },
+    /// The request has no id (or none that fits in a topic): its refusal goes to the
+    /// rule's error topic.
+    ErrorTopic,
+}
+
+/// The request's id: the topic's last level (`id_from_topic`), the `id_field` of the
+/// request, or its MQTT 5 Correlation Data (as text, or hex when not UTF-8).
+fn request_id(rule: &MqttToService, m: &Incoming, value: Option<&Value>) -> Option<String> {
+    if rule.id_from_topic {
+        return m
+            .topic
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+    }
+    let mut at = value;
+    for part in &rule.id_field {
+        at = at.and_then(|v| v.get(part));
+    }
+    match at {
+        Some(Value::String(s)) if !s.is_empty() => return Some(s.clone()),
+        Some(Value::Number(n)) => return Some(n.to_string()),
+        _ => {}
+    }
+    let c = m.props.as_ref()?.correlation.as_ref()?;
+    Some(match std::str::from_utf8(c) {
+        Ok(s) if !s.is_empty() && !s.chars().any(char::is_control) => s.to_owned(),
+        _ => c.iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}
+
+fn address(rule: &MqttToService, m: &Incoming, id: Option<&str>) -> Address {
+    if let Some(p) = &m.props {
+        if let Some(t) = &p.response_topic {
+            return Address::Reply {
+                topic: t.clone(),
+                correlation: p.correlation.clone(),
+            };
+        }
+    }
+    match id.and_then(|id| rule.reply_topic_for(&m.topic, id)) {
+        Some(topic) => Address::Reply {
+            topic,
+            correlation: None,
+        },
+        None => Address::ErrorTopic,
+    }
+}
+
+fn reply_body(id: &str, code: u16, data: Value, message: &str) -> Value {
+    json!({ "id": id, "code": code, "data": data, "message": message })
+}
+
+/// Runs `f` on the call log off the runtime's threads (it fsyncs).
+async fn with_log<T: Send + 'static>(
+    log: &Arc<Mutex<CallLog>>,
+    f: impl FnOnce(&mut CallLog) -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut l = log
+            .lock()
+            .map_err(|_| std::io::Error::other("the call log's lock is poisoned"))?;
+        f(&mut l)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// What became of one request.
+enum Outcome {
+    /// A reply (to be sent to the request's address); `record` when it answers a call
+    /// that was made, so it is kept in the call log.
+    Reply {
+        code: u16,
+        data: Value,
+        message: String,
+        record: bool,
+    },
+    /// A request seen before: its stored reply.
+    Stored(Value),
+    /// The agent is stopping: not acknowledged, the broker sends it again.
+    Withheld,
+}
+
+/// Everything a rule's task works with.
+pub struct Service {
+    pub rule: Arc<MqttToService>,
+    pub transport: Arc<dyn Transport>,
+    pub link: LinkHandle,
+    pub stats: Arc<RuleStats>,
+    pub log: Arc<Mutex<CallLog>>,
+    /// When the agent started: a missing server is waited for until `wait_for_server`
+    /// after this (discovery), and answered at once later.
+    pub started: Instant,
+}
+
+impl Service {
+    async fn handle(&self, m: &Incoming, id: &str, shutdown: &CancellationToken) -> Outcome {
+        let rule = &self.rule;
+        let reply = |code: u16, message: String| Outcome::Reply {
+            code,
+            data: Value::Null,
+            message,
+            record: false,
+        };
+        // Seen before?
+        let (name, key) = (rule.name.clone(), id.to_owned());
+        let known = with_log(&self.log, move |l| Ok(l.get(&name, &key).cloned())).await;
+        match known {
+            Ok(Some(Known::Answered(body))) => return Outcome::Stored(body),
+            Ok(Some(Known::Started)) => {
+                return Outcome::Reply {
+                    code: UNKNOWN_OUTCOME,
+                    data: Value::Null,
+                    message: format!(
+                        "outcome unknown: this request was being carried out by {} when the agent stopped; not called again",
+                        rule.ros_service
+                    ),
+                    record: true,
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return reply(
+                    FAILED,
+                    format!("cannot read the call log: {e}; not carried out"),
+                )
+            }
+        }
+        let cmd = match Received::read(&rule.age, m) {
+            Ok(c) => c,
+            Err((Refusal::TooLarge, why)) => return reply(TOO_LARGE, why),
+            Err((_, why)) => return reply(BAD_REQUEST, why),
+        };
+        if let Some(why) = cmd.too_old(&rule.age, now_ms()) {
+            return reply(STALE, why);
+        }
+        let mut request =
+            match rule.envelope {
+                Envelope::Raw => cmd.value.clone(),
+                Envelope::Alink => match cmd.value.get("params") {
+                    Some(p) => p.clone(),
+                    None => return reply(
+                        BAD_REQUEST,
+                        "params: missing (an Alink service call carries its request in \"params\")"
+                            .into(),
+                    ),
+                },
+            };
+        if rule.envelope == Envelope::Raw && rule.id_outside_request && !rule.id_from_topic {
+            if let Value::Object(o) = &mut request {
+                if rule.id_field.len() == 1 {
+                    o.remove(&rule.id_field[0]);
+                }
+            }
+        }
+        let opts = EncodeOptions {
+            strict: rule.strict,
+            big_endian: false,
+        };
+        let cdr = match codec::encode_value(&rule.request, &request, &opts) {
+            Ok(c) => Bytes::from(c),
+            Err(e) => return reply(BAD_REQUEST, e.to_string()),
+        };
+
+        // The server: waited for while the agent has just started, else at once.
+        let ready = || {
+            self.transport
+                .service_ready(&rule.ros_service, &rule.type_name, rule.rmw)
+        };
+        loop {
+            match ready() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return reply(FAILED, e.to_string()),
+            }
+            let until_start = rule.wait_for_server.saturating_sub(self.started.elapsed());
+            let limit = cmd.wait_limit(&rule.age, until_start, now_ms());
+            if limit.is_zero() {
+                if let Some(why) = cmd.too_old(&rule.age, now_ms() + 1) {
+                    return reply(STALE, format!("{why} (no server of {})", rule.ros_service));
+                }
+                return reply(
+                    NO_SERVER,
+                    format!(
+                        "no server of {} on the ROS 2 graph; not called",
+                        rule.ros_service
+                    ),
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SERVER_POLL.min(limit)) => {}
+                _ = shutdown.cancelled() => return Outcome::Withheld,
+            }
+        }
+
+        // Written down before the call: a request found written down without a reply
+        // was cut off in the middle, and is not called again.
+        let (name, key, at) = (rule.name.clone(), id.to_owned(), now_ms());
+        if let Err(e) = with_log(&self.log, move |l| l.started(&name, &key, at)).await {
+            return reply(
+                FAILED,
+                format!("cannot write the call log: {e}; not called"),
+            );
+        }
+        RuleStats::inc(&self.stats.sent);
+        let call = self.transport.call(
+            &rule.ros_service,
+            &rule.type_name,
+            cdr,
+            rule.rmw,
+            rule.timeout,
+            false,
+        );
+        tokio::pin!(call);
+        let result = tokio::select! {
+            r = &mut call => r,
+            _ = shutdown.cancelled() => {
+                match tokio::time::timeout(STOP_WAIT, &mut call).await {
+                    Ok(r) => r,
+                    // Left written down without a reply: the next run answers it as
+                    // cut off, and does not call again.
+                    Err(_) => return Outcome::Withheld,
+                }
+            }
+        };
+        let (code, data, message) = match result {
+            Ok(Some(body)) => {
+                match codec::decode_to_value(&rule.response, &body, &DecodeOptions::default()) {
+                    Ok(v) => (OK, v, "success".to_owned()),
+                    Err(e) => (
+                        CALL_FAILED,
+                        Value::Null,
+                        format!("the response of {} cannot be read: {e}", rule.ros_service),
+                    ),
+                }
+            }
+            Ok(None) => (
+                NO_ANSWER,
+                Value::Null,
+                format!(
+                    "{} did not answer within {:.1} s; it may still carry the request out",
+                    rule.ros_service,
+                    rule.timeout.as_secs_f64()
+                ),
+            ),
+            Err(e) => (CALL_FAILED, Value::Null, e.to_string()),
+        };
+        Outcome::Reply {
+            code,
+            data,
+            message,
+            record: true,
+        }
+    }
+
+    async fn send(&self, to: &Address, m: &Incoming, body: &Value) {
+        let rule = &self.rule;
+        let msg = match to {
+            Address::Reply { topic, correlation } => {
+                let mut msg = Message::new(
+                    topic.as_str(),
+                    serde_json::to_vec(body).unwrap_or_default(),
+                    QoS::AtLeastOnce,
+                );
+                if let Some(c) = correlation {
+                    msg.props = Some(Box::new(Props {
+                        correlation: Some(c.clone()),
+                        ..Props::default()
+                    }));
+                }
+                msg
+            }
+            Address::ErrorTopic => {
+                let e = json!({
+                    "rule": rule.name,
+                    "topic": m.topic,
+                    "ros_service": rule.ros_service,
+                    "error": body["message"],
+                    "code": body["code"],
+                    "time": rfc3339_ms(now_ms()),
+                });
+                Message::new(
+                    rule.error_topic.as_str(),
+                    serde_json::to_vec(&e).unwrap_or_default(),
+                    QoS::AtLeastOnce,
+                )
+            }
+        };
+        match self.link.publish(msg, "reports").await {
+            Ok(()) => RuleStats::inc(&self.stats.replies),
+            Err(e) => {
+                if self.stats.error(format!("cannot queue the reply: {e}")) {
+                    tracing::warn!(rule = %rule.name, error = %e, "Cannot queue a service reply.");
+                }
+            }
+        }
+    }
+
+    /// Deals with one request; false when it is to be left with the broker.
+    async fn serve(&self, m: &Incoming, shutdown: &CancellationToken) -> bool {
+        let rule = &self.rule;
+        let value: Option<Value> = serde_json::from_slice(&m.payload).ok();
+        let id = request_id(rule, m, value.as_ref());
+        let to = address(rule, m, id.as_deref());
+        let Some(id) = id.filter(|_| to != Address::ErrorTopic) else {
+            let why = match value {
+                None if m.oversized.is_some() => {
+                    let (size, limit) = m.oversized.unwrap_or_default();
+                    format!("the request is {size} bytes, more than mqtt.max_packet_size ({limit} bytes); it was not read")
+                }
+                None => match Received::read(&rule.age, m) {
+                    Err((_, why)) => why,
+                    Ok(_) => "the request has no id".into(),
+                },
+                Some(_) if rule.id_from_topic => "the request's topic has no id".into(),
+                Some(_) => format!(
+                    "the request has no id: put it in \"{}\" or send MQTT 5 Correlation Data; not carried out",
+                    rule.id_field.join(".")
+                ),
+            };
+            RuleStats::inc(&self.stats.refused_invalid);
+            self.refused(m, &why);
+            let body = reply_body("", BAD_REQUEST, Value::Null, &why);
+            self.send(&Address::ErrorTopic, m, &body).await;
+            return true;
+        };
+        let outcome = self.handle(m, &id, shutdown).await;
+        let body = match outcome {
+            Outcome::Withheld => return false,
+            Outcome::Stored(body) => {
+                RuleStats::inc(&self.stats.duplicates);
+                tracing::debug!(rule = %rule.name, id = %id, "A request seen before; sent its stored reply, not called again.");
+                body
+            }
+            Outcome::Reply {
+                code,
+                data,
+                message,
+                record,
+            } => {
+                let body = reply_body(&id, code, data, &message);
+                if code != OK {
+                    match code {
+                        BAD_REQUEST => RuleStats::inc(&self.stats.refused_invalid),
+                        STALE => RuleStats::inc(&self.stats.refused_stale),
+                        TOO_LARGE => RuleStats::inc(&self.stats.refused_too_large),
+                        UNKNOWN_OUTCOME => RuleStats::inc(&self.stats.duplicates),
+                        _ => {}
+                    }
+                    self.refused(m, &message);
+                }
+                if record {
+                    let (name, key, b, at) =
+                        (rule.name.clone(), id.clone(), body.clone(), now_ms());
+                    if let Err(e) =
+                        with_log(&self.log, move |l| l.answered(&name, &key, at, b)).await
+                    {
+                        tracing::warn!(rule = %rule.name, id = %id, error = %e,
+                            "Cannot write a reply to the call log; a repeat of this request would be answered as cut off.");
+                    }
+                }
+                body
+            }
+        };
+        self.send(&to, m, &body).await;
+        true
+    }
+
+    fn refused(&self, m: &Incoming, why: &str) {
+        if self.stats.error(why.to_owned()) {
+            tracing::warn!(rule = %self.rule.name, topic = %m.topic, error = %why,
+                "A cloud service request was not carried out; the reason went back to the cloud. Further ones are only counted.");
+        } else {
+            tracing::debug!(rule = %self.rule.name, topic = %m.topic, error = %why, "A cloud service request was not carried out.");
+        }
+    }
+
+    pub async fn run(self, mut rx: mpsc::Receiver<Incoming>, shutdown: CancellationToken) {
+        loop {
+            let m = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            RuleStats::inc(&self.stats.received);
+            if !self.serve(&m, &shutdown).await {
+                m.withhold();
+            }
+            // `m` goes here, and with it the acknowledgement to the broker.
+            drop(m);
+        }
+        rx.close();
+        while let Ok(m) = rx.try_recv() {
+            m.withhold();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_names_its_request() {
+        assert_eq!(
+            reply_body("7", NO_SERVER, Value::Null, "no server"),
+            json!({"id": "7", "code": 404, "data": null, "message": "no server"})
+        );
+    }
+}

@@ -1,0 +1,425 @@
+//! ROS 2 services called from the cloud, against a real mosquitto (MQTT 3.1.1 and 5)
+//! and a Cyclone DDS 0.10 service server of a type no package ships
+//! (tests/fixtures/interfaces/orchard_test_srvs/srv/GoToRow.srv), as rmw_cyclonedds
+//! serves it: the request's JSON calls the service and the response comes back as the
+//! reply, on the rule's reply topic, on an MQTT 5 Response Topic with the request's
+//! Correlation Data, or in Aliyun's thing/service and RRPC forms; a bad request, a
+//! missing server and a slow one are answered with a code and the reason; and a request
+//! that comes again (the cloud's retry, after a reconnect, after a restart, after a
+//! kill in the middle of its call) is never carried out twice.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::agent::{payloads, spawn_run, stop, AgentDir};
+use support::mosquitto::{publish, ready_sub, Mosquitto, Options, Sub};
+use support::ros_peer::RosPeer;
+
+const T: Duration = Duration::from_secs(60);
+const REQ: &str = "/pk1/robot-7/user/service/goto_row";
+const REPLY: &str = "/pk1/robot-7/user/service/goto_row_reply";
+const ERRORS: &str = "/pk1/robot-7/user/cmd/error";
+const SRV: &str = "orchard_test_srvs/srv/GoToRow";
+
+/// The robot's service: answers "at <row>" and counts its calls.
+fn serve(peer: &mut RosPeer, service: &str, delay_ms: u64) {
+    peer.cmd(json!({
+        "op": "service_server", "id": service, "service": service, "type": SRV,
+        "response": {"success": true, "message": "at {row}"}, "delay_ms": delay_ms,
+    }));
+}
+
+fn rule(name: &str, service: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[mqtt_to_service]]
+name = "{name}"
+mqtt_topic = "/${{productKey}}/${{deviceName}}/user/service/{name}"
+ros_service = "{service}"
+ros_type = "{SRV}"
+rmw = "cyclonedds"
+{extra}
+"#
+    )
+}
+
+fn agent_dir(port: u16, domain: u16, rules: &str, mqtt: &str) -> AgentDir {
+    let fixtures = support::repo().join("tests/fixtures/interfaces");
+    AgentDir::with_mqtt(
+        port,
+        &format!(
+            "domain_id = {domain}\nonly_networks = [\"127.0.0.1\"]\ninterfaces = [\"{}\"]",
+            fixtures.display()
+        ),
+        rules,
+        mqtt,
+        "",
+    )
+}
+
+/// Every message on the broker, as `topic payload` lines (MQTT 5 with `v5`:
+/// `topic correlation payload`).
+fn watch(port: u16, v5: bool) -> Sub {
+    let args: &[&str] = if v5 {
+        &["-q", "1", "-V", "mqttv5", "-F", "%t %D %p"]
+    } else {
+        &["-q", "1"]
+    };
+    ready_sub(port, "#", "/probe/watch", args)
+}
+
+/// Waits until the agent answers on the rule's request topic: a request without an id
+/// is refused on the error topic.
+fn wait_subscribed(port: u16, all: &Sub, request_topic: &str) {
+    let deadline = Instant::now() + T;
+    loop {
+        let before = payloads(&all.snapshot(), ERRORS).len();
+        publish(port, request_topic, r#"{"probe": true}"#, &["-q", "1"]);
+        let t = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < t {
+            if payloads(&all.snapshot(), ERRORS).len() > before {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(Instant::now() < deadline, "the agent never subscribed");
+    }
+}
+
+/// The replies on `topic` once there are `n`.
+fn replies(all: &Sub, topic: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + T;
+    loop {
+        let got = payloads(&all.snapshot(), topic);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} replies on {topic}: {got:?}",
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rule_status(a: &AgentDir, name: &str) -> Value {
+    let text = std::fs::read_to_string(a.path().join("state/status.json")).unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    v["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == name).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until the status file shows `pred` for rule `name`.
+fn wait_status(a: &AgentDir, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + T;
+    loop {
+        let s = rule_status(a, name);
+        if pred(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "status of {name}: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_cloud_request_calls_the_service_and_its_response_is_the_reply() {
+    let mq = Mosquitto::start(Options::default());
+    let dom = support::domain();
+    let mut peer = RosPeer::start(dom.id);
+    serve(&mut peer, "/arm/goto_row", 0);
+    let a = agent_dir(
+        mq.port,
+        dom.id,
+        &rule("goto_row", "/arm/goto_row", "strict = true"),
+        "",
+    );
+    let all = watch(mq.port, false);
+    let agent = spawn_run(&a.config(), &[]);
+    wait_subscribed(mq.port, &all, REQ);
+
+    let request =
+        json!({"id": "r-1", "row": "A7", "speed": 0.5, "offset": {"x": 1.5, "y": 0.0, "z": 0.0}});
+    publish(mq.port, REQ, &request.to_string(), &["-q", "1"]);
+    let got = replies(&all, REPLY, 1);
+    assert_eq!(
+        got[0],
+        json!({"id": "r-1", "code": 200, "message": "success",
+               "data": {"success": true, "message": "at A7", "calls": 1, "trace": []}}),
+    );
+    // The server saw the request as sent (the id is not part of it).
+    let calls = peer.wait_received("/arm/goto_row", 1, T);
+    assert_eq!(
+        calls[0]["value"],
+        json!({"row": "A7", "speed": 0.5, "offset": {"x": 1.5, "y": 0.0, "z": 0.0}})
+    );
+
+    // A request that does not fit the type is answered, not called.
+    publish(
+        mq.port,
+        REQ,
+        r#"{"id": "r-2", "row": 5, "speed": 1.0, "offset": {}}"#,
+        &["-q", "1"],
+    );
+    let got = replies(&all, REPLY, 2);
+    assert_eq!(got[1]["id"], "r-2");
+    assert_eq!(got[1]["code"], 400);
+    assert!(
+        got[1]["message"].as_str().unwrap().contains("row"),
+        "{}",
+        got[1]
+    );
+
+    // The cloud's retry of r-1: the stored reply again, the service not called again.
+    publish(mq.port, REQ, &request.to_string(), &["-q", "1"]);
+    let got = replies(&all, REPLY, 3);
+    assert_eq!(got[2], got[0]);
+    let s = wait_status(&a, "goto_row", |s| s["duplicates"].as_u64() >= Some(1));
+    assert_eq!(peer.received("/arm/goto_row").len(), 1);
+    assert_eq!(s["direction"], "mqtt_to_service");
+    assert_eq!(s["sent"], 1, "{s}");
+    assert_eq!(s["duplicates"], 1, "{s}");
+    assert!(s["replies"].as_u64().unwrap() >= 4, "{s}");
+    // r-2 and the probes without an id.
+    assert!(s["refused_invalid"].as_u64().unwrap() >= 2, "{s}");
+    stop(agent);
+}
+
+#[test]
+fn mqtt5_replies_go_to_the_response_topic_with_the_correlation_data() {
+    let mq = Mosquitto::start(Options::default());
+    let dom = support::domain();
+    let mut peer = RosPeer::start(dom.id);
+    serve(&mut peer, "/arm/goto_row", 0);
+    let a = agent_dir(
+        mq.port,
+        dom.id,
+        &rule("goto_row", "/arm/goto_row", ""),
+        "protocol = \"5\"",
+    );
+    let all = watch(mq.port, true);
+    let agent = spawn_run(&a.config(), &[]);
+    wait_subscribed(mq.port, &all, REQ);
+    // No id in the request: the correlation data is its id.
+    let v5 = |corr: &str| {
+        publish(
+            mq.port,
+            REQ,
+            r#"{"row": "B2"}"#,
+            &[
+                "-q",
+                "1",
+                "-V",
+                "mqttv5",
+                "-D",
+                "publish",
+                "response-topic",
+                "cloud/replies/op-9",
+                "-D",
+                "publish",
+                "correlation-data",
+                corr,
+            ],
+        )
+    };
+    v5("corr-1");
+    // `topic correlation payload`
+    let line = |n: usize| {
+        let deadline = Instant::now() + T;
+        loop {
+            let lines: Vec<String> = all
+                .snapshot()
+                .into_iter()
+                .filter(|l| l.starts_with("cloud/replies/op-9 "))
+                .collect();
+            if lines.len() >= n {
+                return lines[n - 1].clone();
+            }
+            assert!(Instant::now() < deadline, "no reply {n}: {lines:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let first = line(1);
+    let rest = first
+        .strip_prefix("cloud/replies/op-9 corr-1 ")
+        .unwrap_or_else(|| panic!("the reply does not carry the correlation data: {first}"));
+    let body: Value = serde_json::from_str(rest).unwrap();
+    assert_eq!(body["id"], "corr-1");
+    assert_eq!(body["code"], 200);
+    assert_eq!(body["data"]["message"], "at B2");
+    // The same correlation data again: the stored reply, one call.
+    v5("corr-1");
+    let second = line(2);
+    assert_eq!(second, first);
+    assert_eq!(peer.received("/arm/goto_row").len(), 1);
+    stop(agent);
+}
+
+#[test]
+fn aliyun_thing_service_and_rrpc_requests_get_their_replies() {
+    let mq = Mosquitto::start(Options::default());
+    let dom = support::domain();
+    let mut peer = RosPeer::start(dom.id);
+    serve(&mut peer, "/arm/goto_row", 0);
+    let rules = format!(
+        r#"
+[[mqtt_to_service]]
+name = "thing_goto"
+mqtt_topic = "/sys/${{productKey}}/${{deviceName}}/thing/service/goto_row"
+ros_service = "/arm/goto_row"
+ros_type = "{SRV}"
+rmw = "cyclonedds"
+envelope = "alink"
+
+[[mqtt_to_service]]
+name = "rrpc_goto"
+mqtt_topic = "/sys/${{productKey}}/${{deviceName}}/rrpc/request/+"
+ros_service = "/arm/goto_row"
+ros_type = "{SRV}"
+rmw = "cyclonedds"
+id_from_topic = true
+reply_topic = "/sys/${{productKey}}/${{deviceName}}/rrpc/response/${{id}}"
+"#
+    );
+    let a = agent_dir(mq.port, dom.id, &rules, "");
+    let all = watch(mq.port, false);
+    let agent = spawn_run(&a.config(), &[]);
+    let thing = "/sys/pk1/robot-7/thing/service/goto_row";
+    wait_subscribed(mq.port, &all, thing);
+    let call = json!({"id": "123", "version": "1.0", "params": {"row": "C3", "speed": 0.2},
+                      "method": "thing.service.goto_row"});
+    publish(mq.port, thing, &call.to_string(), &["-q", "1"]);
+    let got = replies(&all, "/sys/pk1/robot-7/thing/service/goto_row_reply", 1);
+    assert_eq!(got[0]["id"], "123");
+    assert_eq!(got[0]["code"], 200);
+    assert_eq!(got[0]["data"]["message"], "at C3");
+
+    publish(
+        mq.port,
+        "/sys/pk1/robot-7/rrpc/request/1520848234",
+        r#"{"row": "D4"}"#,
+        &["-q", "1"],
+    );
+    let got = replies(&all, "/sys/pk1/robot-7/rrpc/response/1520848234", 1);
+    assert_eq!(got[0]["id"], "1520848234");
+    assert_eq!(got[0]["data"]["message"], "at D4");
+    assert_eq!(peer.received("/arm/goto_row").len(), 2);
+    stop(agent);
+}
+
+#[test]
+fn a_missing_server_is_answered_at_once_and_a_slow_one_within_the_timeout() {
+    let mq = Mosquitto::start(Options::default());
+    let dom = support::domain();
+    let mut peer = RosPeer::start(dom.id);
+    serve(&mut peer, "/arm/slow", 3000);
+    let rules = format!(
+        "{}{}",
+        rule("missing", "/arm/missing", "wait_for_server = \"1s\""),
+        rule("slow", "/arm/slow", "timeout = \"1s\"")
+    );
+    let a = agent_dir(mq.port, dom.id, &rules, "");
+    let all = watch(mq.port, false);
+    let agent = spawn_run(&a.config(), &[]);
+    let missing = "/pk1/robot-7/user/service/missing";
+    let slow = "/pk1/robot-7/user/service/slow";
+    wait_subscribed(mq.port, &all, missing);
+    wait_subscribed(mq.port, &all, slow);
+
+    let sent = Instant::now();
+    publish(
+        mq.port,
+        missing,
+        r#"{"id": "m-1", "row": "E5"}"#,
+        &["-q", "1"],
+    );
+    let got = replies(&all, &format!("{missing}_reply"), 1);
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(got[0]["code"], 404, "{}", got[0]);
+    assert!(got[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no server of /arm/missing"));
+
+    publish(mq.port, slow, r#"{"id": "s-1", "row": "F6"}"#, &["-q", "1"]);
+    let got = replies(&all, &format!("{slow}_reply"), 1);
+    assert_eq!(got[0]["code"], 504, "{}", got[0]);
+    assert!(
+        got[0]["message"].as_str().unwrap().contains("1.0 s"),
+        "{}",
+        got[0]
+    );
+    // The slow service was called, once.
+    assert_eq!(peer.wait_received("/arm/slow", 1, T).len(), 1);
+    let log = stop(agent);
+    assert!(log.contains("was not carried out"), "{log}");
+}
+
+/// The cloud sends a request again after a reconnect and after a restart, and the
+/// agent is killed in the middle of another call: each service is called once.
+#[test]
+fn a_request_that_comes_again_is_never_carried_out_twice() {
+    let mut mq = Mosquitto::start(Options {
+        persistence: true,
+        ..Options::default()
+    });
+    let dom = support::domain();
+    let mut peer = RosPeer::start(dom.id);
+    serve(&mut peer, "/arm/goto_row", 0);
+    serve(&mut peer, "/arm/slow", 4000);
+    let rules = format!(
+        "{}{}",
+        rule("goto_row", "/arm/goto_row", ""),
+        rule("slow", "/arm/slow", "timeout = \"10s\"")
+    );
+    let a = agent_dir(mq.port, dom.id, &rules, "");
+    let all = watch(mq.port, false);
+    let mut agent = spawn_run(&a.config(), &[]);
+    wait_subscribed(mq.port, &all, REQ);
+    wait_subscribed(mq.port, &all, "/pk1/robot-7/user/service/slow");
+    let request = r#"{"id": "once-1", "row": "G7"}"#;
+    publish(mq.port, REQ, request, &["-q", "1"]);
+    let first = replies(&all, REPLY, 1)[0].clone();
+    assert_eq!(first["code"], 200, "{first}");
+
+    // Across a reconnect: the broker restarts, the cloud sends the request again.
+    mq.restart();
+    let all = watch(mq.port, false);
+    publish(mq.port, REQ, request, &["-q", "1"]);
+    assert_eq!(replies(&all, REPLY, 1)[0], first);
+
+    // Across a restart: sent again while the agent is away, taken when it is back.
+    stop(agent);
+    publish(mq.port, REQ, request, &["-q", "1"]);
+    agent = spawn_run(&a.config(), &[]);
+    assert_eq!(replies(&all, REPLY, 2)[1], first);
+    assert_eq!(peer.received("/arm/goto_row").len(), 1);
+
+    // Killed while the service is working on a request: the broker sends the request
+    // to the next run, which does not call again and says the outcome is unknown.
+    let slow = "/pk1/robot-7/user/service/slow";
+    publish(
+        mq.port,
+        slow,
+        r#"{"id": "cut-1", "row": "H8"}"#,
+        &["-q", "1"],
+    );
+    peer.wait_received("/arm/slow", 1, T);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let agent = spawn_run(&a.config(), &[]);
+    let got = replies(&all, &format!("{slow}_reply"), 1);
+    assert_eq!(got[0]["id"], "cut-1");
+    assert_eq!(got[0]["code"], 409, "{}", got[0]);
+    assert_eq!(peer.received("/arm/slow").len(), 1);
+    stop(agent);
+}
