@@ -458,6 +458,64 @@ impl Service {
 mod tests {
     use super::*;
 
+    fn incoming(topic: &str, correlation: Option<&'static [u8]>) -> Incoming {
+        Incoming {
+            topic: topic.into(),
+            payload: Bytes::new(),
+            props: correlation.map(|c| Props {
+                correlation: Some(Bytes::from_static(c)),
+                ..Props::default()
+            }),
+            ack: None,
+            oversized: None,
+        }
+    }
+
+    fn rule(id_from_topic: bool) -> MqttToService {
+        let text = format!(
+            "[[mqtt_to_service]]\nname = \"s\"\nmqtt_topic = \"/a/+\"\nros_service = \"/s\"\nros_type = \"std_srvs/srv/Trigger\"\nid_from_topic = {id_from_topic}\nid_field = \"meta.id\"\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("r.toml");
+        std::fs::write(&f, text).unwrap();
+        let device = crate::config::DeviceConfig {
+            product_key: "p".into(),
+            device_name: "d".into(),
+        };
+        let reg = crate::ros::Registry::standard(&[]).unwrap();
+        let rules =
+            crate::bridge::rules::load(&[f], &device, &reg, true, &Default::default()).unwrap();
+        rules.services[0].clone()
+    }
+
+    #[test]
+    fn the_request_id_comes_from_the_topic_the_request_or_the_correlation_data() {
+        let r = rule(false);
+        let v = json!({"meta": {"id": "from-payload"}});
+        let m = incoming("/a/x", Some(b"corr"));
+        assert_eq!(
+            request_id(&r, &m, Some(&v)).as_deref(),
+            Some("from-payload")
+        );
+        let n = json!({"meta": {"id": 17}});
+        assert_eq!(request_id(&r, &m, Some(&n)).as_deref(), Some("17"));
+        assert_eq!(
+            request_id(&r, &m, Some(&json!({}))).as_deref(),
+            Some("corr")
+        );
+        let binary = incoming("/a/x", Some(b"\x00\xff"));
+        assert_eq!(request_id(&r, &binary, None).as_deref(), Some("00ff"));
+        assert_eq!(
+            request_id(&r, &incoming("/a/x", None), Some(&json!({}))),
+            None
+        );
+        let r = rule(true);
+        assert_eq!(
+            request_id(&r, &incoming("/a/1520848234", Some(b"c")), Some(&v)).as_deref(),
+            Some("1520848234")
+        );
+    }
+
     #[test]
     fn a_reply_names_its_request() {
         assert_eq!(
