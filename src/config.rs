@@ -242,7 +242,11 @@ impl AgentConfig {
                     invalid(&format!("{file}: rule '{name}': ros_type"), t, reason)
                 })?;
             }
-            if let Some(r) = rules.services.first() {
+            if let Some(r) = rules
+                .services
+                .iter()
+                .find(|r| matches!(r.target, rules::Target::Call(_)))
+            {
                 return Err(invalid(
                     &format!("{}: rule '{}'", r.file, r.name),
                     "mqtt_to_service",

@@ -13,7 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::agent::{payloads, spawn_run, stop, AgentDir};
+use support::agent::{payloads, Agent, AgentDir};
 use support::mosquitto::{publish, ready_sub, Mosquitto, Options, Sub};
 use support::ros_peer::RosPeer;
 
@@ -140,7 +140,7 @@ fn a_cloud_request_calls_the_service_and_its_response_is_the_reply() {
         "",
     );
     let all = watch(mq.port, false);
-    let agent = spawn_run(&a.config(), &[]);
+    let agent = Agent::start(&a.config());
     wait_subscribed(mq.port, &all, REQ);
 
     let request =
@@ -187,7 +187,7 @@ fn a_cloud_request_calls_the_service_and_its_response_is_the_reply() {
     assert!(s["replies"].as_u64().unwrap() >= 4, "{s}");
     // r-2 and the probes without an id.
     assert!(s["refused_invalid"].as_u64().unwrap() >= 2, "{s}");
-    stop(agent);
+    agent.stop();
 }
 
 #[test]
@@ -203,7 +203,7 @@ fn mqtt5_replies_go_to_the_response_topic_with_the_correlation_data() {
         "protocol = \"5\"",
     );
     let all = watch(mq.port, true);
-    let agent = spawn_run(&a.config(), &[]);
+    let agent = Agent::start(&a.config());
     wait_subscribed(mq.port, &all, REQ);
     // No id in the request: the correlation data is its id.
     let v5 = |corr: &str| {
@@ -257,7 +257,7 @@ fn mqtt5_replies_go_to_the_response_topic_with_the_correlation_data() {
     let second = line(2);
     assert_eq!(second, first);
     assert_eq!(peer.received("/arm/goto_row").len(), 1);
-    stop(agent);
+    agent.stop();
 }
 
 #[test]
@@ -288,7 +288,7 @@ reply_topic = "/sys/${{productKey}}/${{deviceName}}/rrpc/response/${{id}}"
     );
     let a = agent_dir(mq.port, dom.id, &rules, "");
     let all = watch(mq.port, false);
-    let agent = spawn_run(&a.config(), &[]);
+    let agent = Agent::start(&a.config());
     let thing = "/sys/pk1/robot-7/thing/service/goto_row";
     wait_subscribed(mq.port, &all, thing);
     let call = json!({"id": "123", "version": "1.0", "params": {"row": "C3", "speed": 0.2},
@@ -309,7 +309,7 @@ reply_topic = "/sys/${{productKey}}/${{deviceName}}/rrpc/response/${{id}}"
     assert_eq!(got[0]["id"], "1520848234");
     assert_eq!(got[0]["data"]["message"], "at D4");
     assert_eq!(peer.received("/arm/goto_row").len(), 2);
-    stop(agent);
+    agent.stop();
 }
 
 #[test]
@@ -325,7 +325,7 @@ fn a_missing_server_is_answered_at_once_and_a_slow_one_within_the_timeout() {
     );
     let a = agent_dir(mq.port, dom.id, &rules, "");
     let all = watch(mq.port, false);
-    let agent = spawn_run(&a.config(), &[]);
+    let agent = Agent::start(&a.config());
     let missing = "/pk1/robot-7/user/service/missing";
     let slow = "/pk1/robot-7/user/service/slow";
     wait_subscribed(mq.port, &all, missing);
@@ -360,7 +360,7 @@ fn a_missing_server_is_answered_at_once_and_a_slow_one_within_the_timeout() {
     );
     // The slow service was called, once.
     assert_eq!(peer.wait_received("/arm/slow", 1, T).len(), 1);
-    let log = stop(agent);
+    let log = agent.stop();
     assert!(log.contains("was not carried out"), "{log}");
 }
 
@@ -383,7 +383,7 @@ fn a_request_that_comes_again_is_never_carried_out_twice() {
     );
     let a = agent_dir(mq.port, dom.id, &rules, "");
     let all = watch(mq.port, false);
-    let mut agent = spawn_run(&a.config(), &[]);
+    let mut agent = Agent::start(&a.config());
     wait_subscribed(mq.port, &all, REQ);
     wait_subscribed(mq.port, &all, "/pk1/robot-7/user/service/slow");
     let request = r#"{"id": "once-1", "row": "G7"}"#;
@@ -398,9 +398,9 @@ fn a_request_that_comes_again_is_never_carried_out_twice() {
     assert_eq!(replies(&all, REPLY, 1)[0], first);
 
     // Across a restart: sent again while the agent is away, taken when it is back.
-    stop(agent);
+    agent.stop();
     publish(mq.port, REQ, request, &["-q", "1"]);
-    agent = spawn_run(&a.config(), &[]);
+    agent = Agent::start(&a.config());
     assert_eq!(replies(&all, REPLY, 2)[1], first);
     assert_eq!(peer.received("/arm/goto_row").len(), 1);
 
@@ -414,12 +414,95 @@ fn a_request_that_comes_again_is_never_carried_out_twice() {
         &["-q", "1"],
     );
     peer.wait_received("/arm/slow", 1, T);
-    agent.kill().unwrap();
-    agent.wait().unwrap();
-    let agent = spawn_run(&a.config(), &[]);
+    let pid = agent.pid();
+    // SAFETY: kill(2) on the agent's pid, which has not been waited for.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    drop(agent);
+    let agent = Agent::start(&a.config());
     let got = replies(&all, &format!("{slow}_reply"), 1);
     assert_eq!(got[0]["id"], "cut-1");
     assert_eq!(got[0]["code"], 409, "{}", got[0]);
     assert_eq!(peer.received("/arm/slow").len(), 1);
-    stop(agent);
+    agent.stop();
+}
+
+/// Aliyun `thing/service/property/set`: each property goes out on its own ROS topic,
+/// the reply goes to `…/set_reply`; a request with an unknown or ill-typed property
+/// publishes nothing, and a repeated one publishes nothing again.
+#[test]
+fn an_aliyun_property_set_publishes_each_property_on_its_topic() {
+    let mq = Mosquitto::start(Options::default());
+    let dom = support::domain();
+    let mut peer = RosPeer::start(dom.id);
+    let reliable = json!({"reliability": "reliable", "depth": 100});
+    peer.subscriber(
+        "speed",
+        "/robot/max_speed",
+        "std_msgs/msg/Float64",
+        reliable.clone(),
+    );
+    peer.subscriber("mode", "/robot/mode", "std_msgs/msg/String", reliable);
+    let rules = r#"
+[[property_set]]
+name = "props"
+[property_set.properties.maxSpeed]
+ros_topic = "/robot/max_speed"
+ros_type = "std_msgs/msg/Float64"
+field = "data"
+qos = { reliability = "reliable", depth = 100 }
+[property_set.properties.mode]
+ros_topic = "/robot/mode"
+ros_type = "std_msgs/msg/String"
+field = "data"
+qos = { reliability = "reliable", depth = 100 }
+"#;
+    let a = agent_dir(mq.port, dom.id, rules, "");
+    let all = watch(mq.port, false);
+    let agent = Agent::start(&a.config());
+    let set = "/sys/pk1/robot-7/thing/service/property/set";
+    let reply = "/sys/pk1/robot-7/thing/service/property/set_reply";
+    wait_subscribed(mq.port, &all, set);
+    let request = |id: &str, params: Value| {
+        json!({"id": id, "version": "1.0", "params": params, "method": "thing.service.property.set"})
+            .to_string()
+    };
+    let p1 = request("p-1", json!({"maxSpeed": 0.8, "mode": "pick"}));
+    publish(mq.port, set, &p1, &["-q", "1"]);
+    let got = replies(&all, reply, 1);
+    assert_eq!(
+        got[0],
+        json!({"id": "p-1", "code": 200, "data": {}, "message": "success"})
+    );
+    let speeds = |n| -> Vec<f64> {
+        peer.wait_received("speed", n, T)
+            .iter()
+            .map(|m| m["value"]["data"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(speeds(1), [0.8]);
+    assert_eq!(peer.wait_received("mode", 1, T)[0]["value"]["data"], "pick");
+
+    let p2 = request("p-2", json!({"maxSpeed": 0.5, "colour": "red"}));
+    publish(mq.port, set, &p2, &["-q", "1"]);
+    let got = replies(&all, reply, 2);
+    assert_eq!(got[1]["code"], 400, "{}", got[1]);
+    assert!(got[1]["message"]
+        .as_str()
+        .unwrap()
+        .contains("params.colour"));
+    let p3 = request("p-3", json!({"maxSpeed": "fast"}));
+    publish(mq.port, set, &p3, &["-q", "1"]);
+    let got = replies(&all, reply, 3);
+    assert_eq!(got[2]["code"], 400, "{}", got[2]);
+    assert!(got[2]["message"].as_str().unwrap().contains("maxSpeed"));
+    // The cloud's retry of p-1: its stored reply, nothing published again.
+    publish(mq.port, set, &p1, &["-q", "1"]);
+    assert_eq!(replies(&all, reply, 4)[3], got[0]);
+    // A last good one: when it has arrived, whatever came before it has too.
+    let p4 = request("p-4", json!({"maxSpeed": 0.3}));
+    publish(mq.port, set, &p4, &["-q", "1"]);
+    assert_eq!(replies(&all, reply, 5)[4]["code"], 200);
+    assert_eq!(speeds(2), [0.8, 0.3]);
+    assert_eq!(peer.received("mode").len(), 1);
+    agent.stop();
 }

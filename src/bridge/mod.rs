@@ -181,13 +181,32 @@ pub async fn start(
             let rule = Arc::new(rule.clone());
             let st = Arc::new(RuleStats::new(
                 &rule.name,
-                "mqtt_to_service",
-                &rule.ros_service,
+                match rule.target {
+                    rules::Target::Call(_) => "mqtt_to_service",
+                    rules::Target::Set(_) => "property_set",
+                },
+                &rule.target_name(),
                 &rule.mqtt_filter,
             ));
             stats.push(st.clone());
-            // The client now, so that it is matched with the server by the first request.
-            transport.service_ready(&rule.ros_service, &rule.type_name, rule.rmw)?;
+            let mut publishers = Vec::new();
+            match &rule.target {
+                // The client now, so that it is matched with the server by the first
+                // request.
+                rules::Target::Call(c) => {
+                    transport.service_ready(&c.ros_service, &c.type_name, c.rmw)?;
+                }
+                rules::Target::Set(p) => {
+                    for prop in &p.properties {
+                        publishers.push(transport.publisher(
+                            &prop.ros_topic,
+                            &prop.type_name,
+                            prop.schema.clone(),
+                            prop.qos,
+                        )?);
+                    }
+                }
+            }
             let rx = link
                 .subscribe(&rule.mqtt_filter, QoS::AtLeastOnce, 256)
                 .await
@@ -199,6 +218,7 @@ pub async fn start(
                 stats: st,
                 log: log.clone(),
                 started,
+                publishers,
             };
             tasks.push(tokio::spawn(svc.run(rx, shutdown.clone())));
         }

@@ -259,6 +259,45 @@ const fn default_wait_for_server() -> Dur {
     Dur::secs(5)
 }
 
+/// `[[property_set]]`: an Alink property set (`thing/service/property/set`) publishes
+/// each property on its own ROS topic; the reply goes to `…/set_reply`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PropertySetRaw {
+    pub name: String,
+    #[serde(default = "default_property_set_topic")]
+    pub mqtt_topic: String,
+    #[serde(default = "default_reply_topic")]
+    pub reply_topic: String,
+    #[serde(default = "default_error_topic")]
+    pub error_topic: String,
+    #[serde(default)]
+    pub strict: bool,
+    pub max_age: Option<Dur>,
+    /// Where the request's time of sending is, a dot path into the Alink request
+    /// (e.g. "time"); never one of the properties.
+    pub timestamp_field: Option<String>,
+    #[serde(default = "default_wait_for_subscriber")]
+    pub wait_for_subscriber: Dur,
+    pub properties: std::collections::BTreeMap<String, PropertyRaw>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PropertyRaw {
+    pub ros_topic: String,
+    pub ros_type: String,
+    /// Where in the message the value goes, a dot path (e.g. "data"); without it the
+    /// value is the whole message's JSON.
+    pub field: Option<String>,
+    #[serde(default)]
+    pub qos: QosSetting,
+}
+
+fn default_property_set_topic() -> String {
+    "/sys/${productKey}/${deviceName}/thing/service/property/set".into()
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleFile {
@@ -268,6 +307,8 @@ struct RuleFile {
     mqtt_to_ros: Vec<MqttToRosRaw>,
     #[serde(default)]
     mqtt_to_service: Vec<MqttToServiceRaw>,
+    #[serde(default)]
+    property_set: Vec<PropertySetRaw>,
 }
 
 /// How a rule's ROS QoS is chosen.
@@ -347,13 +388,14 @@ pub struct AgeLimit {
 }
 
 impl AgeLimit {
+    /// `in_message`: whether a timestamp path is a field of the message (it is then
+    /// left in the command).
     fn compile(
         ctx: &Ctx<'_>,
         r: &str,
         max_age: Option<Dur>,
         field: Option<&str>,
-        envelope: Envelope,
-        schema: &MsgSchema,
+        in_message: impl Fn(&[String]) -> bool,
     ) -> Result<Self, RuleError> {
         let max_age = match max_age {
             Some(d) if d.0.is_zero() => return Err(ctx.err(r, "max_age", "must be more than 0s")),
@@ -369,33 +411,32 @@ impl AgeLimit {
             }
             f => f.map(|f| f.split('.').map(str::to_owned).collect()),
         };
-        let timestamp_outside_message = match (&timestamp_field, envelope) {
-            (None, _) => false,
-            (Some(p), Envelope::Raw) => resolve_path(schema, p).is_none(),
-            (Some(p), Envelope::Alink) => {
-                p.len() < 2 || p[0] != "params" || resolve_path(schema, &p[1..]).is_none()
-            }
-        };
+        let timestamp_outside_message = timestamp_field.as_deref().is_some_and(|p| !in_message(p));
         Ok(Self {
             max_age,
             timestamp_field,
             timestamp_outside_message,
         })
     }
+
+    /// Whether `path` is a field of the message in a command of `envelope`.
+    fn in_message(schema: &MsgSchema, envelope: Envelope, path: &[String]) -> bool {
+        match envelope {
+            Envelope::Raw => resolve_path(schema, path).is_some(),
+            Envelope::Alink => {
+                path.len() >= 2 && path[0] == "params" && resolve_path(schema, &path[1..]).is_some()
+            }
+        }
+    }
 }
 
-/// A compiled `[[mqtt_to_service]]` rule.
+/// A compiled `[[mqtt_to_service]]` or `[[property_set]]` rule: a cloud request with
+/// an id and a reply.
 #[derive(Debug, Clone)]
 pub struct MqttToService {
     pub name: String,
     pub file: String,
     pub mqtt_filter: String,
-    pub ros_service: String,
-    /// `pkg/srv/Name`.
-    pub type_name: TypeName,
-    pub request: Arc<MsgSchema>,
-    pub response: Arc<MsgSchema>,
-    pub rmw: ServiceRmw,
     pub envelope: Envelope,
     pub strict: bool,
     /// `id_field` split at the dots.
@@ -407,12 +448,66 @@ pub struct MqttToService {
     /// per request.
     pub reply_topic: TopicTemplate,
     pub error_topic: String,
+    pub age: AgeLimit,
+    pub target: Target,
+}
+
+/// What a request does.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Calls a ROS 2 service.
+    Call(ServiceCall),
+    /// Publishes each property of an Alink property set on its ROS topic.
+    Set(PropertySet),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceCall {
+    pub ros_service: String,
+    /// `pkg/srv/Name`.
+    pub type_name: TypeName,
+    pub request: Arc<MsgSchema>,
+    pub response: Arc<MsgSchema>,
+    pub rmw: ServiceRmw,
     pub timeout: Duration,
     pub wait_for_server: Duration,
-    pub age: AgeLimit,
+}
+
+#[derive(Debug, Clone)]
+pub struct PropertySet {
+    pub properties: Vec<Property>,
+    pub wait_for_subscriber: Duration,
+}
+
+/// One property of a `[[property_set]]` rule.
+#[derive(Debug, Clone)]
+pub struct Property {
+    /// The property's identifier in the platform's thing model.
+    pub identifier: String,
+    pub ros_topic: String,
+    pub type_name: TypeName,
+    pub schema: Arc<MsgSchema>,
+    /// Where in the message the value goes (a dot path); without it the value is the
+    /// whole message.
+    pub field: Option<Vec<String>>,
+    pub qos: Qos,
 }
 
 impl MqttToService {
+    /// What the rule calls or sets, for messages and the status: the service, or the
+    /// properties' topics.
+    pub fn target_name(&self) -> String {
+        match &self.target {
+            Target::Call(c) => c.ros_service.clone(),
+            Target::Set(p) => p
+                .properties
+                .iter()
+                .map(|p| p.ros_topic.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
     /// The reply topic for one request; `None` when the id cannot be put in a topic.
     pub fn reply_topic_for(&self, topic: &str, id: &str) -> Option<String> {
         if self.reply_topic.uses("id") && (id.is_empty() || id.contains(['/', '+', '#', '\0'])) {
@@ -537,6 +632,30 @@ impl Ctx<'_> {
             .map(|(r, o)| if *o == "+" || *o == "#" { *o } else { r })
             .collect::<Vec<_>>()
             .join("/"))
+    }
+
+    /// A reply topic: the device's names and `extra` filled in now, the request's
+    /// `${topic}` and `${id}` per request.
+    fn reply_template(
+        &self,
+        rule: &str,
+        text: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<TopicTemplate, RuleError> {
+        let mut vars = vec!["productKey", "deviceName", "topic", "id"];
+        vars.extend(extra.iter().map(|(k, _)| *k));
+        let t = TopicTemplate::parse(text, &vars).map_err(|e| self.err(rule, "reply_topic", e))?;
+        let partly = t.render(|v| match v {
+            "productKey" => Some(self.device.product_key.clone()),
+            "deviceName" => Some(self.device.device_name.clone()),
+            "topic" | "id" => Some(format!("${{{v}}}")),
+            other => extra
+                .iter()
+                .find(|(k, _)| *k == other)
+                .map(|(_, val)| (*val).to_owned()),
+        });
+        TopicTemplate::parse(&partly, &["topic", "id"])
+            .map_err(|e| self.err(rule, "reply_topic", e))
     }
 
     fn ros_topic(&self, rule: &str, key: &str, topic: &str) -> Result<String, RuleError> {
@@ -808,14 +927,9 @@ impl MqttToRos {
             &[("ros_topic", &short), ("name", r)],
             false,
         )?;
-        let age = AgeLimit::compile(
-            ctx,
-            r,
-            raw.max_age,
-            raw.timestamp_field.as_deref(),
-            raw.envelope,
-            &schema,
-        )?;
+        let age = AgeLimit::compile(ctx, r, raw.max_age, raw.timestamp_field.as_deref(), |p| {
+            AgeLimit::in_message(&schema, raw.envelope, p)
+        })?;
         Ok(MqttToRos {
             qos: ctx.qos(r, &raw.qos)?,
             age,
@@ -895,23 +1009,13 @@ impl MqttToService {
         if raw.timeout.0.is_zero() {
             return Err(ctx.err(r, "timeout", "must be more than 0s"));
         }
-        let age = AgeLimit::compile(
-            ctx,
-            r,
-            raw.max_age,
-            raw.timestamp_field.as_deref(),
-            raw.envelope,
-            &request,
-        )?;
+        let age = AgeLimit::compile(ctx, r, raw.max_age, raw.timestamp_field.as_deref(), |p| {
+            AgeLimit::in_message(&request, raw.envelope, p)
+        })?;
         Ok(MqttToService {
             name: raw.name,
             file: ctx.file.clone(),
             mqtt_filter,
-            ros_service,
-            type_name,
-            request,
-            response,
-            rmw: raw.rmw,
             envelope: raw.envelope,
             strict: raw.strict,
             id_field,
@@ -919,9 +1023,81 @@ impl MqttToService {
             id_from_topic: raw.id_from_topic,
             reply_topic,
             error_topic,
-            timeout: raw.timeout.0,
-            wait_for_server: raw.wait_for_server.0,
             age,
+            target: Target::Call(ServiceCall {
+                ros_service,
+                type_name,
+                request,
+                response,
+                rmw: raw.rmw,
+                timeout: raw.timeout.0,
+                wait_for_server: raw.wait_for_server.0,
+            }),
+        })
+    }
+}
+
+impl MqttToService {
+    fn compile_set(raw: PropertySetRaw, ctx: &Ctx<'_>) -> Result<Self, RuleError> {
+        let r = raw.name.as_str();
+        let names = [("name", r)];
+        let mqtt_filter = ctx.template(r, "mqtt_topic", &raw.mqtt_topic, &names, true)?;
+        let error_topic = ctx.template(r, "error_topic", &raw.error_topic, &names, false)?;
+        let reply_topic = ctx.reply_template(r, &raw.reply_topic, &names)?;
+        if raw.properties.is_empty() {
+            return Err(ctx.err(r, "properties", "names no property"));
+        }
+        let mut properties = Vec::new();
+        for (id, p) in raw.properties {
+            let key = |k: &str| format!("properties.{id}.{k}");
+            let ros_topic = ctx.ros_topic(r, &key("ros_topic"), &p.ros_topic)?;
+            let (type_name, schema) = ctx.ros_type(r, &key("ros_type"), &p.ros_type)?;
+            let field = match &p.field {
+                None => None,
+                Some(f) => {
+                    let path: Vec<String> = f.split('.').map(str::to_owned).collect();
+                    if f.is_empty() || resolve_path(&schema, &path).is_none() {
+                        return Err(ctx.err(
+                            r,
+                            &key("field"),
+                            format!("'{f}' is not a field of {}", schema.name),
+                        ));
+                    }
+                    Some(path)
+                }
+            };
+            let qos = match ctx.qos(r, &p.qos)? {
+                QosChoice::Fixed(q) | QosChoice::Auto(q) => q,
+            };
+            properties.push(Property {
+                identifier: id,
+                ros_topic,
+                type_name,
+                schema,
+                field,
+                qos,
+            });
+        }
+        // The time is never one of the properties.
+        let age = AgeLimit::compile(ctx, r, raw.max_age, raw.timestamp_field.as_deref(), |_| {
+            false
+        })?;
+        Ok(MqttToService {
+            name: raw.name,
+            file: ctx.file.clone(),
+            mqtt_filter,
+            envelope: Envelope::Alink,
+            strict: raw.strict,
+            id_field: vec!["id".into()],
+            id_outside_request: true,
+            id_from_topic: false,
+            reply_topic,
+            error_topic,
+            age,
+            target: Target::Set(PropertySet {
+                properties,
+                wait_for_subscriber: raw.wait_for_subscriber.0,
+            }),
         })
     }
 }
@@ -984,6 +1160,10 @@ pub fn load(
         for raw in parsed.mqtt_to_service {
             check_name(&ctx, &raw.name, &mut names)?;
             rules.services.push(MqttToService::compile(raw, &ctx)?);
+        }
+        for raw in parsed.property_set {
+            check_name(&ctx, &raw.name, &mut names)?;
+            rules.services.push(MqttToService::compile_set(raw, &ctx)?);
         }
     }
     Ok(rules)

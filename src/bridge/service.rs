@@ -20,12 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::calls::{CallLog, Known};
 use super::inbound::{Received, Refusal};
-use super::rules::{Envelope, MqttToService};
+use super::rules::{Envelope, MqttToService, PropertySet, ServiceCall, Target};
 use super::stats::RuleStats;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::mqtt::{Incoming, LinkHandle, Message, Props, QoS};
 use crate::ros::codec::{self, DecodeOptions, EncodeOptions};
-use crate::ros::transport::Transport;
+use crate::ros::transport::{RawPublisher, Transport};
 
 pub const OK: u16 = 200;
 pub const BAD_REQUEST: u16 = 400;
@@ -120,6 +120,16 @@ async fn with_log<T: Send + 'static>(
     .map_err(std::io::Error::other)?
 }
 
+/// A reply to a request that was not carried out.
+fn refusal(code: u16, message: String) -> Outcome {
+    Outcome::Reply {
+        code,
+        data: Value::Null,
+        message,
+        record: false,
+    }
+}
+
 /// What became of one request.
 enum Outcome {
     /// A reply (to be sent to the request's address); `record` when it answers a call
@@ -146,17 +156,13 @@ pub struct Service {
     /// When the agent started: a missing server is waited for until `wait_for_server`
     /// after this (discovery), and answered at once later.
     pub started: Instant,
+    /// For a property set: a publisher per property, in the rule's order.
+    pub publishers: Vec<Arc<dyn RawPublisher>>,
 }
 
 impl Service {
     async fn handle(&self, m: &Incoming, id: &str, shutdown: &CancellationToken) -> Outcome {
         let rule = &self.rule;
-        let reply = |code: u16, message: String| Outcome::Reply {
-            code,
-            data: Value::Null,
-            message,
-            record: false,
-        };
         // Seen before?
         let (name, key) = (rule.name.clone(), id.to_owned());
         let known = with_log(&self.log, move |l| Ok(l.get(&name, &key).cloned())).await;
@@ -167,15 +173,15 @@ impl Service {
                     code: UNKNOWN_OUTCOME,
                     data: Value::Null,
                     message: format!(
-                        "outcome unknown: this request was being carried out by {} when the agent stopped; not called again",
-                        rule.ros_service
+                        "outcome unknown: this request was being carried out ({}) when the agent stopped; not carried out again",
+                        rule.target_name()
                     ),
                     record: true,
                 }
             }
             Ok(None) => {}
             Err(e) => {
-                return reply(
+                return refusal(
                     FAILED,
                     format!("cannot read the call log: {e}; not carried out"),
                 )
@@ -183,24 +189,25 @@ impl Service {
         }
         let cmd = match Received::read(&rule.age, m) {
             Ok(c) => c,
-            Err((Refusal::TooLarge, why)) => return reply(TOO_LARGE, why),
-            Err((_, why)) => return reply(BAD_REQUEST, why),
+            Err((Refusal::TooLarge, why)) => return refusal(TOO_LARGE, why),
+            Err((_, why)) => return refusal(BAD_REQUEST, why),
         };
         if let Some(why) = cmd.too_old(&rule.age, now_ms()) {
-            return reply(STALE, why);
+            return refusal(STALE, why);
         }
-        let mut request =
-            match rule.envelope {
-                Envelope::Raw => cmd.value.clone(),
-                Envelope::Alink => match cmd.value.get("params") {
-                    Some(p) => p.clone(),
-                    None => return reply(
+        let mut request = match rule.envelope {
+            Envelope::Raw => cmd.value.clone(),
+            Envelope::Alink => match cmd.value.get("params") {
+                Some(p) => p.clone(),
+                None => {
+                    return refusal(
                         BAD_REQUEST,
-                        "params: missing (an Alink service call carries its request in \"params\")"
+                        "params: missing (an Alink request carries its content in \"params\")"
                             .into(),
-                    ),
-                },
-            };
+                    )
+                }
+            },
+        };
         if rule.envelope == Envelope::Raw && rule.id_outside_request && !rule.id_from_topic {
             if let Value::Object(o) = &mut request {
                 if rule.id_field.len() == 1 {
@@ -208,37 +215,64 @@ impl Service {
                 }
             }
         }
+        match &rule.target {
+            Target::Call(c) => self.call(c, id, &cmd, request, shutdown).await,
+            Target::Set(p) => self.set(p, id, &cmd, request, shutdown).await,
+        }
+    }
+
+    /// Writes down that request `id` is about to be carried out.
+    async fn started(&self, id: &str) -> Result<(), Outcome> {
+        let (name, key, at) = (self.rule.name.clone(), id.to_owned(), now_ms());
+        with_log(&self.log, move |l| l.started(&name, &key, at))
+            .await
+            .map_err(|e| {
+                refusal(
+                    FAILED,
+                    format!("cannot write the call log: {e}; not carried out"),
+                )
+            })
+    }
+
+    async fn call(
+        &self,
+        c: &ServiceCall,
+        id: &str,
+        cmd: &Received,
+        request: Value,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let rule = &self.rule;
         let opts = EncodeOptions {
             strict: rule.strict,
             big_endian: false,
         };
-        let cdr = match codec::encode_value(&rule.request, &request, &opts) {
-            Ok(c) => Bytes::from(c),
-            Err(e) => return reply(BAD_REQUEST, e.to_string()),
+        let cdr = match codec::encode_value(&c.request, &request, &opts) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return refusal(BAD_REQUEST, e.to_string()),
         };
 
         // The server: waited for while the agent has just started, else at once.
-        let ready = || {
-            self.transport
-                .service_ready(&rule.ros_service, &rule.type_name, rule.rmw)
-        };
         loop {
-            match ready() {
+            match self
+                .transport
+                .service_ready(&c.ros_service, &c.type_name, c.rmw)
+            {
                 Ok(true) => break,
                 Ok(false) => {}
-                Err(e) => return reply(FAILED, e.to_string()),
+                Err(e) => return refusal(FAILED, e.to_string()),
             }
-            let until_start = rule.wait_for_server.saturating_sub(self.started.elapsed());
+            let until_start = c.wait_for_server.saturating_sub(self.started.elapsed());
             let limit = cmd.wait_limit(&rule.age, until_start, now_ms());
             if limit.is_zero() {
                 if let Some(why) = cmd.too_old(&rule.age, now_ms() + 1) {
-                    return reply(STALE, format!("{why} (no server of {})", rule.ros_service));
+                    return refusal(STALE, format!("{why} (no server of {})", c.ros_service));
                 }
-                return reply(
+                return refusal(
                     NO_SERVER,
                     format!(
                         "no server of {} on the ROS 2 graph; not called",
-                        rule.ros_service
+                        c.ros_service
                     ),
                 );
             }
@@ -250,22 +284,13 @@ impl Service {
 
         // Written down before the call: a request found written down without a reply
         // was cut off in the middle, and is not called again.
-        let (name, key, at) = (rule.name.clone(), id.to_owned(), now_ms());
-        if let Err(e) = with_log(&self.log, move |l| l.started(&name, &key, at)).await {
-            return reply(
-                FAILED,
-                format!("cannot write the call log: {e}; not called"),
-            );
+        if let Err(o) = self.started(id).await {
+            return o;
         }
         RuleStats::inc(&self.stats.sent);
-        let call = self.transport.call(
-            &rule.ros_service,
-            &rule.type_name,
-            cdr,
-            rule.rmw,
-            rule.timeout,
-            false,
-        );
+        let call = self
+            .transport
+            .call(&c.ros_service, &c.type_name, cdr, c.rmw, c.timeout, false);
         tokio::pin!(call);
         let result = tokio::select! {
             r = &mut call => r,
@@ -280,12 +305,12 @@ impl Service {
         };
         let (code, data, message) = match result {
             Ok(Some(body)) => {
-                match codec::decode_to_value(&rule.response, &body, &DecodeOptions::default()) {
+                match codec::decode_to_value(&c.response, &body, &DecodeOptions::default()) {
                     Ok(v) => (OK, v, "success".to_owned()),
                     Err(e) => (
                         CALL_FAILED,
                         Value::Null,
-                        format!("the response of {} cannot be read: {e}", rule.ros_service),
+                        format!("the response of {} cannot be read: {e}", c.ros_service),
                     ),
                 }
             }
@@ -294,8 +319,8 @@ impl Service {
                 Value::Null,
                 format!(
                     "{} did not answer within {:.1} s; it may still carry the request out",
-                    rule.ros_service,
-                    rule.timeout.as_secs_f64()
+                    c.ros_service,
+                    c.timeout.as_secs_f64()
                 ),
             ),
             Err(e) => (CALL_FAILED, Value::Null, e.to_string()),
@@ -304,6 +329,94 @@ impl Service {
             code,
             data,
             message,
+            record: true,
+        }
+    }
+
+    /// An Alink property set: every property is checked first (nothing is published
+    /// when one is wrong), then each goes out on its topic.
+    async fn set(
+        &self,
+        p: &PropertySet,
+        id: &str,
+        cmd: &Received,
+        request: Value,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let rule = &self.rule;
+        let Value::Object(values) = request else {
+            return refusal(
+                BAD_REQUEST,
+                "params: expected an object of property values".into(),
+            );
+        };
+        let opts = EncodeOptions {
+            strict: rule.strict,
+            big_endian: false,
+        };
+        let mut out = Vec::new();
+        for (name, value) in values {
+            let Some((prop, publisher)) = p
+                .properties
+                .iter()
+                .zip(&self.publishers)
+                .find(|(q, _)| q.identifier == name)
+            else {
+                let known: Vec<&str> = p.properties.iter().map(|q| q.identifier.as_str()).collect();
+                return refusal(
+                    BAD_REQUEST,
+                    format!(
+                        "params.{name}: not a property of this robot (known: {})",
+                        known.join(", ")
+                    ),
+                );
+            };
+            let msg = match &prop.field {
+                None => value,
+                Some(path) => path
+                    .iter()
+                    .rev()
+                    .fold(value, |inner, part| json!({ part.as_str(): inner })),
+            };
+            match codec::encode_value(&prop.schema, &msg, &opts) {
+                Ok(b) => out.push((prop, publisher, Bytes::from(b))),
+                Err(e) => return refusal(BAD_REQUEST, format!("params.{name}: {e}")),
+            }
+        }
+        // Held until every topic has a subscriber, never past the request's age.
+        let limit = cmd.wait_limit(&rule.age, p.wait_for_subscriber, now_ms());
+        let deadline = tokio::time::Instant::now() + limit;
+        while out
+            .iter()
+            .any(|(_, publ, _)| publ.subscription_count() == 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::select! {
+                _ = tokio::time::sleep(SERVER_POLL) => {}
+                _ = shutdown.cancelled() => return Outcome::Withheld,
+            }
+        }
+        if let Some(why) = cmd.too_old(&rule.age, now_ms()) {
+            return refusal(STALE, why);
+        }
+        if let Err(o) = self.started(id).await {
+            return o;
+        }
+        for (prop, publisher, cdr) in &out {
+            if let Err(e) = publisher.publish(cdr) {
+                return Outcome::Reply {
+                    code: FAILED,
+                    data: Value::Null,
+                    message: format!("{}: {e}", prop.identifier),
+                    record: true,
+                };
+            }
+            RuleStats::inc(&self.stats.sent);
+        }
+        Outcome::Reply {
+            code: OK,
+            data: json!({}),
+            message: "success".into(),
             record: true,
         }
     }
@@ -329,7 +442,7 @@ impl Service {
                 let e = json!({
                     "rule": rule.name,
                     "topic": m.topic,
-                    "ros_service": rule.ros_service,
+                    "ros_service": rule.target_name(),
                     "error": body["message"],
                     "code": body["code"],
                     "time": rfc3339_ms(now_ms()),

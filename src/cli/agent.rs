@@ -205,15 +205,25 @@ pub fn check_config(file: PathBuf) -> Result<(), Failure> {
         ));
     }
     for r in &s.rules.services {
-        out.push_str(&format!(
-            "  rule {:<14} {} -> service {} ({}, {:?}, timeout {:.1} s)\n",
-            r.name,
-            r.mqtt_filter,
-            r.ros_service,
-            r.type_name,
-            r.rmw,
-            r.timeout.as_secs_f64()
-        ));
+        match &r.target {
+            crate::bridge::rules::Target::Call(c) => out.push_str(&format!(
+                "  rule {:<14} {} -> service {} ({}, {:?}, timeout {:.1} s)\n",
+                r.name,
+                r.mqtt_filter,
+                c.ros_service,
+                c.type_name,
+                c.rmw,
+                c.timeout.as_secs_f64()
+            )),
+            crate::bridge::rules::Target::Set(p) => {
+                for prop in &p.properties {
+                    out.push_str(&format!(
+                        "  rule {:<14} {} [{}] -> {} ({})\n",
+                        r.name, r.mqtt_filter, prop.identifier, prop.ros_topic, prop.type_name
+                    ));
+                }
+            }
+        }
     }
     print!("{out}");
     Ok(())
