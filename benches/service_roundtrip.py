@@ -110,7 +110,16 @@ def call(args):
     sent, rtts = {}, {}
     lock = threading.Lock()
 
+    matched = {"writer": 0, "reader": 0}
+
+    class OnMatch(Listener):
+        def on_publication_matched(self, _writer, status):
+            matched["writer"] = status.current_count
+
     class OnReply(Listener):
+        def on_subscription_matched(self, _reader, status):
+            matched["reader"] = status.current_count
+
         def on_data_available(self, reader):
             now = time.perf_counter()
             for r in reader.take(64):
@@ -121,11 +130,11 @@ def call(args):
                         rate, t0 = sent.pop(r.seq)
                         rtts.setdefault(rate, []).append((now - t0) * 1000)
 
-    reader = DataReader(dp, Topic(dp, "rr/arm/goto_rowReply", rp_t, qos=qos), qos=qos, listener=OnReply())
-    writer = DataWriter(dp, Topic(dp, "rq/arm/goto_rowRequest", rq_t, qos=qos), qos=qos)
+    DataReader(dp, Topic(dp, "rr/arm/goto_rowReply", rp_t, qos=qos), qos=qos, listener=OnReply())
+    writer = DataWriter(dp, Topic(dp, "rq/arm/goto_rowRequest", rq_t, qos=qos), qos=qos, listener=OnMatch())
     # Matched both ways before timing, as the agent's client is.
     end = time.time() + 30
-    while time.time() < end and (writer.get_matched_subscriptions() == [] or reader.get_matched_publications() == []):
+    while time.time() < end and not (matched["writer"] and matched["reader"]):
         time.sleep(0.01)
     time.sleep(0.5)
     seq = [0]

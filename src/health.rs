@@ -71,26 +71,34 @@ impl Health {
             self.write_status(&snap).await;
             let (mut rin, mut rout, mut errors) = (0, 0, 0);
             for r in &self.rules {
+                r.log_summaries();
                 let s = r.snapshot();
                 rin += s.received;
                 rout += s.sent;
                 errors += s.errors;
             }
             let link = self.link.stats().snapshot();
+            let dropped: u64 = link.outbox.iter().map(|c| c.counters.dropped_full).sum();
             tracing::info!(
                 link = if link.connected { "up" } else { "down" },
                 held = link.held,
+                dropped = (dropped > 0).then_some(dropped),
                 msgs_in = rin - last_in,
                 msgs_out = rout - last_out,
                 rules = self.rules.len(),
                 errors,
                 reconnects = link.reconnects,
-                "Health: {} in, {} out in the last {}s; link {}, {} held.",
+                "Health: {} in, {} out in the last {}s; link {}, {} held{}.",
                 rin - last_in,
                 rout - last_out,
                 self.interval.as_secs(),
                 if link.connected { "up" } else { "down" },
-                link.held
+                link.held,
+                if dropped > 0 {
+                    format!(", {dropped} dropped by full outbox classes since the start")
+                } else {
+                    String::new()
+                }
             );
             last_in = rin;
             last_out = rout;

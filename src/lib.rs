@@ -15,6 +15,7 @@ pub mod detect;
 pub mod exit;
 pub mod health;
 pub mod logging;
+pub mod loglimit;
 pub mod memory;
 pub mod mqtt;
 pub mod ota;

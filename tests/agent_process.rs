@@ -355,3 +355,54 @@ fn technician_commands_report_clearly() {
         Some(0)
     );
 }
+
+/// Two agents configured with the same device (one client id) make the broker close
+/// each one's connection when the other connects; the log says what is going on, not
+/// only that the broker closed the connection, and does not write a line per close.
+#[test]
+fn two_agents_with_one_client_id_are_named_as_the_cause() {
+    let mq = Mosquitto::start(Options::default());
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut children = Vec::new();
+    for d in &dirs {
+        let cfg = write_config(d.path(), mq.port, "");
+        let log = std::fs::File::create(d.path().join("agent.log")).unwrap();
+        children.push(
+            agent()
+                .args(["run", "--config"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let said = |d: &tempfile::TempDir| {
+        std::fs::read_to_string(d.path().join("agent.log"))
+            .unwrap_or_default()
+            .contains("another client may be using this client id (robot-7)")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !dirs.iter().any(said) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no diagnosis:\n{}",
+            std::fs::read_to_string(dirs[0].path().join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in &children {
+        signal(c, "-TERM");
+    }
+    for c in children {
+        finish(c);
+    }
+    for d in &dirs {
+        let log = std::fs::read_to_string(d.path().join("agent.log")).unwrap();
+        let lost = log
+            .lines()
+            .filter(|l| l.contains("Lost the MQTT link"))
+            .count();
+        assert!(lost <= 2, "{lost} lines about the lost link:\n{log}");
+    }
+}

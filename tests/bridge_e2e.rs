@@ -541,3 +541,120 @@ mqtt_topic = "/pk1/robot-7/user/chatter"
         json!({"data": "before"})
     );
 }
+
+/// A class that fills up while the broker is away drops its oldest messages, and says
+/// so: a WARN naming the class, and the health line's count.
+#[test]
+fn a_full_outbox_class_says_so_in_the_log() {
+    let dom = support::domain();
+    let mut broker = Mosquitto::start(Options::default());
+    broker.stop();
+    let rules = r#"
+[[ros_to_mqtt]]
+name = "chatter"
+ros_topic = "/chatter"
+ros_type = "std_msgs/msg/String"
+qos = { reliability = "reliable", depth = 1000 }
+mqtt_topic = "/pk1/robot-7/user/chatter"
+class = "small"
+"#;
+    let extra = "[outbox.classes.small]\nmax_bytes = \"128KiB\"\nmax_age = \"1d\"\npolicy = \"drop-oldest\"\n";
+    let a = AgentDir::new(broker.port, dom.id, rules, extra);
+    let agent = spawn_run(&a.config(), &[]);
+    let mut peer = RosPeer::start(dom.id);
+    peer.publisher(
+        "c",
+        "/chatter",
+        "std_msgs/msg/String",
+        json!({"depth": 1000}),
+    );
+    peer.wait_matched("c");
+    let text = "x".repeat(1000);
+    peer.cmd(
+        json!({"op": "write", "id": "c", "value": {"data": text}, "count": 400, "interval_ms": 1}),
+    );
+    // The status file shows the drop; the health line after it counts it.
+    let dropped = || -> u64 {
+        let s: Value = std::fs::read_to_string(a.path().join("state/status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        s["link"]["outbox"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["class"] == "small"))
+            .and_then(|c| c["dropped_full"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while dropped() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the class never dropped: {}",
+            std::fs::read_to_string(a.path().join("state/status.json")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = stop(agent);
+    let warn = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("Outbox class small is full"))
+        .unwrap_or_else(|| panic!("no WARN about the full class:\n{log}"));
+    assert!(warn.contains("dropping_since="), "{warn}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Health:") && l.contains("dropped by full outbox classes")),
+        "{log}"
+    );
+}
+
+/// A rule asking for reliable delivery meets a best-effort publisher: DDS matches
+/// nothing and says nothing, so the agent says it (as rclcpp warns of incompatible QoS).
+#[test]
+fn a_publisher_the_rule_cannot_match_is_named_in_the_log() {
+    let dom = support::domain();
+    let broker = Mosquitto::start(Options::default());
+    let rules = r#"
+[[ros_to_mqtt]]
+name = "scan"
+ros_topic = "/scan_count"
+ros_type = "std_msgs/msg/Int32"
+qos = "default"
+mqtt_topic = "/pk1/robot-7/user/scan"
+"#;
+    let a = AgentDir::new(broker.port, dom.id, rules, "");
+    let log_path = a.path().join("agent.log");
+    let child = support::agent::agent()
+        .args(["run", "--config"])
+        .arg(a.config())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut peer = RosPeer::start(dom.id);
+    peer.publisher(
+        "s",
+        "/scan_count",
+        "std_msgs/msg/Int32",
+        json!({"reliability": "best-effort"}),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("receives nothing from the topic's publisher") {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "no warning:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    signal(&child, "-TERM");
+    finish(child);
+    let warn = log
+        .lines()
+        .find(|l| l.contains("receives nothing"))
+        .unwrap();
+    assert!(
+        warn.contains("WARN") && warn.contains("rule=scan"),
+        "{warn}"
+    );
+    assert!(warn.contains("best-effort"), "{warn}");
+}

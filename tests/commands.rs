@@ -431,3 +431,48 @@ fn an_mqtt5_command_that_expires_while_waiting_is_refused() {
     let log = stop(agent);
     assert!(!log.contains("goes out anyway"), "{log}");
 }
+
+/// The log neither floods nor goes quiet: a refusal of a kind already logged is only
+/// counted (for a minute), while the first refusal of a new kind is logged at once.
+#[test]
+fn a_new_kind_of_refusal_reaches_the_log_after_many_of_another() {
+    let mq = Mosquitto::start(Options::default());
+    let dom = support::domain();
+    let a = agent_dir(
+        mq.port,
+        dom.id,
+        "max_age = \"30s\"\ntimestamp_field = \"ts\"",
+        "",
+    );
+    let errors = ready_sub(mq.port, ERRORS, ERRORS, &["-q", "1"]);
+    let agent = spawn_run(&a.config(), &[]);
+    wait_subscribed(mq.port, &errors);
+    let before = payloads(&errors.snapshot(), ERRORS).len();
+    for _ in 0..20 {
+        publish(mq.port, CMD, "not JSON either", &["-q", "1"]);
+    }
+    publish(
+        mq.port,
+        CMD,
+        &json!({"data": "from 1970", "ts": 1000}).to_string(),
+        &["-q", "1"],
+    );
+    errors.wait_for("21 answers", T, |l| {
+        payloads(l, ERRORS).len() >= before + 21
+    });
+    let log = stop(agent);
+    let warns: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("Refused a cloud command"))
+        .collect();
+    assert_eq!(
+        warns.iter().filter(|l| l.contains("invalid JSON")).count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        warns.iter().filter(|l| l.contains("stale")).count(),
+        1,
+        "{log}"
+    );
+}

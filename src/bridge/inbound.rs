@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::rules::{AgeLimit, Envelope, MqttToRos};
 use super::stats::RuleStats;
 use crate::clock::{now_ms, rfc3339_ms};
+use crate::loglimit::{self, Verdict};
 use crate::mqtt::{Incoming, LinkHandle, Message, QoS};
 use crate::ros::codec::{self, EncodeOptions};
 use crate::ros::transport::RawPublisher;
@@ -119,6 +120,18 @@ pub fn staleness(
             max.as_secs_f64()
         )
     })
+}
+
+impl Refusal {
+    /// The kind of failure, in the log and its summaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Invalid => "invalid",
+            Refusal::Stale => "stale",
+            Refusal::TooLarge => "too-large",
+            Refusal::Failed => "ros",
+        }
+    }
 }
 
 /// Why a command was not carried out.
@@ -299,9 +312,9 @@ pub async fn run(
             Outcome::Withheld => m.withhold(),
             Outcome::Refused(kind, why) => {
                 stats.refused(kind);
-                if stats.error(why.clone()) {
+                if let Verdict::Log { left_out } = stats.error(kind.name(), why.clone()) {
                     tracing::warn!(rule = %rule.name, topic = %m.topic, error = %why,
-                        "Refused a cloud command; the reason went back to the cloud. Further refusals are only counted.");
+                        "Refused a cloud command; the reason went back to the cloud{}.", loglimit::more(left_out));
                 } else {
                     tracing::debug!(rule = %rule.name, topic = %m.topic, error = %why, "Refused a cloud command.");
                 }

@@ -85,6 +85,48 @@ async fn auto_qos(transport: &Arc<dyn Transport>, topic: &str, fallback: Qos) ->
     }
 }
 
+/// How often a rule with a fixed QoS looks for its topic's publisher.
+const QOS_CHECK: Duration = Duration::from_secs(2);
+
+/// Why a subscription with `ours` receives nothing from a publisher offering `theirs`,
+/// if it does not.
+pub fn incompatible(ours: Qos, theirs: Qos) -> Option<&'static str> {
+    use crate::ros::transport::{Durability, Reliability};
+    if ours.reliability == Reliability::Reliable && theirs.reliability == Reliability::BestEffort {
+        return Some("the rule asks for reliable delivery and the publisher offers best-effort");
+    }
+    if ours.durability == Durability::TransientLocal && theirs.durability == Durability::Volatile {
+        return Some(
+            "the rule asks for transient-local durability and the publisher offers volatile",
+        );
+    }
+    None
+}
+
+/// Warns once when the first publisher of a rule's topic offers a QoS the rule's
+/// subscription cannot match (DDS then delivers nothing, and says nothing).
+async fn watch_qos(
+    transport: Arc<dyn Transport>,
+    rule: Arc<rules::RosToMqtt>,
+    ours: Qos,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(QOS_CHECK);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(theirs) = transport.discovered_publisher_qos(&rule.ros_topic) {
+            if let Some(why) = incompatible(ours, theirs) {
+                tracing::warn!(rule = %rule.name, ros_topic = %rule.ros_topic, reason = why,
+                    "This rule receives nothing from the topic's publisher: {}. Use qos = \"auto\" (or \"sensor-data\" for a best-effort publisher).", why);
+            }
+            return;
+        }
+    }
+}
+
 /// Starts every rule. Subscriptions with `auto` QoS start once the publisher is known
 /// (or after a short wait).
 /// The call log of cloud service requests, in the state folder.
@@ -120,6 +162,12 @@ pub async fn start(
                     q,
                     tx,
                 )?;
+                tasks.push(tokio::spawn(watch_qos(
+                    transport.clone(),
+                    rule.clone(),
+                    q,
+                    shutdown.clone(),
+                )));
             }
             QosChoice::Auto(fallback) => {
                 let t = transport.clone();

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::image::{self, ImageError};
 use super::rules::{Envelope, ImageFormat, ImagePayload, MetaPlacement, RosToMqtt};
 use super::stats::RuleStats;
+use crate::loglimit::{self, Verdict};
 use crate::mqtt::{LinkHandle, Message, Props};
 use crate::ros::codec::{self, DecodeOptions};
 use crate::ros::transport::Sample;
@@ -307,9 +308,9 @@ async fn send(
                 msg.packet_size(),
                 link.max_packet_size()
             );
-            if stats.error(e.clone()) {
+            if let Verdict::Log { left_out } = stats.error("too-large", e.clone()) {
                 tracing::warn!(rule = %rule.name, topic = %rule.ros_topic, error = %e,
-                    "Cannot send this topic to the cloud; further errors of this rule are only counted.");
+                    "Cannot send this topic to the cloud{}.", loglimit::more(left_out));
             }
         }
         // Not waiting for the link's answer saves a task switch per message; a refused
@@ -317,16 +318,16 @@ async fn send(
         Ok(msg) => match link.publish_nowait(msg, &rule.class).await {
             Ok(()) => RuleStats::inc(&stats.sent),
             Err(e) => {
-                if stats.error(e.to_string()) {
+                if let Verdict::Log { left_out } = stats.error("outbox", e.to_string()) {
                     tracing::warn!(rule = %rule.name, topic = %rule.ros_topic, error = %e,
-                        "Cannot send this topic to the cloud; further errors of this rule are only counted.");
+                        "Cannot send this topic to the cloud{}.", loglimit::more(left_out));
                 }
             }
         },
         Err(e) => {
-            if stats.error(e.clone()) {
+            if let Verdict::Log { left_out } = stats.error("convert", e.clone()) {
                 tracing::warn!(rule = %rule.name, topic = %rule.ros_topic, error = %e,
-                    "A ROS message could not be converted; further errors of this rule are only counted.");
+                    "A ROS message could not be converted{}.", loglimit::more(left_out));
             }
         }
     }

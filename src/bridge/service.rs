@@ -23,6 +23,7 @@ use super::inbound::{Received, Refusal};
 use super::rules::{Envelope, MqttToService, PropertySet, ServiceCall, Target};
 use super::stats::RuleStats;
 use crate::clock::{now_ms, rfc3339_ms};
+use crate::loglimit::{self, Verdict};
 use crate::mqtt::{Incoming, LinkHandle, Message, Props, QoS};
 use crate::ros::codec::{self, DecodeOptions, EncodeOptions};
 use crate::ros::transport::{RawPublisher, Transport};
@@ -457,8 +458,11 @@ impl Service {
         match self.link.publish(msg, "reports").await {
             Ok(()) => RuleStats::inc(&self.stats.replies),
             Err(e) => {
-                if self.stats.error(format!("cannot queue the reply: {e}")) {
-                    tracing::warn!(rule = %rule.name, error = %e, "Cannot queue a service reply.");
+                if let Verdict::Log { left_out } = self
+                    .stats
+                    .error("reply", format!("cannot queue the reply: {e}"))
+                {
+                    tracing::warn!(rule = %rule.name, error = %e, "Cannot queue a service reply{}.", loglimit::more(left_out));
                 }
             }
         }
@@ -487,7 +491,7 @@ impl Service {
                 ),
             };
             RuleStats::inc(&self.stats.refused_invalid);
-            self.refused(m, &why);
+            self.refused(m, BAD_REQUEST, &why);
             let body = reply_body("", BAD_REQUEST, Value::Null, &why);
             self.send(&Address::ErrorTopic, m, &body).await;
             return true;
@@ -515,7 +519,7 @@ impl Service {
                         UNKNOWN_OUTCOME => RuleStats::inc(&self.stats.duplicates),
                         _ => {}
                     }
-                    self.refused(m, &message);
+                    self.refused(m, code, &message);
                 }
                 if record {
                     let (name, key, b, at) =
@@ -534,10 +538,20 @@ impl Service {
         true
     }
 
-    fn refused(&self, m: &Incoming, why: &str) {
-        if self.stats.error(why.to_owned()) {
-            tracing::warn!(rule = %self.rule.name, topic = %m.topic, error = %why,
-                "A cloud service request was not carried out; the reason went back to the cloud. Further ones are only counted.");
+    fn refused(&self, m: &Incoming, code: u16, why: &str) {
+        let kind = match code {
+            BAD_REQUEST => "invalid",
+            NO_SERVER => "no-server",
+            STALE => "stale",
+            UNKNOWN_OUTCOME => "cut-off",
+            TOO_LARGE => "too-large",
+            NO_ANSWER => "no-answer",
+            CALL_FAILED => "call-failed",
+            _ => "failed",
+        };
+        if let Verdict::Log { left_out } = self.stats.error(kind, why.to_owned()) {
+            tracing::warn!(rule = %self.rule.name, topic = %m.topic, code, error = %why,
+                "A cloud request was not carried out as asked; the reason went back to the cloud{}.", loglimit::more(left_out));
         } else {
             tracing::debug!(rule = %self.rule.name, topic = %m.topic, error = %why, "A cloud service request was not carried out.");
         }

@@ -5,6 +5,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::loglimit::{LogLimiter, Verdict};
+
 #[derive(Debug, Default)]
 pub struct RuleStats {
     pub name: String,
@@ -30,6 +32,8 @@ pub struct RuleStats {
     /// Replies sent to service requests (the stored ones given to duplicates included).
     pub replies: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Which errors are logged: the first of each kind, then one line a minute.
+    pub log: LogLimiter,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -86,13 +90,23 @@ impl RuleStats {
         }
     }
 
-    /// Counts an error and remembers it; returns true the first time (log it then).
-    pub fn error(&self, message: String) -> bool {
-        let first = self.errors.fetch_add(1, Ordering::Relaxed) == 0;
+    /// Counts an error of `kind` and remembers it; says whether to log it (the first
+    /// of its kind, then at most one a minute: see [`crate::loglimit`]).
+    pub fn error(&self, kind: &'static str, message: String) -> Verdict {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let verdict = self.log.note(kind, &message);
         if let Ok(mut l) = self.last_error.lock() {
             *l = Some(message);
         }
-        first
+        verdict
+    }
+
+    /// Logs, once each, the errors left out of the log for a whole minute.
+    pub fn log_summaries(&self) {
+        for s in self.log.summaries() {
+            tracing::warn!(rule = %self.name, kind = s.kind, count = s.left_out, last_error = %s.last_message,
+                "Rule {}: {} more {} errors in the last {} s.", self.name, s.left_out, s.kind, s.over.as_secs());
+        }
     }
 
     pub fn snapshot(&self) -> RuleSnapshot {

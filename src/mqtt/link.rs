@@ -223,6 +223,12 @@ impl Default for ShutdownPolicy {
     }
 }
 
+/// A connection closed sooner than this after the broker accepted it counts as short.
+const SHORT_SESSION: Duration = Duration::from_secs(2);
+
+/// Short connections in a row after which the log suspects a shared client id.
+const SHORT_SESSIONS_SAID: u32 = 3;
+
 pub struct Link {
     settings: LinkSettings,
     outbox: Outbox,
@@ -238,6 +244,10 @@ pub struct Link {
     last_failure: Option<Failure>,
     down_since: Option<Instant>,
     ever_connected: bool,
+    /// Connections in a row the broker closed soon after accepting them.
+    short_sessions: u32,
+    /// Repeated link and outbox troubles: the first of each kind, then a line a minute.
+    log: crate::loglimit::LogLimiter,
     acks_since_sync: u32,
     /// QoS 0 messages waiting for room in the session's queue (only while connected).
     qos0: VecDeque<Message>,
@@ -301,6 +311,8 @@ pub fn link(settings: LinkSettings, outbox: Outbox, sync_interval: Duration) -> 
         last_failure: None,
         down_since: None,
         ever_connected: false,
+        short_sessions: 0,
+        log: crate::loglimit::LogLimiter::default(),
         will_qos0: false,
         acks_since_sync: 0,
         qos0: VecDeque::new(),
@@ -422,7 +434,7 @@ impl Link {
                         }
                         // One write for the whole batch, connected or not.
                         if let Err(e) = self.outbox.flush_writes() {
-                            tracing::error!(error = %e, "Cannot write to the outbox.");
+                            self.outbox_error("write", &e);
                         }
                     }
                     None => break,
@@ -464,7 +476,9 @@ impl Link {
     fn sync(&mut self) {
         self.acks_since_sync = 0;
         if let Err(e) = self.outbox.sync(now_ms()) {
-            tracing::error!(error = %e, "Cannot save the outbox; messages may be sent twice after a restart.");
+            if let crate::loglimit::Verdict::Log { left_out } = self.log.note("outbox-save", "") {
+                tracing::error!(error = %e, "Cannot save the outbox; messages may be sent twice after a restart{}.", crate::loglimit::more(left_out));
+            }
         }
         self.stats.set_classes(self.outbox.stats());
     }
@@ -489,7 +503,7 @@ impl Link {
     fn feed(&mut self, c: &mut Connected) {
         // What was accepted reaches the disk before anything is handed to the broker.
         if let Err(e) = self.outbox.flush_writes() {
-            tracing::error!(error = %e, "Cannot write to the outbox.");
+            self.outbox_error("write", &e);
             return;
         }
         let window = usize::from(self.settings.window);
@@ -509,7 +523,7 @@ impl Link {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::error!(error = %e, "Cannot read the outbox.");
+                    self.outbox_error("read", &e);
                     break;
                 }
             };
@@ -631,8 +645,10 @@ impl Link {
         let held = self.outbox.held();
         if let Some(down) = self.down_since.take() {
             LinkStats::add(&self.stats.reconnects, 1);
-            tracing::info!(down_for = %format_duration(down.elapsed()), held, attempts = self.attempt,
-                "MQTT link is back; sending held messages.");
+            if let crate::loglimit::Verdict::Log { left_out } = self.log.note("back", "") {
+                tracing::info!(down_for = %format_duration(down.elapsed()), held, attempts = self.attempt,
+                    "MQTT link is back; sending held messages{}.", crate::loglimit::more(left_out));
+            }
         } else if !self.ever_connected {
             tracing::info!(client_id = %self.settings.auth.client_id(), held,
                 connect_ms = started.elapsed().as_millis() as u64, "Connected to the broker.");
@@ -663,6 +679,14 @@ impl Link {
         self.outbox.rewind();
     }
 
+    /// An outbox error (a full or failing disk repeats it for every batch): logged the
+    /// first time, then once a minute with the count.
+    fn outbox_error(&self, what: &'static str, e: &dyn std::fmt::Display) {
+        if let crate::loglimit::Verdict::Log { left_out } = self.log.note(what, "") {
+            tracing::error!(error = %e, "Cannot {} the outbox{}.", what, crate::loglimit::more(left_out));
+        }
+    }
+
     fn on_failure(&mut self, phase: &Phase, f: Failure) {
         if matches!(f, Failure::WillQos(_)) && !self.will_qos0 {
             // A broker allowing only QoS 0 refuses a QoS 1 will; the messages then go
@@ -678,12 +702,29 @@ impl Link {
         let _ = self.state_tx.send(LinkState::Down);
         if was_up {
             self.down_since = Some(Instant::now());
-            let up_for = match phase {
-                Phase::Up(c) => format_duration(c.since.elapsed()),
-                _ => String::new(),
+            let up = match phase {
+                Phase::Up(c) => c.since.elapsed(),
+                _ => Duration::ZERO,
             };
-            tracing::warn!(reason = %f, up_for = %up_for, held = self.outbox.held(),
-                "Lost the MQTT link; holding messages in the outbox until it is back.");
+            let up_for = format_duration(up);
+            // Two clients with one id take turns: the broker closes each one's
+            // connection when the other connects.
+            if up < SHORT_SESSION && matches!(f, Failure::Network(_)) {
+                self.short_sessions += 1;
+            } else {
+                self.short_sessions = 0;
+            }
+            if self.short_sessions >= SHORT_SESSIONS_SAID {
+                if let crate::loglimit::Verdict::Log { left_out } = self.log.note("client-id", "") {
+                    tracing::warn!(client_id = %self.settings.auth.client_id(), closes = self.short_sessions + left_out as u32,
+                        "The broker keeps closing the connection right after accepting it: another client may be using this client id ({}). Give every robot its own device name or client id.",
+                        self.settings.auth.client_id());
+                }
+            }
+            if let crate::loglimit::Verdict::Log { left_out } = self.log.note("lost", "") {
+                tracing::warn!(reason = %f, up_for = %up_for, held = self.outbox.held(),
+                    "Lost the MQTT link; holding messages in the outbox until it is back{}.", crate::loglimit::more(left_out));
+            }
         } else {
             LinkStats::add(&self.stats.connect_failures, 1);
             if self.down_since.is_none() {

@@ -92,6 +92,10 @@ pub struct ClassLog {
     /// fsync, renames and removals happen on the outbox thread.
     jobs: Jobs,
     pub counters: ClassCounters,
+    /// Drops are logged: the first, then one line a minute.
+    log: crate::loglimit::LogLimiter,
+    /// When this class first dropped messages for lack of room, in this run.
+    dropping_since_ms: Option<u64>,
 }
 
 fn io_err(path: &Path, e: io::Error) -> OutboxError {
@@ -149,6 +153,8 @@ impl ClassLog {
             writer_dirty: false,
             jobs,
             counters: ClassCounters::default(),
+            log: crate::loglimit::LogLimiter::default(),
+            dropping_since_ms: None,
         };
         let mut next_seq = log.low_water;
         let mut expected: Option<u64> = None;
@@ -364,6 +370,34 @@ impl ClassLog {
         Ok(())
     }
 
+    /// Says that messages were dropped: a full class at WARN (data the robot collected
+    /// is lost), an expired one at INFO (what `max_age` asks for); each kind once a
+    /// minute at most, with how many were left out of the log meanwhile.
+    fn log_drop(&mut self, seg: &SegInfo, expired: bool) {
+        use crate::loglimit::{more, Verdict};
+        let kind = if expired { "expired" } else { "full" };
+        let since = if expired {
+            0
+        } else {
+            *self
+                .dropping_since_ms
+                .get_or_insert_with(crate::clock::now_ms)
+        };
+        let Verdict::Log { left_out } = self.log.note(kind, "") else {
+            return;
+        };
+        let newest = crate::clock::rfc3339_ms(seg.newest_ts);
+        if expired {
+            tracing::info!(class = %self.name, messages = seg.live, newest = %newest,
+                "Outbox class {} dropped {} messages older than its max_age{}.", self.name, seg.live, more(left_out));
+        } else {
+            tracing::warn!(class = %self.name, messages = seg.live, newest = %newest,
+                max_bytes = self.cfg.max_bytes.0, dropping_since = %crate::clock::rfc3339_ms(since),
+                "Outbox class {} is full: dropped its {} oldest messages (up to {}) to make room{}. Raise its max_bytes or bring the link back.",
+                self.name, seg.live, newest, more(left_out));
+        }
+    }
+
     /// Drops the oldest segment with everything in it. Returns false if nothing could go.
     fn drop_oldest_segment(&mut self, expired: bool) -> Result<bool, OutboxError> {
         if self.segments.len() <= 1 {
@@ -382,7 +416,7 @@ impl ClassLog {
             self.counters.dropped_full += seg.live;
         }
         if seg.live > 0 {
-            tracing::debug!(class = %self.name, messages = seg.live, expired, "Outbox dropped its oldest messages.");
+            self.log_drop(&seg, expired);
         }
         self.live_count -= seg.live.min(self.live_count);
         self.live_bytes -= seg.live_bytes.min(self.live_bytes);
