@@ -76,9 +76,10 @@ def serve(args):
                 with lock:
                     times.append((time.perf_counter() - t0) * 1000)
 
-    DataReader(dp, Topic(dp, "rq/arm/goto_rowRequest", rq_t, qos=qos), qos=qos, listener=OnRequest())
+    reader = DataReader(dp, Topic(dp, "rq/arm/goto_rowRequest", rq_t, qos=qos), qos=qos, listener=OnRequest())
     print(json.dumps({"ready": True}), flush=True)
     sys.stdin.read()
+    del reader
     with lock:
         print(json.dumps({"service_p50_ms": round(pct(times, 0.5), 3),
                           "service_p99_ms": round(pct(times, 0.99), 3), "calls": len(times)}), flush=True)
@@ -130,7 +131,7 @@ def call(args):
                         rate, t0 = sent.pop(r.seq)
                         rtts.setdefault(rate, []).append((now - t0) * 1000)
 
-    DataReader(dp, Topic(dp, "rr/arm/goto_rowReply", rp_t, qos=qos), qos=qos, listener=OnReply())
+    reader = DataReader(dp, Topic(dp, "rr/arm/goto_rowReply", rp_t, qos=qos), qos=qos, listener=OnReply())
     writer = DataWriter(dp, Topic(dp, "rq/arm/goto_rowRequest", rq_t, qos=qos), qos=qos, listener=OnMatch())
     # Matched both ways before timing, as the agent's client is.
     end = time.time() + 30
@@ -154,6 +155,7 @@ def call(args):
             time.sleep(0.01)
 
     schedule(args.rates, args.seconds, send, lambda r: rtts.get(r, []), wait_answers)
+    del reader
 
 
 def mqtt(args):

@@ -7,26 +7,35 @@
 # on loopback, its state folder (call log, outbox) on this machine's disk.
 #
 # usage: scripts/bench-services.sh [SECONDS]     (seconds per rate, default 10)
+# KEEP=1 keeps the work folder (the agent's log, each side's figures).
 # Prints p50 / p99 / max round trip per rate and path, and p50 / p99 added by the agent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RATE=${1:-10}
 scripts/setup-test-env.sh >/dev/null
-cargo build --release --quiet
-BIN=$PWD/target/release/edge-agent
+# EDGE_AGENT_BIN: a build to measure instead of this tree's release build.
+BIN=${EDGE_AGENT_BIN:-}
+if [ -z "$BIN" ]; then
+    cargo build --release --quiet
+    BIN=$PWD/target/release/edge-agent
+fi
 PY=$PWD/.venv/bin/python
 WORK=$(mktemp -d -p "$PWD/target")
 AGENT= MOSQ= SERVER=
 cleanup() {
     for p in $AGENT $MOSQ; do kill "$p" 2>/dev/null || true; done
     exec 3>&- 2>/dev/null || true
-    rm -rf "$WORK"
+    [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
 export CYCLONEDDS_URI='<CycloneDDS><Domain><General><Interfaces><NetworkInterface name="lo" multicast="true"/></Interfaces><AllowMulticast>true</AllowMulticast></General></Domain></CycloneDDS>'
 DOMAIN=$(( 150 + RANDOM % 50 ))
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mosquitto -p "$PORT" >/dev/null 2>&1 &
+# set_tcp_nodelay: mosquitto otherwise holds its second small write to a client (the
+# reply after the request's PUBACK) until the client's delayed ACK, 40 ms on Linux,
+# which would be measured as the agent's.
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n' "$PORT" >"$WORK/mosquitto.conf"
+mosquitto -c "$WORK/mosquitto.conf" >/dev/null 2>&1 &
 MOSQ=$!
 
 echo "service round-trip benchmark; $(uptime | sed 's/.*load/load/')"
@@ -57,11 +66,12 @@ interfaces = ["$PWD/tests/fixtures/interfaces"]
 [bridge]
 mappings = ["rules.toml"]
 CFG
-"$BIN" run --config "$WORK/agent.toml" 2>"$WORK/agent.log" &
+# (3>&-: only this shell holds the server's stdin open.)
+"$BIN" run --config "$WORK/agent.toml" 2>"$WORK/agent.log" 3>&- &
 AGENT=$!
 
-"$PY" benches/service_roundtrip.py call --domain "$DOMAIN" --seconds "$SECONDS_PER_RATE" >"$WORK/direct.out"
-"$PY" benches/service_roundtrip.py mqtt --port "$PORT" --seconds "$SECONDS_PER_RATE" >"$WORK/agent.out"
+"$PY" benches/service_roundtrip.py call --domain "$DOMAIN" --seconds "$SECONDS_PER_RATE" >"$WORK/direct.out" 3>&-
+"$PY" benches/service_roundtrip.py mqtt --port "$PORT" --seconds "$SECONDS_PER_RATE" >"$WORK/agent.out" 3>&-
 exec 3>&-
 until grep -q service_p50 "$WORK/server.out" 2>/dev/null; do sleep 0.05; done
 
