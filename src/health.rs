@@ -12,6 +12,9 @@ use crate::bridge::stats::RuleStats;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::mqtt::{LinkHandle, Message, QoS};
 
+/// The longest the status file goes without being written.
+pub const STATUS_EVERY: Duration = Duration::from_secs(5);
+
 pub struct Health {
     pub link: LinkHandle,
     pub rules: Vec<Arc<RuleStats>>,
@@ -32,10 +35,18 @@ impl Health {
             "pid": std::process::id(),
             "uptime_s": (now.saturating_sub(self.started_ms)) / 1000,
             "health_interval_s": self.interval.as_secs(),
+            "status_interval_s": self.status_every().as_secs(),
             "ros_node": self.node,
             "link": self.link.stats().snapshot(),
             "rules": self.rules.iter().map(|r| r.snapshot()).collect::<Vec<_>>(),
         })
+    }
+
+    /// How often the status file is written: at every health report, and at least
+    /// every [`STATUS_EVERY`], so `edge-agent status` shows the present whatever the
+    /// health interval.
+    pub fn status_every(&self) -> Duration {
+        self.interval.min(STATUS_EVERY)
     }
 
     /// Replaces the status file (write, then rename), on the blocking pool: a slow disk
@@ -58,6 +69,9 @@ impl Health {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut status_tick = tokio::time::interval(self.status_every());
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        status_tick.tick().await;
         let first = self.snapshot("running");
         self.write_status(&first).await;
         let mut last_in = 0u64;
@@ -65,6 +79,11 @@ impl Health {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = status_tick.tick() => {
+                    let snap = self.snapshot("running");
+                    self.write_status(&snap).await;
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             let snap = self.snapshot("running");

@@ -658,3 +658,51 @@ mqtt_topic = "/pk1/robot-7/user/scan"
     );
     assert!(warn.contains("best-effort"), "{warn}");
 }
+
+/// `edge-agent status` shows the present: with an hourly health report the status file
+/// is still written every few seconds, and says when.
+#[test]
+fn status_shows_the_present_whatever_the_health_interval() {
+    let dom = support::domain();
+    let broker = Mosquitto::start(Options::default());
+    let rules = r#"
+[[ros_to_mqtt]]
+name = "chatter"
+ros_topic = "/chatter"
+ros_type = "std_msgs/msg/String"
+qos = { reliability = "reliable", depth = 100 }
+mqtt_topic = "/pk1/robot-7/user/chatter"
+"#;
+    let a = AgentDir::new(broker.port, dom.id, rules, "");
+    let cfg = std::fs::read_to_string(a.config()).unwrap();
+    std::fs::write(
+        a.config(),
+        cfg.replace("health_interval = \"1s\"", "health_interval = \"1h\""),
+    )
+    .unwrap();
+    let agent = spawn_run(&a.config(), &[]);
+    let mut peer = RosPeer::start(dom.id);
+    peer.publisher("c", "/chatter", "std_msgs/msg/String", json!({"depth": 100}));
+    peer.wait_matched("c");
+    peer.cmd(json!({"op": "write", "id": "c", "value": {"data": "hi"}, "count": 20}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let out = support::agent::agent()
+            .args(["status", "--config"])
+            .arg(a.config())
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if v["rules"][0]["received"].as_u64() == Some(20) {
+            assert!(out.status.success(), "{v}");
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "status: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["health_interval_s"], 3600);
+    assert_eq!(status["status_interval_s"], 5);
+    assert_eq!(status["running"], true);
+    assert!(status["age_s"].as_u64().is_some(), "{status}");
+    stop(agent);
+}

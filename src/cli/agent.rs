@@ -255,7 +255,11 @@ pub fn status(config: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<(),
         .ok()
         .and_then(|t| t.elapsed().ok())
         .map_or(0, |d| d.as_secs());
-    let interval = v["health_interval_s"].as_u64().unwrap_or(60);
+    // Written every status_interval_s (older agents: at every health report).
+    let interval = v["status_interval_s"]
+        .as_u64()
+        .or_else(|| v["health_interval_s"].as_u64())
+        .unwrap_or(60);
     let running = v["state"] == "running" && age_s <= interval * 3 + 5;
     v["age_s"] = serde_json::Value::from(age_s);
     v["running"] = serde_json::Value::from(running);
