@@ -1,7 +1,10 @@
 //! edge-agent: the one process on a picking robot's industrial PC that talks to the
 //! cloud. It bridges ROS 2 topics and MQTT, serves object detection with a local
 //! fallback, and installs A/B updates.
-// The one exception is loading ONNX Runtime at run time (src/detect/runtime.rs).
+// `unsafe` is denied except, each with its SAFETY note, where the system's C interfaces
+// are the only way: loading ONNX Runtime at run time (src/detect/runtime.rs), returning
+// the allocator's free pages (src/memory.rs) and blocking signals in the DDS threads
+// (src/ros/transport/dds/threads.rs).
 #![deny(unsafe_code)]
 
 pub mod agent;
