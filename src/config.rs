@@ -146,16 +146,37 @@ fn invalid(key: &str, value: impl std::fmt::Display, reason: impl Into<String>) 
     }
 }
 
+/// Deserializes TOML text; on error, the dot path of the key it is about (when it is
+/// about one) and the error.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<T, (Option<String>, toml::de::Error)> {
+    let de = toml::Deserializer::parse(text).map_err(|e| (None, e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let key = (path != "." && !path.is_empty()).then_some(path);
+        (key, e.into_inner())
+    })
+}
+
+/// `key: message`, unless the message names the key already.
+pub fn with_key(key: Option<&str>, message: &str) -> String {
+    match key {
+        Some(k) => format!("{k}: {message}"),
+        _ => message.to_owned(),
+    }
+}
+
 impl AgentConfig {
     /// Parses TOML text; `path` names the source in errors.
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
+        parse_toml(text).map_err(|(key, e)| {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim().to_owned(),
+                message: with_key(key.as_deref(), e.message().trim()),
             }
         })
     }
@@ -357,7 +378,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("test.toml:6:1: unknown field `kepalive`"),
+            e.starts_with("test.toml:6:1: mqtt.kepalive: unknown field `kepalive`"),
             "{e}"
         );
         let e = check(&format!("{BASE}keep_alive = \"10 parsecs\"\n"))

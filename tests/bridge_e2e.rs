@@ -682,7 +682,12 @@ mqtt_topic = "/pk1/robot-7/user/chatter"
     .unwrap();
     let agent = spawn_run(&a.config(), &[]);
     let mut peer = RosPeer::start(dom.id);
-    peer.publisher("c", "/chatter", "std_msgs/msg/String", json!({"depth": 100}));
+    peer.publisher(
+        "c",
+        "/chatter",
+        "std_msgs/msg/String",
+        json!({"depth": 100}),
+    );
     peer.wait_matched("c");
     peer.cmd(json!({"op": "write", "id": "c", "value": {"data": "hi"}, "count": 20}));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -1124,7 +1124,7 @@ pub fn load(
             key: "-".into(),
             message: format!("cannot read: {e}"),
         })?;
-        let parsed: RuleFile = toml::from_str(&text).map_err(|e| {
+        let parsed: RuleFile = crate::config::parse_toml(&text).map_err(|(path, e)| {
             let (line, col) = e
                 .span()
                 .map(|s| {
@@ -1135,10 +1135,11 @@ pub fn load(
                     )
                 })
                 .unwrap_or((1, 1));
+            let (rule, key) = locate(&text, path.as_deref());
             RuleError {
                 file: format!("{label}:{line}:{col}"),
-                rule: "-".into(),
-                key: "-".into(),
+                rule,
+                key,
                 message: e.message().trim().to_owned(),
             }
         })?;
@@ -1167,6 +1168,36 @@ pub fn load(
         }
     }
     Ok(rules)
+}
+
+/// The rule and the key a deserialization error's path (`mqtt_to_ros[1].qos.depth`)
+/// points at: the rule by its name when it has one (else by its place), the key
+/// within it; `-` for what the path does not name.
+fn locate(text: &str, path: Option<&str>) -> (String, String) {
+    let dash = || "-".to_owned();
+    let Some(path) = path else {
+        return (dash(), dash());
+    };
+    let Some((head, rest)) = path.split_once('[') else {
+        return (dash(), path.to_owned());
+    };
+    let Some((index, key)) = rest.split_once(']') else {
+        return (dash(), path.to_owned());
+    };
+    let key = key.trim_start_matches('.');
+    let name = index.parse::<usize>().ok().and_then(|i| {
+        let table: toml::Table = toml::from_str(text).ok()?;
+        let rule = table.get(head)?.as_array()?.get(i)?;
+        rule.get("name")?.as_str().map(str::to_owned)
+    });
+    (
+        name.unwrap_or_else(|| format!("{head} #{}", index.parse::<usize>().map_or(0, |i| i + 1))),
+        if key.is_empty() {
+            dash()
+        } else {
+            key.to_owned()
+        },
+    )
 }
 
 fn check_name(ctx: &Ctx<'_>, name: &str, names: &mut HashSet<String>) -> Result<(), RuleError> {
@@ -1231,6 +1262,22 @@ mod tests {
         );
         // The id is not a field of the request: it is taken out before conversion.
         assert!(rules.services[0].id_outside_request);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_the_rule_and_the_key() {
+        let text = "[[mqtt_to_ros]]\nname = \"a\"\nmqtt_topic = \"/a\"\nros_topic = \"/a\"\nros_type = \"std_msgs/msg/String\"\n\n[[mqtt_to_ros]]\nname = \"mode\"\nmqtt_topic = \"/m\"\nros_topic = \"/m\"\nros_type = \"std_msgs/msg/String\"\nstrict = \"yes\"\n";
+        let e = load_one(text).unwrap_err();
+        assert_eq!((e.rule.as_str(), e.key.as_str()), ("mode", "strict"), "{e}");
+        assert!(e.file.contains(":12:"), "{e}");
+        let e = load_one(&service("colour = \"red\"")).unwrap_err();
+        assert_eq!((e.rule.as_str(), e.key.as_str()), ("goto", "colour"), "{e}");
+        let e = load_one("[[ros_to_mqtt]]\nros_topic = 5\n").unwrap_err();
+        assert_eq!(
+            (e.rule.as_str(), e.key.as_str()),
+            ("ros_to_mqtt #1", "ros_topic"),
+            "{e}"
+        );
     }
 
     #[test]
