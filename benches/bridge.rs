@@ -21,7 +21,17 @@ use edge_agent::ros::transport::dds::{DdsOptions, DdsTransport};
 use edge_agent::ros::transport::{Qos, Transport};
 use edge_agent::ros::{Registry, TypeName};
 
-const DOMAIN: u16 = 91;
+/// The ROS domain of this run: `EDGE_AGENT_BENCH_DOMAIN`, else one drawn at random, so
+/// that a run does not meet another program (or another run) on a fixed domain.
+fn domain() -> u16 {
+    static D: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *D.get_or_init(|| {
+        std::env::var("EDGE_AGENT_BENCH_DOMAIN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| fastrand::u16(150..=230))
+    })
+}
 /// Messages in each sustained-rate phase: a few seconds each, so that the queueing of
 /// the last messages (tens of ms at these rates) does not count against the rate.
 const SUSTAINED: usize = 150_000;
@@ -243,7 +253,7 @@ async fn via_agent(procs: &Procs, arrivals: &Arrivals, n: usize, rate: u32) -> P
     let out = tokio::process::Command::new(&procs.publisher)
         .args([
             "--domain",
-            &DOMAIN.to_string(),
+            &domain().to_string(),
             "--topic",
             "/bench/small",
             "--count",
@@ -349,8 +359,9 @@ image = { format = "jpeg", quality = 80 }
     std::fs::write(
         &cfg,
         format!(
-            "state_dir = \"{}/state\"\n[device]\nproduct_key = \"bench\"\ndevice_name = \"robot\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nwindow = 1000\n[device_log]\nenabled = false\n[ros]\ndomain_id = {DOMAIN}\nonly_networks = [\"127.0.0.1\"]\n[bridge]\nmappings = [\"rules.toml\"]\nhealth_interval = \"1h\"\n[log]\nlevel = \"warn\"\n",
-            dir.display()
+            "state_dir = \"{}/state\"\n[device]\nproduct_key = \"bench\"\ndevice_name = \"robot\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nwindow = 1000\n[device_log]\nenabled = false\n[ros]\ndomain_id = {}\nonly_networks = [\"127.0.0.1\"]\n[bridge]\nmappings = [\"rules.toml\"]\nhealth_interval = \"1h\"\n[log]\nlevel = \"warn\"\n",
+            dir.display(),
+            domain()
         ),
     )
     .expect("config");
@@ -433,7 +444,7 @@ fn main() {
         reg.add_bundled();
         let schema = reg.schema("sensor_msgs/msg/Image").expect("schema");
         let t = DdsTransport::start(&DdsOptions {
-            domain_id: DOMAIN,
+            domain_id: domain(),
             node_name: "bench_camera".into(),
             namespace: "/".into(),
             only_networks: vec!["127.0.0.1".parse().expect("ip")],

@@ -29,7 +29,7 @@ if ! python3 -c 'import rclpy, rosidl_runtime_py' 2>/dev/null; then
     echo "python3 cannot import rclpy: use the Python the sourced ROS 2 was built for." >&2
     exit 2
 fi
-if ! ldconfig -p | grep -q libclang; then
+if ! ldconfig -p | grep -Eq 'libclang(-[0-9.]+)?\.so'; then  # not libclang-cpp
     echo "libclang is missing (r2r generates its bindings with it): apt-get install libclang-dev" >&2
     exit 2
 fi

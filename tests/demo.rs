@@ -63,8 +63,10 @@ fn start_demo(
 fn the_demo_shows_every_stage_of_the_loop() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
+    let dom = support::domain();
+    let domain = dom.id.to_string();
     let (mut child, out) = start_demo(
-        &["demo", "--fast", "--duration", "60", "--domain", "84"],
+        &["demo", "--fast", "--duration", "60", "--domain", &domain],
         port,
         dir.path(),
     );
@@ -162,7 +164,9 @@ fn the_demo_shows_every_stage_of_the_loop() {
 fn ctrl_c_stops_the_demo_cleanly_with_a_summary() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, out) = start_demo(&["demo", "--fast", "--domain", "85"], port, dir.path());
+    let dom = support::domain();
+    let domain = dom.id.to_string();
+    let (mut child, out) = start_demo(&["demo", "--fast", "--domain", &domain], port, dir.path());
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(6));
     support::agent::signal(&child, "-INT");

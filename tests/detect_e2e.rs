@@ -227,7 +227,8 @@ fn classes(arr: &Value) -> Vec<String> {
 
 #[test]
 fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_closes() {
-    let domain = 81;
+    let dom = support::domain();
+    let domain = dom.id;
     let broker = Mosquitto::start(Options::default());
     let cloud = TestCloud::start(broker.port);
     let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);
@@ -466,7 +467,8 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
 
 #[test]
 fn a_model_installed_by_ota_is_swapped_in_without_losing_a_request() {
-    let domain = 82;
+    let dom = support::domain();
+    let domain = dom.id;
     let broker = Mosquitto::start(Options::default());
     let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);
     let www = tempfile::tempdir().unwrap();
@@ -555,7 +557,8 @@ fn a_model_installed_by_ota_is_swapped_in_without_losing_a_request() {
 
 #[test]
 fn the_camera_is_switched_on_for_a_request_and_off_afterwards() {
-    let domain = 83;
+    let dom = support::domain();
+    let domain = dom.id;
     let broker = Mosquitto::start(Options::default());
     let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);
     let (_dir, _a, agent) = start_agent(broker.port, domain, |model| {
@@ -597,7 +600,8 @@ fn the_camera_is_switched_on_for_a_request_and_off_afterwards() {
 
 #[test]
 fn compressed_camera_frames_go_to_the_cloud_as_they_are() {
-    let domain = 86;
+    let dom = support::domain();
+    let domain = dom.id;
     let broker = Mosquitto::start(Options::default());
     let cloud = TestCloud::start(broker.port);
     let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);

@@ -144,7 +144,8 @@ fn ros2_until(domain: u16, args: &[&str], ok: impl Fn(&str) -> bool) -> String {
 #[test]
 fn standard_and_custom_types_cross_both_ways() {
     ros_sourced();
-    let domain = 111;
+    let dom = support::domain();
+    let domain = dom.id;
     let broker = Mosquitto::start(Options::default());
     let sub = ready_sub(broker.port, "#", "probe/ready", &["-q", "1"]);
     let dir = agent_dir(broker.port, domain, RULES);
@@ -248,7 +249,8 @@ fn standard_and_custom_types_cross_both_ways() {
 #[test]
 fn node_name_namespace_and_config_file_parameter() {
     ros_sourced();
-    let domain = 112;
+    let dom = support::domain();
+    let domain = dom.id;
     let broker = Mosquitto::start(Options::default());
     let dir = agent_dir(broker.port, domain, RULES);
     let config = dir.config();
@@ -288,7 +290,8 @@ fn node_name_namespace_and_config_file_parameter() {
 #[test]
 fn ros2_launch_starts_the_agent() {
     ros_sourced();
-    let domain = 113;
+    let dom = support::domain();
+    let domain = dom.id;
     let broker = Mosquitto::start(Options::default());
     let dir = agent_dir(broker.port, domain, RULES);
     let config = dir.config();
@@ -373,7 +376,8 @@ fn camera_switch_calls_an_rclpy_setbool_service() {
     use edge_agent::ros::transport::rcl::{RclOptions, RclTransport};
     use edge_agent::ros::transport::{ServiceRmw, Transport};
     ros_sourced();
-    let domain = 114;
+    let dom = support::domain();
+    let domain = dom.id;
     // rcl takes the domain from the environment; this test process is its only user.
     std::env::set_var("ROS_DOMAIN_ID", domain.to_string());
     let mut server = rclpy(
@@ -463,7 +467,8 @@ fn camera_switch_calls_an_rclpy_setbool_service() {
 #[test]
 fn auto_qos_takes_a_latched_publishers_durability() {
     ros_sourced();
-    let domain = 115;
+    let dom = support::domain();
+    let domain = dom.id;
     let rules = r#"
 [[ros_to_mqtt]]
 name = "map-info"

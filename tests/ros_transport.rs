@@ -30,7 +30,8 @@ fn transport(domain: u16, name: &str, ns: &str) -> DdsTransport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cyclone_to_agent_and_back_byte_correct() {
-    let domain = 41;
+    let dom = support::domain();
+    let domain = dom.id;
     let reg = test_registry();
     let mut peer = tokio::task::block_in_place(|| RosPeer::start(domain));
     let t = transport(domain, "edge_agent", "/");
@@ -102,7 +103,8 @@ async fn cyclone_to_agent_and_back_byte_correct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_samples_of_every_size_modulo_4_reach_cyclone() {
-    let domain = 42;
+    let dom = support::domain();
+    let domain = dom.id;
     let reg = test_registry();
     let mut peer = tokio::task::block_in_place(|| RosPeer::start(domain));
     let t = transport(domain, "edge_agent", "/");
@@ -150,7 +152,8 @@ async fn large_samples_of_every_size_modulo_4_reach_cyclone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_is_in_the_ros_graph_with_its_name_and_namespace() {
-    let domain = 43;
+    let dom = support::domain();
+    let domain = dom.id;
     let mut peer = tokio::task::block_in_place(|| RosPeer::start(domain));
     let _t = transport(domain, "cloud_link", "/picker07");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
