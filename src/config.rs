@@ -107,7 +107,7 @@ pub struct AgentConfig {
     #[serde(default)]
     pub ota: crate::ota::config::OtaConfig,
     #[serde(default)]
-    pub onnx: crate::detect::runtime::OnnxConfig,
+    pub onnx: crate::onnx::OnnxConfig,
     #[serde(default)]
     pub detect: crate::detect::config::DetectConfig,
     /// The folder relative paths in the file are relative to (the file's own).

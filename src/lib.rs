@@ -2,7 +2,7 @@
 //! cloud. It bridges ROS 2 topics and MQTT, serves object detection with a local
 //! fallback, and installs A/B updates.
 // `unsafe` is denied except, each with its SAFETY note, where the system's C interfaces
-// are the only way: loading ONNX Runtime at run time (src/detect/runtime.rs), returning
+// are the only way: loading ONNX Runtime at run time (src/onnx.rs), returning
 // the allocator's free pages (src/memory.rs) and blocking signals in the DDS threads
 // (src/ros/transport/dds/threads.rs).
 #![deny(unsafe_code)]
@@ -21,6 +21,7 @@ pub mod logging;
 pub mod loglimit;
 pub mod memory;
 pub mod mqtt;
+pub mod onnx;
 pub mod ota;
 pub mod ros;
 pub mod systemd;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::detect::local::{decode_image, LocalModel};
-use crate::detect::runtime::{runtime, OnnxConfig};
 use crate::detect::yolo::PostParams;
+use crate::onnx::{runtime, OnnxConfig};
 
 use super::Failure;
 

@@ -162,10 +162,10 @@ pub async fn run(
     tokio::spawn(serve_files(www.clone(), listener, shutdown.clone()));
 
     // The cloud's detector: the demo model (it has a big GPU, the robot a small one).
-    let onnx = crate::detect::runtime::OnnxConfig::default();
+    let onnx = crate::onnx::OnnxConfig::default();
     let model_path = plan.model.clone();
     let model = tokio::task::spawn_blocking(move || {
-        let rt = crate::detect::runtime::runtime(&onnx)?;
+        let rt = crate::onnx::runtime(&onnx)?;
         LocalModel::load(rt, &model_path)
     })
     .await?

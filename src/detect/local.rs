@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::runtime::Runtime;
 use super::yolo::{self, Detection, Letterbox, OutputLayout, PostParams, Rgb};
+use crate::onnx::Runtime;
 
 /// A loaded model and what its metadata says about it.
 pub struct LocalModel {

@@ -6,7 +6,6 @@ pub mod config;
 pub mod frame;
 pub mod local;
 pub mod machine;
-pub mod runtime;
 pub mod service;
 pub mod v4l2;
 pub mod yolo;

@@ -20,9 +20,9 @@ use super::config::{DetectSettings, ImageKind};
 use super::frame::{self, Depth, Frame, Intrinsics};
 use super::local::{Found, LocalModel, StageTimes};
 use super::machine::{Action, Input, Machine, Request, Source, Status};
-use super::runtime::OnnxConfig;
 use crate::clock::now_ms;
 use crate::mqtt::{LinkHandle, LinkState, Message, QoS};
+use crate::onnx::OnnxConfig;
 use crate::ros::codec::{decode_to_value, encode_value, DecodeOptions, EncodeOptions};
 use crate::ros::registry::TypeName;
 use crate::ros::schema::MsgSchema;
@@ -44,7 +44,7 @@ fn load_models(
     slot: Option<&std::path::Path>,
 ) -> Models {
     let mut m = Models::default();
-    let rt = match super::runtime::runtime(onnx) {
+    let rt = match crate::onnx::runtime(onnx) {
         Ok(rt) => rt,
         Err(e) => {
             for scene in settings.models.keys() {

@@ -154,7 +154,7 @@ pub struct OtaSettings {
     pub product_key: String,
     pub device_name: String,
     /// The top-level `[onnx]` section: how new models are loaded for their check.
-    pub onnx: crate::detect::runtime::OnnxConfig,
+    pub onnx: crate::onnx::OnnxConfig,
 }
 
 fn invalid(key: &str, value: impl std::fmt::Display, reason: impl Into<String>) -> ConfigError {

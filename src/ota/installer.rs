@@ -117,8 +117,8 @@ impl Installer {
         // New models are loaded and run once with the process's ONNX runtime.
         let onnx = settings.onnx.clone();
         let model_check: ModelCheck = Arc::new(move |path: &Path| {
-            let rt = crate::detect::runtime::runtime(&onnx)?;
-            crate::detect::runtime::smoke_test(rt, path)
+            let rt = crate::onnx::runtime(&onnx)?;
+            crate::onnx::smoke_test(rt, path)
         });
         Ok(Self {
             store,

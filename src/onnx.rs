@@ -1,4 +1,5 @@
-//! The ONNX runtime behind the detector and the OTA model check.
+//! The ONNX runtime, shared by the detector and the OTA model check: which library is
+//! loaded, the tract fallback, and the options every session gets.
 //!
 //! ONNX Runtime is loaded at run time (no link-time dependency): from `[onnx] library`,
 //! else `ORT_DYLIB_PATH`, else `libonnxruntime.so` on the loader's search path. Where
