@@ -85,12 +85,13 @@ impl Failure {
     }
 
     fn from_io(e: &std::io::Error) -> Self {
-        // rustls reports certificate problems through the I/O error of the handshake.
+        // rustls reports certificate problems through the I/O error of the handshake,
+        // with the rustls error inside.
         let text = e.to_string();
-        if e.kind() == std::io::ErrorKind::InvalidData
-            || text.contains("certificate")
-            || text.contains("tls")
-        {
+        let from_tls = e
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        if from_tls || e.kind() == std::io::ErrorKind::InvalidData {
             Failure::Tls(text)
         } else {
             Failure::Network(text)
