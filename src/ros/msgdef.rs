@@ -216,7 +216,9 @@ pub struct MessageDef {
 impl MessageDef {
     /// `pkg/msg/Type` (or `pkg/srv/Type_Request`).
     pub fn full_name(&self) -> String {
-        let ns = if self.name.ends_with("_Request") || self.name.ends_with("_Response") {
+        let ns = if is_action_part(&self.name) {
+            "action"
+        } else if self.name.ends_with("_Request") || self.name.ends_with("_Response") {
             "srv"
         } else {
             "msg"
@@ -319,6 +321,84 @@ pub fn parse_service(
         ));
     }
     Ok(ServiceDef { request, response })
+}
+
+/// The types ROS 2 makes of each action `X`: `X_Goal`, `X_SendGoal_Request`…
+pub const ACTION_PARTS: [&str; 8] = [
+    "Goal",
+    "Result",
+    "Feedback",
+    "FeedbackMessage",
+    "SendGoal_Request",
+    "SendGoal_Response",
+    "GetResult_Request",
+    "GetResult_Response",
+];
+
+/// Splits `X_SendGoal_Request` into `X` and `SendGoal_Request`, if it is an action part.
+pub fn split_action_part(name: &str) -> Option<(&str, &str)> {
+    let (base, part) = name.split_once('_')?;
+    (is_type_name(base) && ACTION_PARTS.contains(&part)).then_some((base, part))
+}
+
+/// Whether `name` is one of the types ROS 2 makes of an action.
+pub fn is_action_part(name: &str) -> bool {
+    split_action_part(name).is_some()
+}
+
+/// The three parts of a `.action` file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionDef {
+    pub goal: MessageDef,
+    pub result: MessageDef,
+    pub feedback: MessageDef,
+}
+
+/// Parses a `.action` file: goal, `---`, result, `---`, feedback. The parts are named
+/// `<name>_Goal`, `<name>_Result` and `<name>_Feedback`, as ROS 2 names them.
+pub fn parse_action(
+    text: &str,
+    package: &str,
+    name: &str,
+    file: &str,
+) -> Result<ActionDef, DefinitionError> {
+    let mut parser = Parser::new(package, file);
+    let part = |suffix: &str| MessageDef {
+        package: package.to_owned(),
+        name: format!("{name}_{suffix}"),
+        fields: Vec::new(),
+        constants: Vec::new(),
+    };
+    let mut parts = [part("Goal"), part("Result"), part("Feedback")];
+    let mut at = 0;
+    for (idx, raw) in text.lines().enumerate() {
+        parser.line = idx + 1;
+        if let Some(line) = parser.significant(raw) {
+            if line.text == "---" {
+                if at == 2 {
+                    return Err(
+                        parser.error(line.col, "a .action file has exactly two '---' separators")
+                    );
+                }
+                at += 1;
+                continue;
+            }
+            parser.member(&line, &mut parts[at])?;
+        }
+    }
+    if at != 2 {
+        parser.line = text.lines().count().max(1);
+        return Err(parser.error(
+            1,
+            "a .action file needs two '---' lines: goal, result, feedback",
+        ));
+    }
+    let [goal, result, feedback] = parts;
+    Ok(ActionDef {
+        goal,
+        result,
+        feedback,
+    })
 }
 
 struct Parser<'a> {

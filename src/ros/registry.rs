@@ -10,7 +10,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::msgdef::{self, BaseType, DefinitionError, MessageDef, TypeRef};
+use super::msgdef::{
+    self, ArrayKind, BaseType, DefinitionError, FieldDef, FieldType, MessageDef, Primitive, TypeRef,
+};
 use super::schema::{Elem, FieldSchema, MsgSchema, TypeSchema, MAX_DEPTH};
 
 mod bundled {
@@ -41,6 +43,8 @@ pub enum RegistryError {
     TooDeep(String),
     #[error("'{0}' is a service; name one half: {0}_Request or {0}_Response")]
     IsService(String),
+    #[error("'{0}' is an action; name one of its types, e.g. {0}_Goal or {0}_SendGoal_Request")]
+    IsAction(String),
 }
 
 /// A normalized type name: `package`, `kind` ("msg" or "srv"), `name`.
@@ -65,7 +69,7 @@ impl TypeName {
         let (package, kind, name) = if text.contains("::") {
             let parts: Vec<&str> = text.split("::").collect();
             match parts.as_slice() {
-                [p, k @ ("msg" | "srv"), "dds_", n] => {
+                [p, k @ ("msg" | "srv" | "action"), "dds_", n] => {
                     (*p, *k, n.strip_suffix('_').ok_or_else(bad)?)
                 }
                 _ => return Err(bad()),
@@ -74,13 +78,28 @@ impl TypeName {
             let parts: Vec<&str> = text.split('/').collect();
             match parts.as_slice() {
                 [p, n] => (*p, "msg", *n),
-                [p, k @ ("msg" | "srv"), n] => (*p, *k, *n),
+                [p, k @ ("msg" | "srv" | "action"), n] => (*p, *k, *n),
                 _ => return Err(bad()),
             }
         };
-        let kind = if kind == "srv" { "srv" } else { "msg" };
+        let kind = match kind {
+            "srv" => "srv",
+            "action" => "action",
+            _ => "msg",
+        };
         if !msgdef::is_package_name(package) {
             return Err(bad());
+        }
+        if kind == "action" {
+            let base = msgdef::split_action_part(name).map_or(name, |(b, _)| b);
+            if !msgdef::is_type_name(base) {
+                return Err(bad());
+            }
+            return Ok(Self {
+                package: package.to_owned(),
+                kind,
+                name: name.to_owned(),
+            });
         }
         let check = name
             .strip_suffix("_Request")
@@ -254,7 +273,7 @@ impl Registry {
         if !msgdef::is_package_name(package) {
             return Ok(());
         }
-        for kind in ["msg", "srv"] {
+        for kind in ["msg", "srv", "action"] {
             let Ok(entries) = std::fs::read_dir(dir.join(kind)) else {
                 continue;
             };
@@ -345,6 +364,9 @@ impl Registry {
         if t.kind == "srv" {
             return Err(RegistryError::IsService(key));
         }
+        if t.kind == "action" {
+            return self.action_definition(t, used_by);
+        }
         let source = self
             .index
             .get(&key)
@@ -358,6 +380,94 @@ impl Registry {
         )?);
         lock(&self.defs).insert(key, def.clone());
         Ok(def)
+    }
+
+    /// One of the types ROS 2 makes of an action: the three parts of its file, and the
+    /// goal, result and feedback messages of its services and topic.
+    fn action_definition(
+        &self,
+        t: &TypeName,
+        used_by: &str,
+    ) -> Result<Arc<MessageDef>, RegistryError> {
+        let Some((base, _)) = msgdef::split_action_part(&t.name) else {
+            return Err(RegistryError::IsAction(t.key()));
+        };
+        let file_key = format!("{}/action/{base}", t.package);
+        let source = self
+            .index
+            .get(&file_key)
+            .ok_or_else(|| self.unknown(t, used_by))?;
+        let text = source.read()?;
+        let action = msgdef::parse_action(&text, &t.package, base, &source.label())?;
+        let pkg = t.package.as_str();
+        let named = |field: &str, package: &str, name: &str| FieldDef {
+            name: field.to_owned(),
+            ty: FieldType {
+                base: BaseType::Named(TypeRef {
+                    package: package.to_owned(),
+                    name: name.to_owned(),
+                }),
+                array: ArrayKind::Single,
+            },
+            default: None,
+        };
+        let prim = |field: &str, p: Primitive| FieldDef {
+            name: field.to_owned(),
+            ty: FieldType {
+                base: BaseType::Primitive(p),
+                array: ArrayKind::Single,
+            },
+            default: None,
+        };
+        let goal_id = || named("goal_id", "unique_identifier_msgs", "UUID");
+        let made = |part: &str, fields: Vec<FieldDef>| MessageDef {
+            package: pkg.to_owned(),
+            name: format!("{base}_{part}"),
+            fields,
+            constants: Vec::new(),
+        };
+        let defs = [
+            made(
+                "SendGoal_Request",
+                vec![goal_id(), named("goal", pkg, &format!("{base}_Goal"))],
+            ),
+            made(
+                "SendGoal_Response",
+                vec![
+                    prim("accepted", Primitive::Bool),
+                    named("stamp", "builtin_interfaces", "Time"),
+                ],
+            ),
+            made("GetResult_Request", vec![goal_id()]),
+            made(
+                "GetResult_Response",
+                vec![
+                    prim("status", Primitive::Int8),
+                    named("result", pkg, &format!("{base}_Result")),
+                ],
+            ),
+            made(
+                "FeedbackMessage",
+                vec![
+                    goal_id(),
+                    named("feedback", pkg, &format!("{base}_Feedback")),
+                ],
+            ),
+            action.goal,
+            action.result,
+            action.feedback,
+        ];
+        let mut out = None;
+        let mut map = lock(&self.defs);
+        for d in defs {
+            let key = format!("{pkg}/action/{}", d.name);
+            let d = Arc::new(d);
+            if d.name == t.name {
+                out = Some(d.clone());
+            }
+            map.insert(key, d);
+        }
+        out.ok_or_else(|| RegistryError::IsAction(t.key()))
     }
 
     fn unknown(&self, t: &TypeName, used_by: &str) -> RegistryError {
@@ -409,7 +519,11 @@ impl Registry {
                 BaseType::Named(TypeRef { package, name }) => {
                     let nested = TypeName {
                         package: package.clone(),
-                        kind: "msg",
+                        kind: if msgdef::is_action_part(name) {
+                            "action"
+                        } else {
+                            "msg"
+                        },
                         name: name.clone(),
                     };
                     let used_by = format!(" (field '{}' of {key})", f.name);
@@ -454,7 +568,7 @@ impl Registry {
 }
 
 fn is_package_dir(dir: &Path) -> bool {
-    dir.join("msg").is_dir() || dir.join("srv").is_dir()
+    dir.join("msg").is_dir() || dir.join("srv").is_dir() || dir.join("action").is_dir()
 }
 
 /// The package name from `package.xml`, else the folder name.
@@ -574,5 +688,63 @@ mod tests {
         std::fs::write(prefix.join("share/arm_msgs/srv/Home.srv"), "---\nbool ok\n").unwrap();
         reg.add_dir(&prefix).unwrap();
         assert!(reg.contains("arm_msgs/srv/Home_Response"));
+    }
+
+    #[test]
+    fn an_action_gives_the_types_ros_2_makes_of_it() {
+        let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/interfaces");
+        let reg = Registry::standard(&[fixtures]).unwrap();
+        let t = TypeName::parse("orchard_test_srvs/action/PickApple_SendGoal_Request").unwrap();
+        assert_eq!(
+            t.dds_name(),
+            "orchard_test_srvs::action::dds_::PickApple_SendGoal_Request_"
+        );
+        let names = |ty: &str| -> Vec<String> {
+            reg.schema(ty)
+                .unwrap()
+                .fields
+                .iter()
+                .map(|f| f.name.clone())
+                .collect()
+        };
+        let a = "orchard_test_srvs/action/PickApple";
+        assert_eq!(names(&format!("{a}_Goal")), ["target", "grip_force"]);
+        assert_eq!(names(&format!("{a}_Result")), ["picked", "log"]);
+        assert_eq!(names(&format!("{a}_Feedback")), ["progress", "stage"]);
+        assert_eq!(names(&format!("{a}_SendGoal_Request")), ["goal_id", "goal"]);
+        assert_eq!(
+            names(&format!("{a}_SendGoal_Response")),
+            ["accepted", "stamp"]
+        );
+        assert_eq!(names(&format!("{a}_GetResult_Request")), ["goal_id"]);
+        assert_eq!(
+            names(&format!("{a}_GetResult_Response")),
+            ["status", "result"]
+        );
+        assert_eq!(
+            names(&format!("{a}_FeedbackMessage")),
+            ["goal_id", "feedback"]
+        );
+        // Nested: the goal inside the request, the UUID's 16 bytes.
+        let s = reg.schema(&format!("{a}_SendGoal_Request")).unwrap();
+        let Elem::Msg(goal) = &s.fields[1].ty.elem else {
+            panic!("goal is not a message")
+        };
+        assert_eq!(goal.fields[1].name, "grip_force");
+        let Elem::Msg(uuid) = &s.fields[0].ty.elem else {
+            panic!("goal_id is not a message")
+        };
+        assert_eq!(uuid.fields[0].ty.array, ArrayKind::Fixed(16));
+        assert!(matches!(reg.schema(a), Err(RegistryError::IsAction(_))));
+        assert!(reg.schema("action_msgs/srv/CancelGoal_Request").is_ok());
+    }
+
+    #[test]
+    fn a_broken_action_file_is_refused_with_its_place() {
+        let e = msgdef::parse_action("int32 a\n---\nint32 b\n", "p", "A", "p/action/A.action")
+            .unwrap_err();
+        assert!(e.message.contains("two '---'"), "{e}");
+        let e = msgdef::parse_action("---\n---\n---\n", "p", "A", "p/action/A.action").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
     }
 }
