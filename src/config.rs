@@ -266,12 +266,12 @@ impl AgentConfig {
             if let Some(r) = rules
                 .services
                 .iter()
-                .find(|r| matches!(r.target, rules::Target::Call(_)))
+                .find(|r| matches!(r.target, rules::Target::Call(_) | rules::Target::Goal(_)))
             {
                 return Err(invalid(
                     &format!("{}: rule '{}'", r.file, r.name),
                     "mqtt_to_service",
-                    "service rules need ros.transport = \"dds\" (the rcl transport does not call services yet)",
+                    "service and action rules need ros.transport = \"dds\" (the rcl transport does not call them yet)",
                 ));
             }
         }

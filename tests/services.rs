@@ -506,3 +506,163 @@ qos = { reliability = "reliable", depth = 100 }
     assert_eq!(peer.received("mode").len(), 1);
     agent.stop();
 }
+
+const PICK: &str = "/pk1/robot-7/user/action/pick";
+
+fn action_rule(extra: &str) -> String {
+    format!(
+        r#"
+[[mqtt_to_action]]
+name = "pick"
+mqtt_topic = "/${{productKey}}/${{deviceName}}/user/action/pick"
+ros_action = "/arm/pick_apple"
+ros_type = "orchard_test_srvs/action/PickApple"
+rmw = "cyclonedds"
+feedback_max_rate_hz = 100
+{extra}
+"#
+    )
+}
+
+fn action_server(peer: &mut RosPeer, steps: u32, step_ms: u64) {
+    peer.cmd(json!({
+        "op": "action_server", "id": "pick", "action": "/arm/pick_apple",
+        "type": "orchard_test_srvs/action/PickApple", "steps": steps, "step_ms": step_ms,
+        "result": {"picked": true, "log": ["reached", "gripped"]},
+    }));
+}
+
+/// A goal from the cloud: accepted, its feedback forwarded, its result the reply; the
+/// cloud's retry gets the stored reply and the goal is not sent again.
+#[test]
+fn a_cloud_goal_runs_the_action_with_feedback_and_its_result_is_the_reply() {
+    let mq = Mosquitto::start(Options::default());
+    let dom = support::domain();
+    let mut peer = RosPeer::start(dom.id);
+    action_server(&mut peer, 3, 100);
+    let a = agent_dir(mq.port, dom.id, &action_rule(""), "");
+    let all = watch(mq.port, false);
+    let agent = Agent::start(&a.config());
+    wait_subscribed(mq.port, &all, PICK);
+    let goal = json!({"id": "g-1", "target": {"x": 1.0, "y": 2.0, "z": 3.0}, "grip_force": 0.5});
+    publish(mq.port, PICK, &goal.to_string(), &["-q", "1"]);
+    let got = replies(&all, &format!("{PICK}_reply"), 1);
+    assert_eq!(
+        got[0],
+        json!({"id": "g-1", "code": 200, "message": "succeeded",
+               "data": {"status": "succeeded", "result": {"picked": true, "log": ["reached", "gripped"]}}}),
+    );
+    let seen = peer.wait_received("pick", 1, T);
+    assert_eq!(
+        seen[0]["value"]["goal"],
+        json!({"target": {"x": 1.0, "y": 2.0, "z": 3.0}, "grip_force": 0.5})
+    );
+    // The acceptance and the feedback (which may come before the server's answer to
+    // the goal reaches the agent).
+    let feedback = payloads(&all.snapshot(), &format!("{PICK}_feedback"));
+    assert!(
+        feedback.contains(&json!({"id": "g-1", "status": "accepted"})),
+        "{feedback:?}"
+    );
+    let progress: Vec<f64> = feedback
+        .iter()
+        .filter_map(|f| f["feedback"]["progress"].as_f64())
+        .collect();
+    assert!(!progress.is_empty(), "{feedback:?}");
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+
+    // The cloud's retry: the stored result, no second goal.
+    publish(mq.port, PICK, &goal.to_string(), &["-q", "1"]);
+    assert_eq!(replies(&all, &format!("{PICK}_reply"), 2)[1], got[0]);
+    assert_eq!(peer.received("pick").len(), 1);
+    agent.stop();
+}
+
+/// A goal cancelled from the cloud ends as canceled; a goal in progress when the link
+/// drops goes on, and its result arrives once the link is back.
+#[test]
+fn a_goal_can_be_cancelled_and_one_running_through_a_link_drop_still_reports() {
+    let mut mq = Mosquitto::start(Options {
+        persistence: true,
+        ..Options::default()
+    });
+    let dom = support::domain();
+    let mut peer = RosPeer::start(dom.id);
+    action_server(&mut peer, 20, 100);
+    let a = agent_dir(mq.port, dom.id, &action_rule(""), "");
+    let all = watch(mq.port, false);
+    let agent = Agent::start(&a.config());
+    wait_subscribed(mq.port, &all, PICK);
+    publish(
+        mq.port,
+        PICK,
+        r#"{"id": "g-2", "grip_force": 0.2}"#,
+        &["-q", "1"],
+    );
+    peer.wait_received("pick", 1, T);
+    // Its status on request while it runs.
+    let status = format!("{PICK}/status");
+    publish(mq.port, &status, r#"{"id": "g-2"}"#, &["-q", "1"]);
+    let st = replies(&all, &format!("{status}_reply"), 1);
+    assert_eq!(st[0]["data"]["status"], "executing", "{}", st[0]);
+    let cancel = format!("{PICK}/cancel");
+    publish(mq.port, &cancel, r#"{"id": "g-2"}"#, &["-q", "1"]);
+    let answer = replies(&all, &format!("{cancel}_reply"), 1);
+    assert_eq!(answer[0]["id"], "g-2");
+    assert_eq!(answer[0]["message"], "canceling", "{}", answer[0]);
+    let got = replies(&all, &format!("{PICK}_reply"), 1);
+    assert_eq!(got[0]["data"]["status"], "canceled", "{}", got[0]);
+    // Once ended, its status is its reply; a goal never sent is not known.
+    publish(mq.port, &status, r#"{"id": "g-2"}"#, &["-q", "1"]);
+    assert_eq!(replies(&all, &format!("{status}_reply"), 2)[1], got[0]);
+    publish(mq.port, &status, r#"{"id": "nope"}"#, &["-q", "1"]);
+    assert_eq!(replies(&all, &format!("{status}_reply"), 3)[2]["code"], 404);
+
+    // 2 s of work; the broker goes away meanwhile and comes back.
+    publish(
+        mq.port,
+        PICK,
+        r#"{"id": "g-3", "grip_force": 0.3}"#,
+        &["-q", "1"],
+    );
+    peer.wait_received("pick", 2, T);
+    mq.restart();
+    let all = watch(mq.port, false);
+    let got = replies(&all, &format!("{PICK}_reply"), 1);
+    assert_eq!(got[0]["id"], "g-3");
+    assert_eq!(got[0]["data"]["status"], "succeeded", "{}", got[0]);
+    agent.stop();
+}
+
+/// The agent is killed while a goal runs: the next run gets the goal request again from
+/// the broker, does not send the goal a second time, and replies with its result.
+#[test]
+fn a_goal_running_when_the_agent_is_killed_is_not_sent_twice_and_still_reports() {
+    let mq = Mosquitto::start(Options {
+        persistence: true,
+        ..Options::default()
+    });
+    let dom = support::domain();
+    let mut peer = RosPeer::start(dom.id);
+    action_server(&mut peer, 20, 100);
+    let a = agent_dir(mq.port, dom.id, &action_rule(""), "");
+    let all = watch(mq.port, false);
+    let agent = Agent::start(&a.config());
+    wait_subscribed(mq.port, &all, PICK);
+    publish(
+        mq.port,
+        PICK,
+        r#"{"id": "g-4", "grip_force": 0.4}"#,
+        &["-q", "1"],
+    );
+    peer.wait_received("pick", 1, T);
+    // SAFETY: kill(2) on the agent's pid, which has not been waited for.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) }, 0);
+    drop(agent);
+    let agent = Agent::start(&a.config());
+    let got = replies(&all, &format!("{PICK}_reply"), 1);
+    assert_eq!(got[0]["id"], "g-4");
+    assert_eq!(got[0]["data"]["status"], "succeeded", "{}", got[0]);
+    assert_eq!(peer.received("pick").len(), 1);
+    agent.stop();
+}

@@ -232,6 +232,7 @@ pub async fn start(
                 match rule.target {
                     rules::Target::Call(_) => "mqtt_to_service",
                     rules::Target::Set(_) => "property_set",
+                    rules::Target::Goal(_) => "mqtt_to_action",
                 },
                 &rule.target_name(),
                 &rule.mqtt_filter,
@@ -243,6 +244,16 @@ pub async fn start(
                 // request.
                 rules::Target::Call(c) => {
                     transport.service_ready(&c.ros_service, &c.type_name, c.rmw)?;
+                }
+                rules::Target::Goal(g) => {
+                    // The clients now, so that they are matched by the first request.
+                    for (what, ty) in [
+                        ("send_goal", g.part("SendGoal")),
+                        ("get_result", g.part("GetResult")),
+                        ("cancel_goal", service::cancel_type()),
+                    ] {
+                        transport.service_ready(&g.endpoint(what), &ty, g.rmw)?;
+                    }
                 }
                 rules::Target::Set(p) => {
                     for prop in &p.properties {
@@ -267,7 +278,43 @@ pub async fn start(
                 log: log.clone(),
                 started,
                 publishers,
+                active: Arc::default(),
+                goal_topics: std::sync::Mutex::default(),
             };
+            let svc = Arc::new(svc);
+            if let rules::Target::Goal(g) = &svc.rule.target {
+                let (tx, frx) = mpsc::channel(256);
+                transport.subscribe(
+                    &g.endpoint("feedback"),
+                    &g.part("FeedbackMessage"),
+                    g.feedback.clone(),
+                    Qos::ros_default(),
+                    tx,
+                )?;
+                tasks.push(tokio::spawn(service::forward_feedback(
+                    svc.clone(),
+                    frx,
+                    shutdown.clone(),
+                )));
+                let crx = link
+                    .subscribe(&g.cancel_topic, QoS::AtLeastOnce, 64)
+                    .await
+                    .map_err(|e| TransportError::Start(e.to_string()))?;
+                tasks.push(tokio::spawn(service::serve_cancels(
+                    svc.clone(),
+                    crx,
+                    shutdown.clone(),
+                )));
+                let srx = link
+                    .subscribe(&g.status_topic, QoS::AtLeastOnce, 64)
+                    .await
+                    .map_err(|e| TransportError::Start(e.to_string()))?;
+                tasks.push(tokio::spawn(service::serve_status(
+                    svc.clone(),
+                    srx,
+                    shutdown.clone(),
+                )));
+            }
             tasks.push(tokio::spawn(svc.run(rx, shutdown.clone())));
         }
     }

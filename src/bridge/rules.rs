@@ -259,6 +259,67 @@ const fn default_wait_for_server() -> Dur {
     Dur::secs(5)
 }
 
+/// `[[mqtt_to_action]]`: a cloud request sends a goal to a ROS 2 action; feedback goes
+/// to the feedback topic, the result is the reply.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttToActionRaw {
+    pub name: String,
+    pub mqtt_topic: String,
+    pub ros_action: String,
+    /// `pkg/action/Name`.
+    pub ros_type: String,
+    #[serde(default)]
+    pub rmw: ServiceRmw,
+    #[serde(default)]
+    pub envelope: Envelope,
+    #[serde(default)]
+    pub strict: bool,
+    #[serde(default = "default_id_field")]
+    pub id_field: String,
+    #[serde(default)]
+    pub id_from_topic: bool,
+    #[serde(default = "default_reply_topic")]
+    pub reply_topic: String,
+    #[serde(default = "default_feedback_topic")]
+    pub feedback_topic: String,
+    /// Feedback of one goal sent at most this often (the latest wins).
+    #[serde(default = "default_feedback_rate")]
+    pub feedback_max_rate_hz: f64,
+    #[serde(default = "default_cancel_topic")]
+    pub cancel_topic: String,
+    #[serde(default = "default_status_topic")]
+    pub status_topic: String,
+    #[serde(default = "default_error_topic")]
+    pub error_topic: String,
+    #[serde(default = "default_goal_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "default_wait_for_server")]
+    pub wait_for_server: Dur,
+    pub max_age: Option<Dur>,
+    pub timestamp_field: Option<String>,
+}
+
+fn default_feedback_topic() -> String {
+    "${topic}_feedback".into()
+}
+
+fn default_cancel_topic() -> String {
+    "/${productKey}/${deviceName}/user/action/${name}/cancel".into()
+}
+
+fn default_status_topic() -> String {
+    "/${productKey}/${deviceName}/user/action/${name}/status".into()
+}
+
+const fn default_feedback_rate() -> f64 {
+    2.0
+}
+
+const fn default_goal_timeout() -> Dur {
+    Dur::secs(600)
+}
+
 /// `[[property_set]]`: an Alink property set (`thing/service/property/set`) publishes
 /// each property on its own ROS topic; the reply goes to `…/set_reply`.
 #[derive(Debug, Clone, Deserialize)]
@@ -309,6 +370,8 @@ struct RuleFile {
     mqtt_to_service: Vec<MqttToServiceRaw>,
     #[serde(default)]
     property_set: Vec<PropertySetRaw>,
+    #[serde(default)]
+    mqtt_to_action: Vec<MqttToActionRaw>,
 }
 
 /// How a rule's ROS QoS is chosen.
@@ -459,6 +522,50 @@ pub enum Target {
     Call(ServiceCall),
     /// Publishes each property of an Alink property set on its ROS topic.
     Set(PropertySet),
+    /// Sends a goal to a ROS 2 action server; its result is the reply.
+    Goal(ActionGoal),
+}
+
+/// A `[[mqtt_to_action]]` rule's action.
+#[derive(Debug, Clone)]
+pub struct ActionGoal {
+    pub ros_action: String,
+    /// `pkg/action/Name`.
+    pub type_name: TypeName,
+    pub goal: Arc<MsgSchema>,
+    pub send_goal: (Arc<MsgSchema>, Arc<MsgSchema>),
+    pub get_result: (Arc<MsgSchema>, Arc<MsgSchema>),
+    pub feedback: Arc<MsgSchema>,
+    pub cancel: (Arc<MsgSchema>, Arc<MsgSchema>),
+    pub rmw: ServiceRmw,
+    /// How long a goal may run before its reply says so (the goal itself goes on).
+    pub timeout: Duration,
+    pub wait_for_server: Duration,
+    /// Where feedback goes: `${topic}` and `${id}` are the goal request's.
+    pub feedback_topic: TopicTemplate,
+    pub feedback_min_interval: Duration,
+    /// Where cancel requests arrive (`{"id": <the goal's id>}`); answered on
+    /// `<cancel_topic>_reply`.
+    pub cancel_topic: String,
+    /// Where status requests arrive (`{"id": <the goal's id>}`); answered on
+    /// `<status_topic>_reply`.
+    pub status_topic: String,
+}
+
+impl ActionGoal {
+    /// The type of one of the action's services or messages, e.g. `SendGoal`.
+    pub fn part(&self, part: &str) -> TypeName {
+        TypeName {
+            package: self.type_name.package.clone(),
+            kind: "action",
+            name: format!("{}_{part}", self.type_name.name),
+        }
+    }
+
+    /// The name of one of the action's services or topics, e.g. `send_goal`.
+    pub fn endpoint(&self, what: &str) -> String {
+        format!("{}/_action/{what}", self.ros_action)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -499,6 +606,7 @@ impl MqttToService {
     pub fn target_name(&self) -> String {
         match &self.target {
             Target::Call(c) => c.ros_service.clone(),
+            Target::Goal(g) => g.ros_action.clone(),
             Target::Set(p) => p
                 .properties
                 .iter()
@@ -1038,6 +1146,105 @@ impl MqttToService {
 }
 
 impl MqttToService {
+    fn compile_action(raw: MqttToActionRaw, ctx: &Ctx<'_>) -> Result<Self, RuleError> {
+        let r = raw.name.as_str();
+        let ros_action = ctx.ros_topic(r, "ros_action", &raw.ros_action)?;
+        let type_name =
+            TypeName::parse(&raw.ros_type).map_err(|e| ctx.err(r, "ros_type", e.to_string()))?;
+        if type_name.kind != "action" || crate::ros::msgdef::is_action_part(&type_name.name) {
+            return Err(ctx.err(
+                r,
+                "ros_type",
+                format!("'{}' is not an action type (pkg/action/Name)", raw.ros_type),
+            ));
+        }
+        let schema = |name: String| {
+            ctx.registry
+                .schema(&name)
+                .map_err(|e| ctx.err(r, "ros_type", e.to_string()))
+        };
+        let part = |p: &str| schema(format!("{type_name}_{p}"));
+        let goal = part("Goal")?;
+        let send_goal = (part("SendGoal_Request")?, part("SendGoal_Response")?);
+        let get_result = (part("GetResult_Request")?, part("GetResult_Response")?);
+        let feedback = part("FeedbackMessage")?;
+        let cancel = (
+            schema("action_msgs/srv/CancelGoal_Request".into())?,
+            schema("action_msgs/srv/CancelGoal_Response".into())?,
+        );
+        let short = ros_action.trim_start_matches('/').to_owned();
+        let names = [("ros_action", short.as_str()), ("name", r)];
+        let mqtt_filter = ctx.template(r, "mqtt_topic", &raw.mqtt_topic, &names, true)?;
+        let error_topic = ctx.template(r, "error_topic", &raw.error_topic, &names, false)?;
+        let cancel_topic = ctx.template(r, "cancel_topic", &raw.cancel_topic, &names, false)?;
+        let status_topic = ctx.template(r, "status_topic", &raw.status_topic, &names, false)?;
+        let reply_topic = ctx.reply_template(r, &raw.reply_topic, &names)?;
+        let feedback_topic = ctx
+            .reply_template(r, &raw.feedback_topic, &names)
+            .map_err(|e| RuleError {
+                key: "feedback_topic".into(),
+                ..e
+            })?;
+        if raw.id_from_topic && !mqtt_filter.ends_with("/+") {
+            return Err(ctx.err(
+                r,
+                "id_from_topic",
+                "needs an mqtt_topic that ends in '/+' (the id's level)",
+            ));
+        }
+        let hz = raw.feedback_max_rate_hz;
+        if !(hz.is_finite() && hz > 0.0 && hz <= 1000.0) {
+            return Err(ctx.err(
+                r,
+                "feedback_max_rate_hz",
+                format!("{hz} is not between 0 and 1000"),
+            ));
+        }
+        if raw.timeout.0.is_zero() {
+            return Err(ctx.err(r, "timeout", "must be more than 0s"));
+        }
+        let id_field: Vec<String> = raw.id_field.split('.').map(str::to_owned).collect();
+        if raw.id_field.is_empty() || id_field.iter().any(String::is_empty) {
+            return Err(ctx.err(r, "id_field", "a dot path of field names, e.g. \"id\""));
+        }
+        let id_outside_request = match raw.envelope {
+            Envelope::Raw => resolve_path(&goal, &id_field).is_none(),
+            Envelope::Alink => true,
+        };
+        let age = AgeLimit::compile(ctx, r, raw.max_age, raw.timestamp_field.as_deref(), |p| {
+            AgeLimit::in_message(&goal, raw.envelope, p)
+        })?;
+        Ok(MqttToService {
+            name: raw.name,
+            file: ctx.file.clone(),
+            mqtt_filter,
+            envelope: raw.envelope,
+            strict: raw.strict,
+            id_field,
+            id_outside_request,
+            id_from_topic: raw.id_from_topic,
+            reply_topic,
+            error_topic,
+            age,
+            target: Target::Goal(ActionGoal {
+                ros_action,
+                type_name,
+                goal,
+                send_goal,
+                get_result,
+                feedback,
+                cancel,
+                rmw: raw.rmw,
+                timeout: raw.timeout.0,
+                wait_for_server: raw.wait_for_server.0,
+                feedback_topic,
+                feedback_min_interval: Duration::from_secs_f64(1.0 / hz),
+                cancel_topic,
+                status_topic,
+            }),
+        })
+    }
+
     fn compile_set(raw: PropertySetRaw, ctx: &Ctx<'_>) -> Result<Self, RuleError> {
         let r = raw.name.as_str();
         let names = [("name", r)];
@@ -1165,6 +1372,12 @@ pub fn load(
         for raw in parsed.property_set {
             check_name(&ctx, &raw.name, &mut names)?;
             rules.services.push(MqttToService::compile_set(raw, &ctx)?);
+        }
+        for raw in parsed.mqtt_to_action {
+            check_name(&ctx, &raw.name, &mut names)?;
+            rules
+                .services
+                .push(MqttToService::compile_action(raw, &ctx)?);
         }
     }
     Ok(rules)

@@ -10,6 +10,7 @@
 //! in the outbox (class `reports`); one still waiting when the agent stops is not, so
 //! the next run gets it again. Codes are listed in docs/commands.md.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::calls::{CallLog, Known};
 use super::inbound::{Received, Refusal};
-use super::rules::{Envelope, MqttToService, PropertySet, ServiceCall, Target};
+use super::rules::{ActionGoal, Envelope, MqttToService, PropertySet, ServiceCall, Target};
 use super::stats::RuleStats;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::loglimit::{self, Verdict};
@@ -37,6 +38,262 @@ pub const TOO_LARGE: u16 = 413;
 pub const FAILED: u16 = 500;
 pub const CALL_FAILED: u16 = 502;
 pub const NO_ANSWER: u16 = 504;
+pub const REJECTED: u16 = 403;
+
+/// How long an action server has to accept or reject a goal.
+const GOAL_ACCEPT_WAIT: Duration = Duration::from_secs(10);
+
+/// The goal id of request `id` of rule `rule`: the same for the same request, so a goal
+/// sent by an earlier run can be asked for its result.
+pub fn goal_uuid(rule: &str, id: &str) -> [u8; 16] {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(format!("{rule}\0{id}").as_bytes());
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&d[..16]);
+    u
+}
+
+fn uuid_json(u: &[u8; 16]) -> Value {
+    use base64::Engine as _;
+    Value::String(base64::engine::general_purpose::STANDARD.encode(u))
+}
+
+/// action_msgs/GoalStatus in words.
+fn goal_status(status: i64) -> &'static str {
+    match status {
+        1 => "accepted",
+        2 => "executing",
+        3 => "canceling",
+        4 => "succeeded",
+        5 => "canceled",
+        6 => "aborted",
+        _ => "unknown",
+    }
+}
+
+/// Cancels goals of an action rule: a request `{"id": <the goal request's id>}` on the
+/// rule's cancel topic; the answer goes to `<cancel topic>_reply`.
+pub async fn serve_cancels(
+    svc: Arc<Service>,
+    mut rx: mpsc::Receiver<Incoming>,
+    shutdown: CancellationToken,
+) {
+    let Target::Goal(g) = &svc.rule.target else {
+        return;
+    };
+    loop {
+        let m = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            m = rx.recv() => match m { Some(m) => m, None => break },
+        };
+        let Some(id) = goal_id_of(&m) else {
+            let body = reply_body(
+                "",
+                BAD_REQUEST,
+                Value::Null,
+                "a cancel request names its goal: {\"id\": <the goal request's id>}",
+            );
+            svc.refused(&m, BAD_REQUEST, "a cancel request without the goal's id");
+            svc.send(&Address::ErrorTopic, &m, &body).await;
+            continue;
+        };
+        let uuid = goal_uuid(&svc.rule.name, &id);
+        let ask = json!({ "goal_info": { "goal_id": { "uuid": uuid_json(&uuid) }, "stamp": { "sec": 0, "nanosec": 0 } } });
+        let ty = cancel_type();
+        let answer = match codec::encode_value(&g.cancel.0, &ask, &EncodeOptions::default()) {
+            Ok(cdr) => {
+                if let Err(Outcome::Reply { code, message, .. }) =
+                    svc.wait_ready(g, "cancel_goal", &ty, None, &shutdown).await
+                {
+                    let body = reply_body(&id, code, Value::Null, &message);
+                    let to = Address::Reply {
+                        topic: format!("{}_reply", m.topic),
+                        correlation: None,
+                    };
+                    svc.send(&to, &m, &body).await;
+                    continue;
+                }
+                svc.transport
+                    .call(
+                        &g.endpoint("cancel_goal"),
+                        &ty,
+                        Bytes::from(cdr),
+                        g.rmw,
+                        GOAL_ACCEPT_WAIT,
+                        false,
+                    )
+                    .await
+            }
+            Err(e) => Err(crate::ros::transport::TransportError::Call {
+                service: g.endpoint("cancel_goal"),
+                reason: e.to_string(),
+            }),
+        };
+        let body = match answer {
+            Ok(Some(b)) => match codec::decode_to_value(&g.cancel.1, &b, &DecodeOptions::default())
+            {
+                Ok(v) => {
+                    let message = match v["return_code"].as_i64() {
+                        Some(0) => "canceling",
+                        Some(1) => "the action server rejected the cancel",
+                        Some(2) => "the action server does not know this goal",
+                        Some(3) => "the goal has already finished",
+                        _ => "unknown answer",
+                    };
+                    reply_body(&id, OK, v, message)
+                }
+                Err(e) => reply_body(&id, CALL_FAILED, Value::Null, &e.to_string()),
+            },
+            Ok(None) => reply_body(
+                &id,
+                NO_ANSWER,
+                Value::Null,
+                &format!("{} did not answer the cancel", g.ros_action),
+            ),
+            Err(e) => reply_body(&id, CALL_FAILED, Value::Null, &e.to_string()),
+        };
+        let to = Address::Reply {
+            topic: format!("{}_reply", m.topic),
+            correlation: None,
+        };
+        svc.send(&to, &m, &body).await;
+    }
+    rx.close();
+    while let Ok(m) = rx.try_recv() {
+        m.withhold();
+    }
+}
+
+/// The goal a cancel or status request names: `{"id": <the goal request's id>}`.
+fn goal_id_of(m: &Incoming) -> Option<String> {
+    let v: Value = serde_json::from_slice(&m.payload).ok()?;
+    match &v["id"] {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Answers status requests of an action rule: `{"id": <the goal request's id>}` on the
+/// rule's status topic; the answer goes to `<status topic>_reply`: the goal's status
+/// and latest feedback while it runs, its stored reply once it has ended.
+pub async fn serve_status(
+    svc: Arc<Service>,
+    mut rx: mpsc::Receiver<Incoming>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let m = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            m = rx.recv() => match m { Some(m) => m, None => break },
+        };
+        let Some(id) = goal_id_of(&m) else {
+            let body = reply_body(
+                "",
+                BAD_REQUEST,
+                Value::Null,
+                "a status request names its goal: {\"id\": <the goal request's id>}",
+            );
+            svc.refused(&m, BAD_REQUEST, "a status request without the goal's id");
+            svc.send(&Address::ErrorTopic, &m, &body).await;
+            continue;
+        };
+        let uuid = goal_uuid(&svc.rule.name, &id);
+        let running = svc.active.lock().ok().and_then(|a| {
+            a.get(&uuid)
+                .map(|g| g.feedback.clone().unwrap_or(Value::Null))
+        });
+        let body = match running {
+            Some(feedback) => reply_body(
+                &id,
+                OK,
+                json!({ "status": "executing", "feedback": feedback }),
+                "executing",
+            ),
+            None => {
+                let (name, key) = (svc.rule.name.clone(), id.clone());
+                match with_log(&svc.log, move |l| Ok(l.get(&name, &key).cloned())).await {
+                    Ok(Some(Known::Answered(stored))) => stored,
+                    Ok(Some(Known::Started)) => reply_body(
+                        &id,
+                        OK,
+                        json!({ "status": "unknown" }),
+                        "sent by an earlier run; its result is asked for when the goal request comes again",
+                    ),
+                    _ => reply_body(&id, NO_SERVER, Value::Null, "no goal with this id"),
+                }
+            }
+        };
+        let to = Address::Reply {
+            topic: format!("{}_reply", m.topic),
+            correlation: None,
+        };
+        svc.send(&to, &m, &body).await;
+    }
+    rx.close();
+    while let Ok(m) = rx.try_recv() {
+        m.withhold();
+    }
+}
+
+/// `action_msgs/srv/CancelGoal`, the cancel service of every action.
+pub fn cancel_type() -> crate::ros::TypeName {
+    crate::ros::TypeName {
+        package: "action_msgs".into(),
+        kind: "srv",
+        name: "CancelGoal".into(),
+    }
+}
+
+/// Forwards an action's feedback to the cloud: each goal of this rule's at most once
+/// per `feedback_min_interval` (what comes between is dropped; the latest is sent at
+/// the next chance).
+pub async fn forward_feedback(
+    svc: Arc<Service>,
+    mut rx: mpsc::Receiver<crate::ros::transport::Sample>,
+    shutdown: CancellationToken,
+) {
+    let Target::Goal(g) = &svc.rule.target else {
+        return;
+    };
+    loop {
+        let sample = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = rx.recv() => match s { Some(s) => s, None => return },
+        };
+        let Ok(v) = codec::decode_to_value(&g.feedback, &sample.cdr, &DecodeOptions::default())
+        else {
+            continue;
+        };
+        let uuid: Option<[u8; 16]> = v["goal_id"]["uuid"].as_str().and_then(|b| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+        });
+        let Some(uuid) = uuid else { continue };
+        let id = {
+            let Ok(mut a) = svc.active.lock() else { return };
+            let Some(goal) = a.get_mut(&uuid) else {
+                continue;
+            };
+            goal.feedback = Some(v["feedback"].clone());
+            if goal
+                .last_sent
+                .is_some_and(|t| t.elapsed() < g.feedback_min_interval)
+            {
+                continue;
+            }
+            goal.last_sent = Some(Instant::now());
+            goal.id.clone()
+        };
+        svc.feedback_event(g, &id, json!({ "id": id, "feedback": v["feedback"] }))
+            .await;
+    }
+}
 
 /// How often a request that waits for its server looks again.
 const SERVER_POLL: Duration = Duration::from_millis(20);
@@ -147,6 +404,17 @@ enum Outcome {
     Withheld,
 }
 
+/// A goal in progress.
+#[derive(Debug, Default)]
+pub struct ActiveGoal {
+    /// The goal request's id.
+    pub id: String,
+    /// When its feedback was last sent to the cloud.
+    pub last_sent: Option<Instant>,
+    /// Its latest feedback.
+    pub feedback: Option<Value>,
+}
+
 /// Everything a rule's task works with.
 pub struct Service {
     pub rule: Arc<MqttToService>,
@@ -159,6 +427,11 @@ pub struct Service {
     pub started: Instant,
     /// For a property set: a publisher per property, in the rule's order.
     pub publishers: Vec<Arc<dyn RawPublisher>>,
+    /// For an action: goals in progress by goal id, with their request id and when
+    /// their feedback was last sent.
+    pub active: Arc<Mutex<HashMap<[u8; 16], ActiveGoal>>>,
+    /// For an action: the topic each goal request came on.
+    pub goal_topics: Mutex<HashMap<String, String>>,
 }
 
 impl Service {
@@ -169,6 +442,13 @@ impl Service {
         let known = with_log(&self.log, move |l| Ok(l.get(&name, &key).cloned())).await;
         match known {
             Ok(Some(Known::Answered(body))) => return Outcome::Stored(body),
+            Ok(Some(Known::Started)) if matches!(rule.target, Target::Goal(_)) => {
+                // A goal sent by an earlier run: its result is asked for again (the
+                // action server keeps it for a while); the goal is not sent twice.
+                if let Target::Goal(g) = &rule.target {
+                    return self.result_of(g, id, shutdown).await;
+                }
+            }
             Ok(Some(Known::Started)) => {
                 return Outcome::Reply {
                     code: UNKNOWN_OUTCOME,
@@ -219,6 +499,7 @@ impl Service {
         match &rule.target {
             Target::Call(c) => self.call(c, id, &cmd, request, shutdown).await,
             Target::Set(p) => self.set(p, id, &cmd, request, shutdown).await,
+            Target::Goal(g) => self.goal(g, id, &cmd, request, shutdown).await,
         }
     }
 
@@ -332,6 +613,243 @@ impl Service {
             message,
             record: true,
         }
+    }
+
+    /// Waits for a service of the action to be ready (as for a service call).
+    async fn wait_ready(
+        &self,
+        g: &ActionGoal,
+        what: &str,
+        ty: &crate::ros::TypeName,
+        cmd: Option<&Received>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Outcome> {
+        let rule = &self.rule;
+        let service = g.endpoint(what);
+        loop {
+            match self.transport.service_ready(&service, ty, g.rmw) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(refusal(FAILED, e.to_string())),
+            }
+            let until_start = g.wait_for_server.saturating_sub(self.started.elapsed());
+            let limit = match cmd {
+                Some(c) => c.wait_limit(&rule.age, until_start, now_ms()),
+                None => until_start,
+            };
+            if limit.is_zero() {
+                return Err(refusal(
+                    NO_SERVER,
+                    format!(
+                        "no server of the action {} on the ROS 2 graph; not sent",
+                        g.ros_action
+                    ),
+                ));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SERVER_POLL.min(limit)) => {}
+                _ = shutdown.cancelled() => return Err(Outcome::Withheld),
+            }
+        }
+    }
+
+    /// Sends a goal, then waits for its result. Feedback meanwhile goes to the rule's
+    /// feedback topic (see [`forward_feedback`]).
+    async fn goal(
+        &self,
+        g: &ActionGoal,
+        id: &str,
+        cmd: &Received,
+        request: Value,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let rule = &self.rule;
+        let uuid = goal_uuid(&rule.name, id);
+        let send = json!({ "goal_id": { "uuid": uuid_json(&uuid) }, "goal": request });
+        let opts = EncodeOptions {
+            strict: rule.strict,
+            big_endian: false,
+        };
+        // The goal is checked on its own, so that errors name its fields.
+        if let Err(e) = codec::encode_value(&g.goal, &send["goal"], &opts) {
+            return refusal(BAD_REQUEST, e.to_string());
+        }
+        let cdr = match codec::encode_value(&g.send_goal.0, &send, &opts) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return refusal(BAD_REQUEST, e.to_string()),
+        };
+        if let Err(o) = self
+            .wait_ready(g, "send_goal", &g.part("SendGoal"), Some(cmd), shutdown)
+            .await
+        {
+            return o;
+        }
+        if let Err(o) = self.started(id).await {
+            return o;
+        }
+        RuleStats::inc(&self.stats.sent);
+        if let Ok(mut a) = self.active.lock() {
+            a.insert(
+                uuid,
+                ActiveGoal {
+                    id: id.to_owned(),
+                    ..ActiveGoal::default()
+                },
+            );
+        }
+        let sent = self
+            .transport
+            .call(
+                &g.endpoint("send_goal"),
+                &g.part("SendGoal"),
+                cdr,
+                g.rmw,
+                GOAL_ACCEPT_WAIT,
+                false,
+            )
+            .await;
+        let accepted = match sent {
+            Ok(Some(body)) => {
+                codec::decode_to_value(&g.send_goal.1, &body, &DecodeOptions::default())
+                    .map(|v| v["accepted"] == true)
+                    .map_err(|e| format!("the answer of {} cannot be read: {e}", g.ros_action))
+            }
+            Ok(None) => Err(format!(
+                "{} did not answer the goal within {} s; it may still carry it out",
+                g.ros_action,
+                GOAL_ACCEPT_WAIT.as_secs()
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        match accepted {
+            Ok(true) => {}
+            Ok(false) => {
+                self.forget(&uuid);
+                return Outcome::Reply {
+                    code: REJECTED,
+                    data: Value::Null,
+                    message: format!("{} rejected the goal", g.ros_action),
+                    record: true,
+                };
+            }
+            Err(why) => {
+                self.forget(&uuid);
+                return Outcome::Reply {
+                    code: NO_ANSWER,
+                    data: Value::Null,
+                    message: why,
+                    record: true,
+                };
+            }
+        }
+        self.feedback_event(g, id, json!({ "id": id, "status": "accepted" }))
+            .await;
+        let out = self.result_of(g, id, shutdown).await;
+        self.forget(&uuid);
+        out
+    }
+
+    /// Asks for the result of goal `id` and waits for it, up to the rule's timeout.
+    async fn result_of(&self, g: &ActionGoal, id: &str, shutdown: &CancellationToken) -> Outcome {
+        let uuid = goal_uuid(&self.rule.name, id);
+        if let Err(o) = self
+            .wait_ready(g, "get_result", &g.part("GetResult"), None, shutdown)
+            .await
+        {
+            return o;
+        }
+        let ask = json!({ "goal_id": { "uuid": uuid_json(&uuid) } });
+        let cdr = match codec::encode_value(&g.get_result.0, &ask, &EncodeOptions::default()) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return refusal(FAILED, e.to_string()),
+        };
+        let call = self.transport.call(
+            &g.endpoint("get_result"),
+            &g.part("GetResult"),
+            cdr,
+            g.rmw,
+            g.timeout,
+            false,
+        );
+        tokio::pin!(call);
+        let result = tokio::select! {
+            r = &mut call => r,
+            // The goal goes on; the next run asks for its result again.
+            _ = shutdown.cancelled() => return Outcome::Withheld,
+        };
+        let (code, data, message) = match result {
+            Ok(Some(body)) => {
+                match codec::decode_to_value(&g.get_result.1, &body, &DecodeOptions::default()) {
+                    Ok(v) => {
+                        let status = v["status"].as_i64().unwrap_or(0);
+                        if status == 0 {
+                            (
+                                UNKNOWN_OUTCOME,
+                                Value::Null,
+                                format!("outcome unknown: {} does not know this goal (any more); not sent again", g.ros_action),
+                            )
+                        } else {
+                            let name = goal_status(status);
+                            (
+                                OK,
+                                json!({ "status": name, "result": v["result"] }),
+                                name.to_owned(),
+                            )
+                        }
+                    }
+                    Err(e) => (
+                        CALL_FAILED,
+                        Value::Null,
+                        format!("the result of {} cannot be read: {e}", g.ros_action),
+                    ),
+                }
+            }
+            Ok(None) => (
+                NO_ANSWER,
+                Value::Null,
+                format!(
+                    "{} did not finish the goal within {:.0} s; it may still be working on it",
+                    g.ros_action,
+                    g.timeout.as_secs_f64()
+                ),
+            ),
+            Err(e) => (CALL_FAILED, Value::Null, e.to_string()),
+        };
+        Outcome::Reply {
+            code,
+            data,
+            message,
+            record: true,
+        }
+    }
+
+    fn forget(&self, uuid: &[u8; 16]) {
+        if let Ok(mut a) = self.active.lock() {
+            a.remove(uuid);
+        }
+    }
+
+    async fn feedback_event(&self, g: &ActionGoal, id: &str, body: Value) {
+        let topic = g.feedback_topic.render(|v| match v {
+            "id" => Some(id.to_owned()),
+            "topic" => Some(self.goal_topic(id)),
+            _ => None,
+        });
+        let msg = Message::new(
+            topic.as_str(),
+            serde_json::to_vec(&body).unwrap_or_default(),
+            QoS::AtLeastOnce,
+        );
+        let _ = self.link.publish_nowait(msg, "telemetry").await;
+    }
+
+    /// The topic the goal request `id` came on (for `${topic}` in the feedback topic).
+    fn goal_topic(&self, id: &str) -> String {
+        self.goal_topics
+            .lock()
+            .ok()
+            .and_then(|t| t.get(id).cloned())
+            .unwrap_or_default()
     }
 
     /// An Alink property set: every property is checked first (nothing is published
@@ -496,7 +1014,13 @@ impl Service {
             self.send(&Address::ErrorTopic, m, &body).await;
             return true;
         };
+        if let (Target::Goal(_), Ok(mut t)) = (&rule.target, self.goal_topics.lock()) {
+            t.insert(id.clone(), m.topic.clone());
+        }
         let outcome = self.handle(m, &id, shutdown).await;
+        if let Ok(mut t) = self.goal_topics.lock() {
+            t.remove(&id);
+        }
         let body = match outcome {
             Outcome::Withheld => return false,
             Outcome::Stored(body) => {
@@ -557,7 +1081,11 @@ impl Service {
         }
     }
 
-    pub async fn run(self, mut rx: mpsc::Receiver<Incoming>, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Incoming>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let m = tokio::select! {
                 biased;

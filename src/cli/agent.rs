@@ -215,6 +215,10 @@ pub fn check_config(file: PathBuf) -> Result<(), Failure> {
                 c.rmw,
                 c.timeout.as_secs_f64()
             )),
+            crate::bridge::rules::Target::Goal(g) => out.push_str(&format!(
+                "  rule {:<14} {} -> action {} ({}, {:?})\n",
+                r.name, r.mqtt_filter, g.ros_action, g.type_name, g.rmw
+            )),
             crate::bridge::rules::Target::Set(p) => {
                 for prop in &p.properties {
                     out.push_str(&format!(

@@ -28,6 +28,14 @@ It is driven over stdin/stdout, one JSON object per line. Commands:
       "response" with "{field}" in its strings filled from the request, and a "calls"
       field (when the type has one) set to the number of requests so far; D ms pass
       before each reply
+  {"op":"action_server","id":ID,"action":"/a","type":"pkg/action/T","steps":N,"step_ms":M,
+   "result":{...},"reject":B}                                       -> {"ok":ID}
+      serves an action as rmw_cyclonedds does: send_goal, get_result and cancel_goal
+      services under /a/_action/, feedback on /a/_action/feedback. Each accepted goal
+      (unless "reject") is an event {"event":"msg","id":ID,"value":{"goal":{...}}}; it
+      sends N feedback messages ({"progress": k/N, "stage": "step k"}) M ms apart, then
+      succeeds with "result"; a cancel ends it with status CANCELED. get_result is
+      answered when the goal ends (status 0 for a goal it does not know).
   {"op":"quit"}
 Events: {"event":"msg","id":ID,"value":{...},"cdr":"<hex of Cyclone's serialization>"}
 qos: {"reliability":"reliable"|"best-effort","durability":"volatile"|"transient-local","depth":N}
@@ -87,6 +95,18 @@ class Types:
                     if f.endswith(".msg") and name not in self.ts.fielddefs:
                         with open(os.path.join(d, f), encoding="utf-8") as fh:
                             extra.update(get_types_from_msg(fh.read(), name))
+                d = os.path.join(root, pkg, "action")
+                for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+                    if not f.endswith(".action"):
+                        continue
+                    with open(os.path.join(d, f), encoding="utf-8") as fh:
+                        lines = fh.read().splitlines()
+                    cuts = [i for i, l in enumerate(lines) if l.strip() == "---"]
+                    parts = (lines[:cuts[0]], lines[cuts[0] + 1:cuts[1]], lines[cuts[1] + 1:])
+                    for part, text in zip(("Goal", "Result", "Feedback"), parts):
+                        name = f"{pkg}/action/{f[:-7]}_{part}"
+                        defs = get_types_from_msg("\n".join(text) + "\n", name)
+                        extra.update({name: d for d in defs.values()})
                 d = os.path.join(root, pkg, "srv")
                 if not os.path.isdir(d):
                     continue
@@ -292,6 +312,102 @@ def serve_any(dp, types, cmd):
     emit({"ok": cmd["id"]})
 
 
+def serve_action(dp, types, cmd):
+    qos = Qos(Policy.Reliability.Reliable(max_blocking_time=100_000_000), Policy.Durability.Volatile,
+              Policy.History.KeepLast(100))
+    pkg, _, base = cmd["type"].split("/")
+    name = cmd["action"].lstrip("/") + "/_action/"
+    uuid_t = types.idl("unique_identifier_msgs/msg/UUID")
+    time_t = types.idl("builtin_interfaces/msg/Time")
+    goal_name, result_name, fb_name = (f"{pkg}/action/{base}_{p}" for p in ("Goal", "Result", "Feedback"))
+    goal_t, result_t, fb_t = types.idl(goal_name), types.idl(result_name), types.idl(fb_name)
+    info_t = types.idl("action_msgs/msg/GoalInfo")
+    hdr = {"client": T.uint64, "seq": T.uint64}
+    dds = lambda n: f"{pkg}::action::dds_::{base}_{n}_"
+    sg_rq = make_idl_struct("SGRq", dds("SendGoal_Request"), {**hdr, "goal_id": uuid_t, "goal": goal_t})
+    sg_rp = make_idl_struct("SGRp", dds("SendGoal_Response"), {**hdr, "accepted": bool, "stamp": time_t})
+    gr_rq = make_idl_struct("GRRq", dds("GetResult_Request"), {**hdr, "goal_id": uuid_t})
+    gr_rp = make_idl_struct("GRRp", dds("GetResult_Response"), {**hdr, "status": T.int8, "result": result_t})
+    cg_rq = make_idl_struct("CGRq", "action_msgs::srv::dds_::CancelGoal_Request_", {**hdr, "goal_info": info_t})
+    cg_rp = make_idl_struct("CGRp", "action_msgs::srv::dds_::CancelGoal_Response_",
+                            {**hdr, "return_code": T.int8, "goals_canceling": T.sequence[info_t]})
+    fb_msg = make_idl_struct("FBMsg", dds("FeedbackMessage"), {"goal_id": uuid_t, "feedback": fb_t})
+
+    def endpoint(what, rq_t, rp_t):
+        r = DataReader(dp, Topic(dp, f"rq/{name}{what}Request", rq_t, qos=qos), qos=qos)
+        w = DataWriter(dp, Topic(dp, f"rr/{name}{what}Reply", rp_t, qos=qos), qos=qos)
+        return r, w
+
+    send_goal, get_result, cancel_goal = (endpoint("send_goal", sg_rq, sg_rp), endpoint("get_result", gr_rq, gr_rp),
+                                          endpoint("cancel_goal", cg_rq, cg_rp))
+    feedback = DataWriter(dp, Topic(dp, f"rt/{name}feedback", fb_msg, qos=qos), qos=qos)
+    goals, waiting, lock = {}, [], threading.Lock()
+    steps, step_ms = int(cmd.get("steps", 3)), cmd.get("step_ms", 100)
+
+    def run(uid):
+        for k in range(steps):
+            with lock:
+                if goals[uid]["canceled"]:
+                    break
+            feedback.write(fb_msg(goal_id=uuid_t(uuid=list(uid)),
+                                  feedback=types.make(fb_name, {"progress": (k + 1) / steps, "stage": f"step {k + 1}"})))
+            time.sleep(step_ms / 1000)
+        with lock:
+            g = goals[uid]
+            g["status"] = 5 if g["canceled"] else 4
+            g["result"] = types.make(result_name, {} if g["canceled"] else cmd.get("result", {}))
+
+    def serve():
+        while True:
+            r, w = send_goal
+            for q in r.take(16):
+                if is_invalid(q):
+                    continue
+                uid = bytes(q.goal_id.uuid)
+                accept = not cmd.get("reject") and uid not in goals
+                if accept:
+                    emit({"event": "msg", "id": cmd["id"], "value": {"goal": types.to_json((Nodetype.NAME, goal_name), q.goal)}})
+                    with lock:
+                        goals[uid] = {"status": 2, "result": None, "canceled": False}
+                    threading.Thread(target=run, args=(uid,), daemon=True).start()
+                w.write(sg_rp(client=q.client, seq=q.seq, accepted=accept, stamp=time_t(sec=0, nanosec=0)))
+            r, w = get_result
+            for q in r.take(16):
+                if not is_invalid(q):
+                    waiting.append(q)
+            for q in list(waiting):
+                uid = bytes(q.goal_id.uuid)
+                with lock:
+                    g = goals.get(uid)
+                    done = g is None or g["result"] is not None
+                    if done:
+                        status = 0 if g is None else g["status"]
+                        result = types.make(result_name, {}) if g is None else g["result"]
+                if done:
+                    waiting.remove(q)
+                    w.write(gr_rp(client=q.client, seq=q.seq, status=status, result=result))
+            r, w = cancel_goal
+            for q in r.take(16):
+                if is_invalid(q):
+                    continue
+                uid = bytes(q.goal_info.goal_id.uuid)
+                with lock:
+                    g = goals.get(uid)
+                    if g is None:
+                        code, canceling = 2, []
+                    elif g["result"] is not None:
+                        code, canceling = 3, []
+                    else:
+                        g["canceled"] = True
+                        code, canceling = 0, [q.goal_info]
+                emit({"event": "msg", "id": cmd["id"] + "/cancel", "value": {"return_code": code}})
+                w.write(cg_rp(client=q.client, seq=q.seq, return_code=code, goals_canceling=canceling))
+            time.sleep(0.002)
+
+    threading.Thread(target=serve, daemon=True).start()
+    emit({"ok": cmd["id"]})
+
+
 RELIABLE = Policy.Reliability.Reliable(max_blocking_time=100_000_000)
 
 PV = make_idl_struct("PV", "rcl_interfaces::msg::dds_::ParameterValue_", {
@@ -489,6 +605,8 @@ def main():
                 serve_set_bool(dp, cmd)
             elif op == "service_server":
                 serve_any(dp, types, cmd)
+            elif op == "action_server":
+                serve_action(dp, types, cmd)
             elif op == "nodes":
                 emit({"ok": cmd["id"], "nodes": [n for v in nodes.values() for n in v],
                       "errors": list(graph_errors)})

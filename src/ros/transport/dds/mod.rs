@@ -389,7 +389,7 @@ impl DdsTransport {
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let dds = |half: &str| format!("{}::srv::dds_::{}_{half}_", ty.package, ty.name);
+        let dds = |half: &str| format!("{}::{}::dds_::{}_{half}_", ty.package, ty.kind, ty.name);
         let (reader, writer) =
             self.service_endpoints(&fq, &dds("Request"), &dds("Response"), false)?;
         let client = Arc::new(service::Client::new(writer, reader, rmw));
@@ -421,6 +421,12 @@ struct DdsPublisher {
 /// when it reads this writer's first heartbeat as history and never asks for it, so a
 /// burst written at once could lose its tail. Once acknowledged, losses are repaired.
 pub const MATCH_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// As [`MATCH_SETTLE`], for a service client called once per request (never resent,
+/// so that nothing is carried out twice): a request written before the server's
+/// volatile reader has matched this client is lost, so the server counts only once
+/// matched this long. A loaded computer takes longer to match than an idle one.
+pub const SERVICE_SETTLE: std::time::Duration = std::time::Duration::from_millis(1500);
 
 impl DdsPublisher {
     /// Takes the writer's status events into the matched readers.
@@ -685,7 +691,7 @@ impl Transport for DdsTransport {
         rmw: ServiceRmw,
     ) -> Result<bool, TransportError> {
         let client = self.client(service, rmw, srv)?;
-        if !client.server_matched(MATCH_SETTLE) {
+        if !client.server_matched(SERVICE_SETTLE) {
             return Ok(false);
         }
         let reply_topic = format!("rr{}Reply", self.resolve(service)?);
