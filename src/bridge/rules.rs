@@ -255,8 +255,10 @@ const fn default_call_timeout() -> Dur {
     Dur::secs(10)
 }
 
+/// Long enough for the robot's nodes, started with the agent at boot, to be up and
+/// discovered; a command queued while the robot was away arrives right then.
 const fn default_wait_for_server() -> Dur {
-    Dur::secs(5)
+    Dur::secs(15)
 }
 
 /// `[[mqtt_to_action]]`: a cloud request sends a goal to a ROS 2 action; feedback goes

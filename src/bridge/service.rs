@@ -103,8 +103,9 @@ pub async fn serve_cancels(
         let ty = cancel_type();
         let answer = match codec::encode_value(&g.cancel.0, &ask, &EncodeOptions::default()) {
             Ok(cdr) => {
-                if let Err(Outcome::Reply { code, message, .. }) =
-                    svc.wait_ready(g, "cancel_goal", &ty, None, &shutdown).await
+                if let Err(Outcome::Reply { code, message, .. }) = svc
+                    .wait_ready(g, "cancel_goal", &ty, None, None, &shutdown)
+                    .await
                 {
                     let body = reply_body(&id, code, Value::Null, &message);
                     let to = Address::Reply {
@@ -446,7 +447,7 @@ impl Service {
                 // A goal sent by an earlier run: its result is asked for again (the
                 // action server keeps it for a while); the goal is not sent twice.
                 if let Target::Goal(g) = &rule.target {
-                    return self.result_of(g, id, shutdown).await;
+                    return self.result_of(g, id, None, shutdown).await;
                 }
             }
             Ok(Some(Known::Started)) => {
@@ -622,27 +623,39 @@ impl Service {
         what: &str,
         ty: &crate::ros::TypeName,
         cmd: Option<&Received>,
+        patience: Option<Duration>,
         shutdown: &CancellationToken,
     ) -> Result<(), Outcome> {
         let rule = &self.rule;
         let service = g.endpoint(what);
+        let since = Instant::now();
         loop {
             match self.transport.service_ready(&service, ty, g.rmw) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => return Err(refusal(FAILED, e.to_string())),
             }
-            let until_start = g.wait_for_server.saturating_sub(self.started.elapsed());
+            // Waited for while the agent has just started (or, with `patience`, that
+            // long: the result of a goal already accepted).
+            let wait = match patience {
+                Some(p) => p.saturating_sub(since.elapsed()),
+                None => g.wait_for_server.saturating_sub(self.started.elapsed()),
+            };
             let limit = match cmd {
-                Some(c) => c.wait_limit(&rule.age, until_start, now_ms()),
-                None => until_start,
+                Some(c) => c.wait_limit(&rule.age, wait, now_ms()),
+                None => wait,
             };
             if limit.is_zero() {
                 return Err(refusal(
                     NO_SERVER,
                     format!(
-                        "no server of the action {} on the ROS 2 graph; not sent",
-                        g.ros_action
+                        "no server of the action {} ({what}) on the ROS 2 graph; {}",
+                        g.ros_action,
+                        if what == "send_goal" {
+                            "the goal was not sent"
+                        } else {
+                            "not asked"
+                        }
                     ),
                 ));
             }
@@ -679,7 +692,14 @@ impl Service {
             Err(e) => return refusal(BAD_REQUEST, e.to_string()),
         };
         if let Err(o) = self
-            .wait_ready(g, "send_goal", &g.part("SendGoal"), Some(cmd), shutdown)
+            .wait_ready(
+                g,
+                "send_goal",
+                &g.part("SendGoal"),
+                Some(cmd),
+                None,
+                shutdown,
+            )
             .await
         {
             return o;
@@ -744,19 +764,42 @@ impl Service {
         }
         self.feedback_event(g, id, json!({ "id": id, "status": "accepted" }))
             .await;
-        let out = self.result_of(g, id, shutdown).await;
+        // Accepted: its result is waited for as long as the goal may run.
+        let out = self.result_of(g, id, Some(g.timeout), shutdown).await;
         self.forget(&uuid);
         out
     }
 
     /// Asks for the result of goal `id` and waits for it, up to the rule's timeout.
-    async fn result_of(&self, g: &ActionGoal, id: &str, shutdown: &CancellationToken) -> Outcome {
+    async fn result_of(
+        &self,
+        g: &ActionGoal,
+        id: &str,
+        patience: Option<Duration>,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
         let uuid = goal_uuid(&self.rule.name, id);
         if let Err(o) = self
-            .wait_ready(g, "get_result", &g.part("GetResult"), None, shutdown)
+            .wait_ready(
+                g,
+                "get_result",
+                &g.part("GetResult"),
+                None,
+                patience,
+                shutdown,
+            )
             .await
         {
-            return o;
+            return match o {
+                // The goal was sent: its outcome is not known.
+                Outcome::Reply { message, .. } => Outcome::Reply {
+                    code: UNKNOWN_OUTCOME,
+                    data: Value::Null,
+                    message: format!("outcome unknown: {message}"),
+                    record: true,
+                },
+                o => o,
+            };
         }
         let ask = json!({ "goal_id": { "uuid": uuid_json(&uuid) } });
         let cdr = match codec::encode_value(&g.get_result.0, &ask, &EncodeOptions::default()) {
