@@ -666,3 +666,58 @@ fn a_goal_running_when_the_agent_is_killed_is_not_sent_twice_and_still_reports()
     assert_eq!(peer.received("pick").len(), 1);
     agent.stop();
 }
+
+/// Both request-id conventions on the cloud path: the agent calls, from cloud
+/// requests, the parameter service of another node that tells the conventions apart
+/// (the agent's own ROS layer, as a second node in this test), once as rmw_fastrtps
+/// does (the id in the sample's metadata) and once as rmw_cyclonedds does (in the
+/// payload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_calls_use_the_request_id_convention_of_the_rule_rmw() {
+    use edge_agent::ros::transport::dds::{DdsOptions, DdsTransport};
+    let mq = Mosquitto::start(Options::default());
+    let dom = support::domain();
+    let _other = DdsTransport::start(&DdsOptions {
+        domain_id: dom.id,
+        node_name: "other".into(),
+        namespace: "/robot".into(),
+        only_networks: vec!["127.0.0.1".parse().unwrap()],
+        distro: Some("jazzy".into()),
+        config_file: Some("/etc/other/config.toml".into()),
+    })
+    .unwrap();
+    let rule = |rmw: &str| {
+        format!(
+            r#"
+[[mqtt_to_service]]
+name = "params_{rmw}"
+mqtt_topic = "/${{productKey}}/${{deviceName}}/user/service/params_{rmw}"
+ros_service = "/robot/other/get_parameters"
+ros_type = "rcl_interfaces/srv/GetParameters"
+rmw = "{rmw}"
+"#
+        )
+    };
+    let rules = format!("{}{}", rule("fastrtps"), rule("cyclonedds"));
+    let a = agent_dir(mq.port, dom.id, &rules, "");
+    let all = watch(mq.port, false);
+    let agent = Agent::start(&a.config());
+    for rmw in ["fastrtps", "cyclonedds"] {
+        let topic = format!("/pk1/robot-7/user/service/params_{rmw}");
+        wait_subscribed(mq.port, &all, &topic);
+        publish(
+            mq.port,
+            &topic,
+            r#"{"id": "p-1", "names": ["config_file"]}"#,
+            &["-q", "1"],
+        );
+        let got = replies(&all, &format!("{topic}_reply"), 1);
+        assert_eq!(got[0]["code"], 200, "{rmw}: {}", got[0]);
+        assert_eq!(
+            got[0]["data"]["values"][0]["string_value"], "/etc/other/config.toml",
+            "{rmw}: {}",
+            got[0]
+        );
+    }
+    agent.stop();
+}
