@@ -165,9 +165,18 @@ impl Received {
                 format!("the command is {size} bytes, more than mqtt.max_packet_size ({limit} bytes); it was not read"),
             ));
         }
-        let arrived_ms = now_ms();
-        let mut value: Value = serde_json::from_slice(&m.payload)
+        let value: Value = serde_json::from_slice(&m.payload)
             .map_err(|e| (Refusal::Invalid, format!("invalid JSON: {e}")))?;
+        Self::of_json(age, m, value)
+    }
+
+    /// As [`Received::read`], for a command whose JSON is already parsed.
+    pub fn of_json(
+        age: &AgeLimit,
+        m: &Incoming,
+        mut value: Value,
+    ) -> Result<Self, (Refusal, String)> {
+        let arrived_ms = now_ms();
         let sent_ms = match &age.timestamp_field {
             Some(path) => {
                 let t = sent_at_ms(&value, path).map_err(|e| (Refusal::Invalid, e))?;
@@ -336,7 +345,12 @@ pub async fn run(
         // `m` goes here, and with it the acknowledgement to the broker.
         drop(m);
     }
-    // Commands not carried out stay with the broker for the next run.
+    withhold_rest(&mut rx);
+}
+
+/// Closes `rx` and leaves what it still holds unacknowledged: commands taken from the
+/// broker but not carried out stay with the broker for the next run.
+pub fn withhold_rest(rx: &mut mpsc::Receiver<Incoming>) {
     rx.close();
     while let Ok(m) = rx.try_recv() {
         m.withhold();

@@ -296,24 +296,21 @@ pub async fn start(
                     frx,
                     shutdown.clone(),
                 )));
-                let crx = link
-                    .subscribe(&g.cancel_topic, QoS::AtLeastOnce, 64)
-                    .await
-                    .map_err(|e| TransportError::Start(e.to_string()))?;
-                tasks.push(tokio::spawn(service::serve_cancels(
-                    svc.clone(),
-                    crx,
-                    shutdown.clone(),
-                )));
-                let srx = link
-                    .subscribe(&g.status_topic, QoS::AtLeastOnce, 64)
-                    .await
-                    .map_err(|e| TransportError::Start(e.to_string()))?;
-                tasks.push(tokio::spawn(service::serve_status(
-                    svc.clone(),
-                    srx,
-                    shutdown.clone(),
-                )));
+                for (topic, kind) in [
+                    (&g.cancel_topic, service::GoalRequest::Cancel),
+                    (&g.status_topic, service::GoalRequest::Status),
+                ] {
+                    let grx = link
+                        .subscribe(topic, QoS::AtLeastOnce, 64)
+                        .await
+                        .map_err(|e| TransportError::Start(e.to_string()))?;
+                    tasks.push(tokio::spawn(service::serve_goal_requests(
+                        svc.clone(),
+                        kind,
+                        grx,
+                        shutdown.clone(),
+                    )));
+                }
             }
             tasks.push(tokio::spawn(svc.run(rx, shutdown.clone())));
         }

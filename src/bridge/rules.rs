@@ -768,6 +768,37 @@ impl Ctx<'_> {
             .map_err(|e| self.err(rule, "reply_topic", e))
     }
 
+    /// Where a request's id is: `id_field` split at the dots, and whether it is outside
+    /// `request` (then taken out before conversion; an Alink id always is). With
+    /// `id_from_topic` the filter must end in the id's level.
+    fn request_id(
+        &self,
+        rule: &str,
+        id_field: &str,
+        id_from_topic: bool,
+        mqtt_filter: &str,
+        envelope: Envelope,
+        request: &MsgSchema,
+    ) -> Result<(Vec<String>, bool), RuleError> {
+        if id_from_topic && !mqtt_filter.ends_with("/+") {
+            return Err(self.err(
+                rule,
+                "id_from_topic",
+                "needs an mqtt_topic that ends in '/+' (the id's level)",
+            ));
+        }
+        let path: Vec<String> = id_field.split('.').map(str::to_owned).collect();
+        if id_field.is_empty() || path.iter().any(String::is_empty) {
+            return Err(self.err(rule, "id_field", "a dot path of field names, e.g. \"id\""));
+        }
+        let outside = match envelope {
+            Envelope::Raw => resolve_path(request, &path).is_none(),
+            // The Alink id is beside params, never in the request.
+            Envelope::Alink => true,
+        };
+        Ok((path, outside))
+    }
+
     fn ros_topic(&self, rule: &str, key: &str, topic: &str) -> Result<String, RuleError> {
         let ok = !topic.is_empty()
             && !topic.ends_with('/')
@@ -1080,42 +1111,15 @@ impl MqttToService {
         let names = [("ros_service", short.as_str()), ("name", r)];
         let mqtt_filter = ctx.template(r, "mqtt_topic", &raw.mqtt_topic, &names, true)?;
         let error_topic = ctx.template(r, "error_topic", &raw.error_topic, &names, false)?;
-        if raw.id_from_topic && !mqtt_filter.ends_with("/+") {
-            return Err(ctx.err(
-                r,
-                "id_from_topic",
-                "needs an mqtt_topic that ends in '/+' (the id's level)",
-            ));
-        }
-        // The device's names now; the request's topic and id per request.
-        let vars = [
-            "productKey",
-            "deviceName",
-            "name",
-            "ros_service",
-            "topic",
-            "id",
-        ];
-        let t = TopicTemplate::parse(&raw.reply_topic, &vars)
-            .map_err(|e| ctx.err(r, "reply_topic", e))?;
-        let partly = t.render(|v| match v {
-            "productKey" => Some(ctx.device.product_key.clone()),
-            "deviceName" => Some(ctx.device.device_name.clone()),
-            "name" => Some(r.to_owned()),
-            "ros_service" => Some(short.clone()),
-            other => Some(format!("${{{other}}}")),
-        });
-        let reply_topic = TopicTemplate::parse(&partly, &["topic", "id"])
-            .map_err(|e| ctx.err(r, "reply_topic", e))?;
-        let id_field: Vec<String> = raw.id_field.split('.').map(str::to_owned).collect();
-        if raw.id_field.is_empty() || id_field.iter().any(String::is_empty) {
-            return Err(ctx.err(r, "id_field", "a dot path of field names, e.g. \"id\""));
-        }
-        let id_outside_request = match raw.envelope {
-            Envelope::Raw => resolve_path(&request, &id_field).is_none(),
-            // The Alink id is beside params, never in the request.
-            Envelope::Alink => true,
-        };
+        let reply_topic = ctx.reply_template(r, &raw.reply_topic, &names)?;
+        let (id_field, id_outside_request) = ctx.request_id(
+            r,
+            &raw.id_field,
+            raw.id_from_topic,
+            &mqtt_filter,
+            raw.envelope,
+            &request,
+        )?;
         if raw.timeout.0.is_zero() {
             return Err(ctx.err(r, "timeout", "must be more than 0s"));
         }
@@ -1187,13 +1191,6 @@ impl MqttToService {
                 key: "feedback_topic".into(),
                 ..e
             })?;
-        if raw.id_from_topic && !mqtt_filter.ends_with("/+") {
-            return Err(ctx.err(
-                r,
-                "id_from_topic",
-                "needs an mqtt_topic that ends in '/+' (the id's level)",
-            ));
-        }
         let hz = raw.feedback_max_rate_hz;
         if !(hz.is_finite() && hz > 0.0 && hz <= 1000.0) {
             return Err(ctx.err(
@@ -1205,14 +1202,14 @@ impl MqttToService {
         if raw.timeout.0.is_zero() {
             return Err(ctx.err(r, "timeout", "must be more than 0s"));
         }
-        let id_field: Vec<String> = raw.id_field.split('.').map(str::to_owned).collect();
-        if raw.id_field.is_empty() || id_field.iter().any(String::is_empty) {
-            return Err(ctx.err(r, "id_field", "a dot path of field names, e.g. \"id\""));
-        }
-        let id_outside_request = match raw.envelope {
-            Envelope::Raw => resolve_path(&goal, &id_field).is_none(),
-            Envelope::Alink => true,
-        };
+        let (id_field, id_outside_request) = ctx.request_id(
+            r,
+            &raw.id_field,
+            raw.id_from_topic,
+            &mqtt_filter,
+            raw.envelope,
+            &goal,
+        )?;
         let age = AgeLimit::compile(ctx, r, raw.max_age, raw.timestamp_field.as_deref(), |p| {
             AgeLimit::in_message(&goal, raw.envelope, p)
         })?;

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::calls::{CallLog, Known};
-use super::inbound::{Received, Refusal};
+use super::inbound::{withhold_rest, Received, Refusal};
 use super::rules::{ActionGoal, Envelope, MqttToService, PropertySet, ServiceCall, Target};
 use super::stats::RuleStats;
 use crate::clock::{now_ms, rfc3339_ms};
@@ -71,10 +71,30 @@ fn goal_status(status: i64) -> &'static str {
     }
 }
 
-/// Cancels goals of an action rule: a request `{"id": <the goal request's id>}` on the
-/// rule's cancel topic; the answer goes to `<cancel topic>_reply`.
-pub async fn serve_cancels(
+/// A request about a goal already sent: `{"id": <the goal request's id>}` on one of an
+/// action rule's topics, answered on `<that topic>_reply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoalRequest {
+    /// Cancels the goal.
+    Cancel,
+    /// The goal's status and latest feedback while it runs, its stored reply once it
+    /// has ended.
+    Status,
+}
+
+impl GoalRequest {
+    fn name(self) -> &'static str {
+        match self {
+            GoalRequest::Cancel => "cancel",
+            GoalRequest::Status => "status",
+        }
+    }
+}
+
+/// Answers cancel or status requests (see [`GoalRequest`]) of an action rule.
+pub async fn serve_goal_requests(
     svc: Arc<Service>,
+    kind: GoalRequest,
     mut rx: mpsc::Receiver<Incoming>,
     shutdown: CancellationToken,
 ) {
@@ -88,71 +108,24 @@ pub async fn serve_cancels(
             m = rx.recv() => match m { Some(m) => m, None => break },
         };
         let Some(id) = goal_id_of(&m) else {
+            let what = kind.name();
             let body = reply_body(
                 "",
                 BAD_REQUEST,
                 Value::Null,
-                "a cancel request names its goal: {\"id\": <the goal request's id>}",
+                &format!("a {what} request names its goal: {{\"id\": <the goal request's id>}}"),
             );
-            svc.refused(&m, BAD_REQUEST, "a cancel request without the goal's id");
+            svc.refused(
+                &m,
+                BAD_REQUEST,
+                &format!("a {what} request without the goal's id"),
+            );
             svc.send(&Address::ErrorTopic, &m, &body).await;
             continue;
         };
-        let uuid = goal_uuid(&svc.rule.name, &id);
-        let ask = json!({ "goal_info": { "goal_id": { "uuid": uuid_json(&uuid) }, "stamp": { "sec": 0, "nanosec": 0 } } });
-        let ty = cancel_type();
-        let answer = match codec::encode_value(&g.cancel.0, &ask, &EncodeOptions::default()) {
-            Ok(cdr) => {
-                if let Err(Outcome::Reply { code, message, .. }) = svc
-                    .wait_ready(g, "cancel_goal", &ty, None, None, &shutdown)
-                    .await
-                {
-                    let body = reply_body(&id, code, Value::Null, &message);
-                    let to = Address::Reply {
-                        topic: format!("{}_reply", m.topic),
-                        correlation: None,
-                    };
-                    svc.send(&to, &m, &body).await;
-                    continue;
-                }
-                svc.transport
-                    .call(
-                        &g.endpoint("cancel_goal"),
-                        &ty,
-                        Bytes::from(cdr),
-                        g.rmw,
-                        GOAL_ACCEPT_WAIT,
-                        false,
-                    )
-                    .await
-            }
-            Err(e) => Err(crate::ros::transport::TransportError::Call {
-                service: g.endpoint("cancel_goal"),
-                reason: e.to_string(),
-            }),
-        };
-        let body = match answer {
-            Ok(Some(b)) => match codec::decode_to_value(&g.cancel.1, &b, &DecodeOptions::default())
-            {
-                Ok(v) => {
-                    let message = match v["return_code"].as_i64() {
-                        Some(0) => "canceling",
-                        Some(1) => "the action server rejected the cancel",
-                        Some(2) => "the action server does not know this goal",
-                        Some(3) => "the goal has already finished",
-                        _ => "unknown answer",
-                    };
-                    reply_body(&id, OK, v, message)
-                }
-                Err(e) => reply_body(&id, CALL_FAILED, Value::Null, &e.to_string()),
-            },
-            Ok(None) => reply_body(
-                &id,
-                NO_ANSWER,
-                Value::Null,
-                &format!("{} did not answer the cancel", g.ros_action),
-            ),
-            Err(e) => reply_body(&id, CALL_FAILED, Value::Null, &e.to_string()),
+        let body = match kind {
+            GoalRequest::Cancel => svc.cancel(g, &id, &shutdown).await,
+            GoalRequest::Status => svc.status(&id).await,
         };
         let to = Address::Reply {
             topic: format!("{}_reply", m.topic),
@@ -160,10 +133,7 @@ pub async fn serve_cancels(
         };
         svc.send(&to, &m, &body).await;
     }
-    rx.close();
-    while let Ok(m) = rx.try_recv() {
-        m.withhold();
-    }
+    withhold_rest(&mut rx);
 }
 
 /// The goal a cancel or status request names: `{"id": <the goal request's id>}`.
@@ -173,69 +143,6 @@ fn goal_id_of(m: &Incoming) -> Option<String> {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
-    }
-}
-
-/// Answers status requests of an action rule: `{"id": <the goal request's id>}` on the
-/// rule's status topic; the answer goes to `<status topic>_reply`: the goal's status
-/// and latest feedback while it runs, its stored reply once it has ended.
-pub async fn serve_status(
-    svc: Arc<Service>,
-    mut rx: mpsc::Receiver<Incoming>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let m = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            m = rx.recv() => match m { Some(m) => m, None => break },
-        };
-        let Some(id) = goal_id_of(&m) else {
-            let body = reply_body(
-                "",
-                BAD_REQUEST,
-                Value::Null,
-                "a status request names its goal: {\"id\": <the goal request's id>}",
-            );
-            svc.refused(&m, BAD_REQUEST, "a status request without the goal's id");
-            svc.send(&Address::ErrorTopic, &m, &body).await;
-            continue;
-        };
-        let uuid = goal_uuid(&svc.rule.name, &id);
-        let running = svc.active.lock().ok().and_then(|a| {
-            a.get(&uuid)
-                .map(|g| g.feedback.clone().unwrap_or(Value::Null))
-        });
-        let body = match running {
-            Some(feedback) => reply_body(
-                &id,
-                OK,
-                json!({ "status": "executing", "feedback": feedback }),
-                "executing",
-            ),
-            None => {
-                let (name, key) = (svc.rule.name.clone(), id.clone());
-                match with_log(&svc.log, move |l| Ok(l.get(&name, &key).cloned())).await {
-                    Ok(Some(Known::Answered(stored))) => stored,
-                    Ok(Some(Known::Started)) => reply_body(
-                        &id,
-                        OK,
-                        json!({ "status": "unknown" }),
-                        "sent by an earlier run; its result is asked for when the goal request comes again",
-                    ),
-                    _ => reply_body(&id, NO_SERVER, Value::Null, "no goal with this id"),
-                }
-            }
-        };
-        let to = Address::Reply {
-            topic: format!("{}_reply", m.topic),
-            correlation: None,
-        };
-        svc.send(&to, &m, &body).await;
-    }
-    rx.close();
-    while let Ok(m) = rx.try_recv() {
-        m.withhold();
     }
 }
 
@@ -436,7 +343,14 @@ pub struct Service {
 }
 
 impl Service {
-    async fn handle(&self, m: &Incoming, id: &str, shutdown: &CancellationToken) -> Outcome {
+    /// `value`: the request's JSON, when it is JSON (parsed once, by [`Service::serve`]).
+    async fn handle(
+        &self,
+        m: &Incoming,
+        value: Option<Value>,
+        id: &str,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
         let rule = &self.rule;
         // Seen before?
         let (name, key) = (rule.name.clone(), id.to_owned());
@@ -469,7 +383,11 @@ impl Service {
                 )
             }
         }
-        let cmd = match Received::read(&rule.age, m) {
+        let read = match value {
+            Some(v) => Received::of_json(&rule.age, m, v),
+            None => Received::read(&rule.age, m),
+        };
+        let cmd = match read {
             Ok(c) => c,
             Err((Refusal::TooLarge, why)) => return refusal(TOO_LARGE, why),
             Err((_, why)) => return refusal(BAD_REQUEST, why),
@@ -770,6 +688,86 @@ impl Service {
         out
     }
 
+    /// Cancels goal `id`; the answer to the cancel request.
+    async fn cancel(&self, g: &ActionGoal, id: &str, shutdown: &CancellationToken) -> Value {
+        let uuid = goal_uuid(&self.rule.name, id);
+        let ask = json!({ "goal_info": { "goal_id": { "uuid": uuid_json(&uuid) }, "stamp": { "sec": 0, "nanosec": 0 } } });
+        let ty = cancel_type();
+        let cdr = match codec::encode_value(&g.cancel.0, &ask, &EncodeOptions::default()) {
+            Ok(cdr) => Bytes::from(cdr),
+            Err(e) => return reply_body(id, CALL_FAILED, Value::Null, &e.to_string()),
+        };
+        if let Err(Outcome::Reply { code, message, .. }) = self
+            .wait_ready(g, "cancel_goal", &ty, None, None, shutdown)
+            .await
+        {
+            return reply_body(id, code, Value::Null, &message);
+        }
+        let answer = self
+            .transport
+            .call(
+                &g.endpoint("cancel_goal"),
+                &ty,
+                cdr,
+                g.rmw,
+                GOAL_ACCEPT_WAIT,
+                false,
+            )
+            .await;
+        match answer {
+            Ok(Some(b)) => match codec::decode_to_value(&g.cancel.1, &b, &DecodeOptions::default())
+            {
+                Ok(v) => {
+                    let message = match v["return_code"].as_i64() {
+                        Some(0) => "canceling",
+                        Some(1) => "the action server rejected the cancel",
+                        Some(2) => "the action server does not know this goal",
+                        Some(3) => "the goal has already finished",
+                        _ => "unknown answer",
+                    };
+                    reply_body(id, OK, v, message)
+                }
+                Err(e) => reply_body(id, CALL_FAILED, Value::Null, &e.to_string()),
+            },
+            Ok(None) => reply_body(
+                id,
+                NO_ANSWER,
+                Value::Null,
+                &format!("{} did not answer the cancel", g.ros_action),
+            ),
+            Err(e) => reply_body(id, CALL_FAILED, Value::Null, &e.to_string()),
+        }
+    }
+
+    /// The status of goal `id`: executing with its latest feedback while it runs, its
+    /// stored reply once it has ended.
+    async fn status(&self, id: &str) -> Value {
+        let uuid = goal_uuid(&self.rule.name, id);
+        let running = self.active.lock().ok().and_then(|a| {
+            a.get(&uuid)
+                .map(|g| g.feedback.clone().unwrap_or(Value::Null))
+        });
+        if let Some(feedback) = running {
+            return reply_body(
+                id,
+                OK,
+                json!({ "status": "executing", "feedback": feedback }),
+                "executing",
+            );
+        }
+        let (name, key) = (self.rule.name.clone(), id.to_owned());
+        match with_log(&self.log, move |l| Ok(l.get(&name, &key).cloned())).await {
+            Ok(Some(Known::Answered(stored))) => stored,
+            Ok(Some(Known::Started)) => reply_body(
+                id,
+                OK,
+                json!({ "status": "unknown" }),
+                "sent by an earlier run; its result is asked for when the goal request comes again",
+            ),
+            _ => reply_body(id, NO_SERVER, Value::Null, "no goal with this id"),
+        }
+    }
+
     /// Asks for the result of goal `id` and waits for it, up to the rule's timeout.
     async fn result_of(
         &self,
@@ -1036,7 +1034,7 @@ impl Service {
         let id = request_id(rule, m, value.as_ref());
         let to = address(rule, m, id.as_deref());
         let Some(id) = id.filter(|_| to != Address::ErrorTopic) else {
-            let why = match value {
+            let why = match &value {
                 None if m.oversized.is_some() => {
                     let (size, limit) = m.oversized.unwrap_or_default();
                     format!("the request is {size} bytes, more than mqtt.max_packet_size ({limit} bytes); it was not read")
@@ -1060,7 +1058,7 @@ impl Service {
         if let (Target::Goal(_), Ok(mut t)) = (&rule.target, self.goal_topics.lock()) {
             t.insert(id.clone(), m.topic.clone());
         }
-        let outcome = self.handle(m, &id, shutdown).await;
+        let outcome = self.handle(m, value, &id, shutdown).await;
         if let Ok(mut t) = self.goal_topics.lock() {
             t.remove(&id);
         }
@@ -1145,10 +1143,7 @@ impl Service {
             // `m` goes here, and with it the acknowledgement to the broker.
             drop(m);
         }
-        rx.close();
-        while let Ok(m) = rx.try_recv() {
-            m.withhold();
-        }
+        withhold_rest(&mut rx);
     }
 }
 

@@ -28,8 +28,7 @@ use futures::{FutureExt as _, StreamExt as _};
 use rustdds::no_key::DataWriter;
 use rustdds::policy::{Deadline, Durability as DDurability, History, Lifespan, Liveliness};
 use rustdds::{
-    DomainParticipant, QosPolicies, QosPolicyBuilder, RTPSEntity as _, StatusEvented as _, Topic,
-    TopicKind,
+    DomainParticipant, QosPolicies, QosPolicyBuilder, RTPSEntity as _, Topic, TopicKind,
 };
 use tokio::sync::mpsc;
 
@@ -402,13 +401,8 @@ struct DdsPublisher {
     /// The DDS topic name (`rt/…`).
     dds_topic: String,
     writer: RawWriter,
-    dp: DomainParticipant,
-    /// Readers this writer itself is matched with (from its status events), and since
-    /// when. Discovery knows a reader a moment before the writer does, and what is
-    /// written in between is not sent to that reader.
-    matched: Mutex<HashMap<rustdds::GUID, std::time::Instant>>,
-    /// A reader matched since the last acknowledged sample.
-    new_reader: std::sync::atomic::AtomicBool,
+    /// Readers this writer itself is matched with, and since when.
+    matches: raw::WriterMatches,
 }
 
 /// How long after this writer matched a reader it counts as a subscriber. Matching is
@@ -429,30 +423,6 @@ pub const MATCH_SETTLE: std::time::Duration = std::time::Duration::from_millis(5
 pub const SERVICE_SETTLE: std::time::Duration = std::time::Duration::from_millis(1500);
 
 impl DdsPublisher {
-    /// Takes the writer's status events into the matched readers.
-    fn update_matches(&self, matched: &mut HashMap<rustdds::GUID, std::time::Instant>) {
-        let own = self.dp.guid().prefix;
-        while let Some(st) = self.writer.try_recv_status() {
-            if let rustdds::DataWriterStatus::PublicationMatched {
-                current, reader, ..
-            } = st
-            {
-                if reader.prefix == own {
-                    continue;
-                }
-                if current.count_change() > 0 {
-                    matched
-                        .entry(reader)
-                        .or_insert_with(std::time::Instant::now);
-                    self.new_reader
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                } else if current.count_change() < 0 {
-                    matched.remove(&reader);
-                }
-            }
-        }
-    }
-
     /// Waits (blocking) for every matched reader to acknowledge what was written.
     fn wait_acknowledged(&self) {
         let wait = || self.writer.wait_for_acknowledgments(MATCH_SETTLE);
@@ -473,19 +443,14 @@ impl DdsPublisher {
 
 impl RawPublisher for DdsPublisher {
     fn publish(&self, cdr: &Bytes) -> Result<(), TransportError> {
-        if let Ok(mut matched) = self.matched.lock() {
-            self.update_matches(&mut matched);
-        }
+        self.matches.settled(&self.writer, MATCH_SETTLE);
         self.writer
             .write(RawSample(cdr.clone()), Some(rustdds::Timestamp::now()))
             .map_err(|e| TransportError::Publish {
                 topic: self.dds_topic[2..].to_owned(),
                 reason: format!("{e:?}"),
             })?;
-        if self
-            .new_reader
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
+        if self.matches.take_new() {
             self.wait_acknowledged();
         }
         Ok(())
@@ -493,14 +458,7 @@ impl RawPublisher for DdsPublisher {
 
     fn subscription_count(&self) -> usize {
         // Readers of other participants this writer has been matched with for a moment.
-        let Ok(mut matched) = self.matched.lock() else {
-            return 0;
-        };
-        self.update_matches(&mut matched);
-        matched
-            .values()
-            .filter(|at| at.elapsed() >= MATCH_SETTLE)
-            .count()
+        self.matches.settled(&self.writer, MATCH_SETTLE)
     }
 }
 
@@ -622,9 +580,7 @@ impl Transport for DdsTransport {
         Ok(Arc::new(DdsPublisher {
             dds_topic,
             writer,
-            dp: self.dp.clone(),
-            matched: Mutex::new(Default::default()),
-            new_reader: Default::default(),
+            matches: Default::default(),
         }))
     }
 

@@ -125,3 +125,57 @@ mod tests {
         assert!(!is_big_endian(&s.0));
     }
 }
+
+/// Readers of other participants a writer is matched with, and since when, taken from
+/// the writer's own status events. Discovery knows a reader a moment before the writer
+/// does, and what is written in between is not sent to that reader; a volatile reader
+/// also drops what came before its own side matched, so callers count a reader only
+/// once it has been matched for a while.
+#[derive(Debug, Default)]
+pub struct WriterMatches {
+    matched: std::sync::Mutex<std::collections::HashMap<rustdds::GUID, std::time::Instant>>,
+    /// A reader matched since the last [`WriterMatches::take_new`].
+    new_reader: std::sync::atomic::AtomicBool,
+}
+
+impl WriterMatches {
+    /// Takes `writer`'s status events in; how many readers have been matched for at
+    /// least `settle`.
+    pub fn settled(
+        &self,
+        writer: &rustdds::no_key::DataWriter<RawSample, RawAdapter>,
+        settle: std::time::Duration,
+    ) -> usize {
+        use rustdds::{RTPSEntity as _, StatusEvented as _};
+        let Ok(mut matched) = self.matched.lock() else {
+            return 0;
+        };
+        let own = writer.guid().prefix;
+        while let Some(st) = writer.try_recv_status() {
+            if let rustdds::DataWriterStatus::PublicationMatched {
+                current, reader, ..
+            } = st
+            {
+                if reader.prefix == own {
+                    continue;
+                }
+                if current.count_change() > 0 {
+                    matched
+                        .entry(reader)
+                        .or_insert_with(std::time::Instant::now);
+                    self.new_reader
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                } else if current.count_change() < 0 {
+                    matched.remove(&reader);
+                }
+            }
+        }
+        matched.values().filter(|at| at.elapsed() >= settle).count()
+    }
+
+    /// Whether a reader was matched since the last call.
+    pub fn take_new(&self) -> bool {
+        self.new_reader
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -22,10 +22,10 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use rustdds::no_key::{DataWriter, DeserializedCacheChange, SimpleDataReader};
 use rustdds::rpc::SampleIdentity;
-use rustdds::{RTPSEntity as _, SequenceNumber, StatusEvented as _, WriteOptionsBuilder, GUID};
+use rustdds::{RTPSEntity as _, SequenceNumber, WriteOptionsBuilder, GUID};
 use tokio::sync::mpsc;
 
-use super::raw::{RawAdapter, RawSample};
+use super::raw::{RawAdapter, RawSample, WriterMatches};
 use crate::ros::transport::ServiceRmw;
 
 /// The Cyclone request header: the client's id and a sequence number, 16 bytes.
@@ -200,9 +200,8 @@ pub struct Client {
     reader_guid: GUID,
     next_seq: AtomicU64,
     pending: Arc<Mutex<Pending>>,
-    /// Request readers of other participants this client's writer is matched with, and
-    /// since when.
-    matched: Mutex<HashMap<GUID, std::time::Instant>>,
+    /// Request readers this client's writer is matched with, and since when.
+    matches: WriterMatches,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -276,7 +275,7 @@ impl Client {
             reader_guid,
             next_seq: AtomicU64::new(1),
             pending,
-            matched: Mutex::default(),
+            matches: WriterMatches::default(),
             task,
         }
     }
@@ -285,28 +284,7 @@ impl Client {
     /// writer for at least `settle` (the server's side matches a moment later, and a
     /// volatile reader drops what came before).
     pub fn server_matched(&self, settle: Duration) -> bool {
-        let Ok(mut matched) = self.matched.lock() else {
-            return false;
-        };
-        let own = self.writer.guid().prefix;
-        while let Some(st) = self.writer.try_recv_status() {
-            if let rustdds::DataWriterStatus::PublicationMatched {
-                current, reader, ..
-            } = st
-            {
-                if reader.prefix == own {
-                    continue;
-                }
-                if current.count_change() > 0 {
-                    matched
-                        .entry(reader)
-                        .or_insert_with(std::time::Instant::now);
-                } else if current.count_change() < 0 {
-                    matched.remove(&reader);
-                }
-            }
-        }
-        matched.values().any(|at| at.elapsed() >= settle)
+        self.matches.settled(&self.writer, settle) > 0
     }
 
     fn register(&self, key: Key, tx: &mpsc::Sender<Bytes>) {
