@@ -1,186 +1,19 @@
 //! Camera images for the cloud: `sensor_msgs/Image` (rgb8, bgr8, rgba8, bgra8, mono8,
 //! honouring `step`) to JPEG, 16UC1 depth to 16-bit PNG, `CompressedImage` passed
-//! through. The image fields are read straight from the CDR, so the pixel data is never
-//! turned into JSON.
+//! through. The messages are read by `ros::image`, so the pixel data is never turned
+//! into JSON.
 
-use bytes::Bytes;
-
-/// The parts of an image message the conversion needs.
-#[derive(Debug, Clone)]
-pub struct RawImage {
-    pub stamp_sec: i32,
-    pub stamp_nanosec: u32,
-    pub frame_id: String,
-    pub height: u32,
-    pub width: u32,
-    pub encoding: String,
-    pub is_bigendian: bool,
-    pub step: u32,
-    pub data: Bytes,
-}
-
-/// `sensor_msgs/CompressedImage`.
-#[derive(Debug, Clone)]
-pub struct RawCompressed {
-    pub stamp_sec: i32,
-    pub stamp_nanosec: u32,
-    pub frame_id: String,
-    pub format: String,
-    pub data: Bytes,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ImageError {
-    #[error("the message is cut short")]
-    Truncated,
-    #[error(
-        "image encoding '{0}' is not supported (use rgb8, bgr8, rgba8, bgra8, mono8 or 16UC1)"
-    )]
-    Encoding(String),
-    #[error(
-        "image of {width}x{height} with step {step} needs {need} bytes of data but has {have}"
-    )]
-    Size {
-        width: u32,
-        height: u32,
-        step: u32,
-        need: u64,
-        have: usize,
-    },
-    #[error("image of {0}x{1} is too large for JPEG (at most 65535x65535)")]
-    TooLarge(u32, u32),
-    #[error("{0} cannot encode '{1}' images")]
-    Format(&'static str, String),
-    #[error("encoder failed: {0}")]
-    Encoder(String),
-}
+pub use crate::ros::image::ImageError;
+use crate::ros::image::RawImage;
 
 /// Packed pixels (borrowed when nothing had to change), width, height, bytes per pixel.
 type Packed<'a> = (std::borrow::Cow<'a, [u8]>, u32, u32, usize);
 
-/// A little-endian CDR reader over one message (the transport hands little-endian).
-struct Cur<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cur<'a> {
-    fn new(cdr: &'a [u8]) -> Result<Self, ImageError> {
-        if cdr.len() < 4 {
-            return Err(ImageError::Truncated);
-        }
-        Ok(Self {
-            b: &cdr[4..],
-            pos: 0,
-        })
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ImageError> {
-        let end = self.pos.checked_add(n).ok_or(ImageError::Truncated)?;
-        let s = self.b.get(self.pos..end).ok_or(ImageError::Truncated)?;
-        self.pos = end;
-        Ok(s)
-    }
-    fn u32(&mut self) -> Result<u32, ImageError> {
-        self.pos = (self.pos + 3) & !3;
-        let s = self.take(4)?;
-        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    fn string(&mut self) -> Result<String, ImageError> {
-        let n = self.u32()? as usize;
-        let s = self.take(n)?;
-        let s = s.strip_suffix(&[0]).unwrap_or(s);
-        Ok(String::from_utf8_lossy(s).into_owned())
-    }
-    fn bytes(&mut self, whole: &Bytes) -> Result<Bytes, ImageError> {
-        let n = self.u32()? as usize;
-        let start = 4 + self.pos;
-        self.take(n)?;
-        Ok(whole.slice(start..start + n))
-    }
-}
-
-pub fn parse_image(cdr: &Bytes) -> Result<RawImage, ImageError> {
-    let mut c = Cur::new(cdr)?;
-    let stamp_sec = c.u32()? as i32;
-    let stamp_nanosec = c.u32()?;
-    let frame_id = c.string()?;
-    let height = c.u32()?;
-    let width = c.u32()?;
-    let encoding = c.string()?;
-    let is_bigendian = c.take(1)?[0] != 0;
-    let step = c.u32()?;
-    let data = c.bytes(cdr)?;
-    Ok(RawImage {
-        stamp_sec,
-        stamp_nanosec,
-        frame_id,
-        height,
-        width,
-        encoding,
-        is_bigendian,
-        step,
-        data,
-    })
-}
-
-pub fn parse_compressed(cdr: &Bytes) -> Result<RawCompressed, ImageError> {
-    let mut c = Cur::new(cdr)?;
-    let stamp_sec = c.u32()? as i32;
-    let stamp_nanosec = c.u32()?;
-    let frame_id = c.string()?;
-    let format = c.string()?;
-    let data = c.bytes(cdr)?;
-    Ok(RawCompressed {
-        stamp_sec,
-        stamp_nanosec,
-        frame_id,
-        format,
-        data,
-    })
-}
-
-/// Bytes per pixel of a supported encoding.
-pub fn bytes_per_pixel(encoding: &str) -> Option<usize> {
-    Some(match encoding {
-        "mono8" | "8UC1" => 1,
-        "rgb8" | "bgr8" | "8UC3" => 3,
-        "rgba8" | "bgra8" | "8UC4" => 4,
-        "mono16" | "16UC1" => 2,
-        _ => return None,
-    })
-}
-
 impl RawImage {
-    fn bpp(&self) -> Result<usize, ImageError> {
-        bytes_per_pixel(&self.encoding).ok_or_else(|| ImageError::Encoding(self.encoding.clone()))
-    }
-
     /// Checks that the data holds `height` rows of `step` bytes, each with `width` pixels.
     fn check(&self) -> Result<usize, ImageError> {
         let bpp = self.bpp()?;
         self.rows(bpp).map(|_| bpp)
-    }
-
-    /// The pixel bytes of each row, once the data is known to hold `height` rows of
-    /// `step` bytes with `width` pixels of `bpp` bytes each.
-    pub fn rows(&self, bpp: usize) -> Result<impl Iterator<Item = &[u8]> + '_, ImageError> {
-        let row = self.width as u64 * bpp as u64;
-        let need = if self.height == 0 {
-            0
-        } else {
-            self.step as u64 * (self.height as u64 - 1) + row
-        };
-        if (self.step as u64) < row || (self.data.len() as u64) < need {
-            return Err(ImageError::Size {
-                width: self.width,
-                height: self.height,
-                step: self.step,
-                need,
-                have: self.data.len(),
-            });
-        }
-        let (step, row) = (self.step as usize, row as usize);
-        Ok((0..self.height as usize).map(move |y| &self.data[y * step..y * step + row]))
     }
 
     /// Tightly packed pixels, scaled (nearest neighbour) to at most `max_width`.
@@ -293,18 +126,11 @@ pub fn mime_of_format(format: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ros::codec::{self, EncodeOptions};
-    use crate::ros::Registry;
-    use base64::Engine as _;
-    use serde_json::json;
+    use crate::ros::image::parse_image;
+    use bytes::Bytes;
 
     fn image_cdr(w: u32, h: u32, enc: &str, step: u32, data: Vec<u8>) -> Bytes {
-        let mut r = Registry::new();
-        r.add_bundled();
-        let s = r.schema("sensor_msgs/msg/Image").unwrap();
-        let v = json!({"header":{"stamp":{"sec":7,"nanosec":9},"frame_id":"cam"},"height":h,"width":w,
-            "encoding":enc,"step":step,"data":base64::engine::general_purpose::STANDARD.encode(&data)});
-        Bytes::from(codec::encode_value(&s, &v, &EncodeOptions::default()).unwrap())
+        crate::ros::image::image_cdr(7, 9, "cam", (w, h, step), enc, &data)
     }
 
     #[test]

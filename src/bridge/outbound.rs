@@ -171,7 +171,7 @@ fn build_image(
         ImagePayload::Auto => v5,
     };
     let (data, mime, format, w, h, stamp, frame) = if plan.compressed {
-        let c = image::parse_compressed(&sample.cdr)?;
+        let c = crate::ros::image::parse_compressed(&sample.cdr)?;
         let mime = image::mime_of_format(&c.format);
         (
             c.data.to_vec(),
@@ -183,7 +183,7 @@ fn build_image(
             c.frame_id,
         )
     } else {
-        let img = image::parse_image(&sample.cdr)?;
+        let img = crate::ros::image::parse_image(&sample.cdr)?;
         let (data, w, h, mime, fmt) = match plan.format {
             ImageFormat::Jpeg => {
                 let (d, w, h) = img.to_jpeg(plan.quality, plan.max_width)?;

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::yolo::Rgb;
-use crate::bridge::image::{parse_compressed, parse_image, RawImage};
+use crate::ros::image::{parse_compressed, parse_image, RawImage};
 
 /// A frame taken for a request: pixels and where they came from.
 #[derive(Debug, Clone)]
@@ -43,42 +43,6 @@ pub fn from_compressed(cdr: &Bytes) -> Result<Frame, String> {
         rgb,
         jpeg: is_jpeg.then_some(c.data),
     })
-}
-
-/// A `sensor_msgs/Image` in CDR (little-endian), as a camera driver node publishes it.
-/// `size` is (width, height, step).
-pub fn image_cdr(
-    stamp_sec: i32,
-    stamp_nanosec: u32,
-    frame_id: &str,
-    size: (u32, u32, u32),
-    encoding: &str,
-    data: &[u8],
-) -> Bytes {
-    let (width, height, step) = size;
-    let mut b = Vec::with_capacity(64 + frame_id.len() + encoding.len() + data.len());
-    b.extend_from_slice(&[0, 1, 0, 0]);
-    let align4 = |b: &mut Vec<u8>| b.resize(b.len().next_multiple_of(4), 0);
-    let push_str = |b: &mut Vec<u8>, s: &str| {
-        align4(b);
-        b.extend_from_slice(&(s.len() as u32 + 1).to_le_bytes());
-        b.extend_from_slice(s.as_bytes());
-        b.push(0);
-    };
-    // The CDR body's offsets count from after the 4-byte encapsulation header.
-    b.extend_from_slice(&stamp_sec.to_le_bytes());
-    b.extend_from_slice(&stamp_nanosec.to_le_bytes());
-    push_str(&mut b, frame_id);
-    align4(&mut b);
-    b.extend_from_slice(&height.to_le_bytes());
-    b.extend_from_slice(&width.to_le_bytes());
-    push_str(&mut b, encoding);
-    b.push(0); // is_bigendian
-    align4(&mut b);
-    b.extend_from_slice(&step.to_le_bytes());
-    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    b.extend_from_slice(data);
-    Bytes::from(b)
 }
 
 fn to_rgb(img: &RawImage) -> Result<Rgb, String> {
@@ -317,25 +281,7 @@ mod tests {
     use super::*;
 
     fn image_cdr(w: u32, h: u32, enc: &str, step: u32, data: &[u8]) -> Bytes {
-        super::image_cdr(5, 7, "cam", (w, h, step), enc, data)
-    }
-
-    #[test]
-    fn image_cdr_matches_the_codec() {
-        use base64::Engine as _;
-        let mut r = crate::ros::Registry::new();
-        r.add_bundled();
-        let schema = r.schema("sensor_msgs/msg/Image").unwrap();
-        // Frame ids of every length modulo 4, so each alignment path is taken.
-        for frame_id in ["", "c", "ca", "cam", "cam0", "v4l2_camera"] {
-            let data = [9u8, 8, 7, 6, 5, 4, 3];
-            let v = serde_json::json!({"header": {"stamp": {"sec": -3, "nanosec": 11}, "frame_id": frame_id},
-                "height": 1, "width": 2, "encoding": "rgb8", "step": 7,
-                "data": base64::engine::general_purpose::STANDARD.encode(data)});
-            let want = crate::ros::codec::encode_value(&schema, &v, &Default::default()).unwrap();
-            let got = super::image_cdr(-3, 11, frame_id, (2, 1, 7), "rgb8", &data);
-            assert_eq!(&got[..], &want[..], "frame_id {frame_id:?}");
-        }
+        crate::ros::image::image_cdr(5, 7, "cam", (w, h, step), enc, data)
     }
 
     #[test]
@@ -354,6 +300,17 @@ mod tests {
         assert!(e.contains("'yuv422' is not supported"), "{e}");
         let e = from_image(&image_cdr(4, 4, "rgb8", 12, &[0; 20])).unwrap_err();
         assert!(e.contains("needs 48 bytes of data but has 20"), "{e}");
+    }
+
+    #[test]
+    fn a_big_endian_frame_gives_the_same_pixels() {
+        let data: Vec<u8> = (0..48).collect();
+        let le = from_image(&image_cdr(4, 3, "bgr8", 16, &data)).unwrap();
+        let be = crate::ros::image::image_cdr_in(true, 5, 7, "cam", (4, 3, 16), "bgr8", &data);
+        let be = from_image(&be).unwrap();
+        assert_eq!((be.rgb.width, be.rgb.height), (4, 3));
+        assert_eq!(be.rgb.data, le.rgb.data);
+        assert_eq!((be.stamp_sec, be.stamp_nanosec), (5, 7));
     }
 
     #[test]

@@ -182,7 +182,7 @@ mod device {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
-        let cdr = crate::detect::frame::image_cdr(
+        let cdr = crate::ros::image::image_cdr(
             i32::try_from(now.as_secs()).unwrap_or(i32::MAX),
             now.subsec_nanos(),
             &s.frame_id,
