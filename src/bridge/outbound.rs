@@ -25,16 +25,45 @@ pub fn next_alink_id() -> u64 {
     ALINK_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Why a sample could not become an MQTT message.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("message does not fit {type_name}: {source}")]
+    Decode {
+        type_name: String,
+        #[source]
+        source: codec::DecodeError,
+    },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+impl BuildError {
+    /// The kind of failure, for the log's rate limit: a new kind is always logged.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BuildError::Decode { .. } => "decode",
+            BuildError::Image(ImageError::Cdr(_)) => "image-cdr",
+            BuildError::Image(ImageError::Encoding(_) | ImageError::Format(..)) => "image-encoding",
+            BuildError::Image(_) => "image",
+        }
+    }
+}
+
 /// Builds the MQTT message for one sample.
 pub fn build(
     rule: &RosToMqtt,
     sample: &Sample,
     v5: bool,
     scratch: &mut Vec<u8>,
-) -> Result<Message, String> {
+) -> Result<Message, BuildError> {
     if let Some(plan) = &rule.image {
-        return build_image(rule, sample, v5, plan).map_err(|e| e.to_string());
+        return Ok(build_image(rule, sample, v5, plan)?);
     }
+    let not_fit = |source| BuildError::Decode {
+        type_name: rule.type_name.to_string(),
+        source,
+    };
     let ts_ms = sample.source_time_ns.map(|n| n / 1_000_000);
     let mut props = Props::default();
     if rule.timestamp == MetaPlacement::Property {
@@ -56,7 +85,7 @@ pub fn build(
             &DecodeOptions::default(),
             scratch,
         )
-        .map_err(|e| format!("message does not fit {}: {e}", rule.type_name))?;
+        .map_err(not_fit)?;
         let mut extra = String::new();
         if rule.timestamp == MetaPlacement::Field {
             if let Some(ts) = ts_ms {
@@ -82,7 +111,7 @@ pub fn build(
         envelope(rule, body)
     } else {
         let v = codec::decode_to_value(&rule.schema, &sample.cdr, &DecodeOptions::default())
-            .map_err(|e| format!("message does not fit {}: {e}", rule.type_name))?;
+            .map_err(not_fit)?;
         let mut obj = select(rule, v);
         if rule.timestamp == MetaPlacement::Field {
             if let Some(ts) = ts_ms {
@@ -318,14 +347,14 @@ async fn send(
         Ok(msg) => match link.publish_nowait(msg, &rule.class).await {
             Ok(()) => RuleStats::inc(&stats.sent),
             Err(e) => {
-                if let Verdict::Log { left_out } = stats.error("outbox", e.to_string()) {
+                if let Verdict::Log { left_out } = stats.error(e.kind(), e.to_string()) {
                     tracing::warn!(rule = %rule.name, topic = %rule.ros_topic, error = %e,
                         "Cannot send this topic to the cloud{}.", loglimit::more(left_out));
                 }
             }
         },
         Err(e) => {
-            if let Verdict::Log { left_out } = stats.error("convert", e.clone()) {
+            if let Verdict::Log { left_out } = stats.error(e.kind(), e.to_string()) {
                 tracing::warn!(rule = %rule.name, topic = %rule.ros_topic, error = %e,
                     "A ROS message could not be converted{}.", loglimit::more(left_out));
             }

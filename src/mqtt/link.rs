@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::LinkSettings;
 use super::message::{topic_matches, Ack, Incoming, Message, QoS};
 use super::outbox::{Outbox, OutboxError};
-use super::session::{backoff, request_capacity, Failure, Session, SessionEvent};
+use super::session::{backoff, request_capacity, Failure, RequestError, Session, SessionEvent};
 use super::stats::LinkStats;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::values::format_duration;
@@ -32,6 +32,19 @@ pub enum PublishError {
     Outbox(#[from] OutboxError),
     #[error("the cloud link is shutting down")]
     Closed,
+}
+
+impl PublishError {
+    /// The kind of failure, for the log's rate limit: a new kind is always logged.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PublishError::TooLarge { .. } => "too-large",
+            PublishError::Outbox(OutboxError::Full { .. }) => "outbox-full",
+            PublishError::Outbox(OutboxError::TooLarge { .. }) => "outbox-too-large",
+            PublishError::Outbox(_) => "outbox",
+            PublishError::Closed => "closed",
+        }
+    }
 }
 
 /// Link state as other modules (health, systemd readiness) see it.
@@ -512,10 +525,20 @@ impl Link {
             let Some(m) = self.qos0.pop_front() else {
                 break;
             };
-            if c.session.try_publish(&m).is_ok() {
-                c.queued.push_back(Sent::Direct);
-                LinkStats::add(&self.stats.sent, 1);
-                LinkStats::add(&self.stats.bytes_sent, m.payload.len() as u64);
+            match c.session.try_publish(&m) {
+                Ok(()) => {
+                    c.queued.push_back(Sent::Direct);
+                    LinkStats::add(&self.stats.sent, 1);
+                    LinkStats::add(&self.stats.bytes_sent, m.payload.len() as u64);
+                }
+                Err(RequestError::Invalid(e)) => {
+                    tracing::warn!(topic = %m.topic, error = %e, "Dropped a message the broker cannot take.");
+                }
+                // The connection is ending: the message waits for the next one.
+                Err(RequestError::Full | RequestError::Closed) => {
+                    self.qos0.push_front(m);
+                    break;
+                }
             }
         }
         while c.held_in_flight < window && c.queued.len() + c.queued_other < cap - 8 {
@@ -539,11 +562,14 @@ impl Link {
                     LinkStats::add(&self.stats.sent, 1);
                     LinkStats::add(&self.stats.bytes_sent, stored.msg.payload.len() as u64);
                 }
-                Err(e) => {
-                    // Only an invalid topic gets here (the queue has room): it can never be sent.
+                Err(RequestError::Invalid(e)) => {
+                    // It can never be sent.
                     tracing::warn!(topic = %stored.msg.topic, error = %e, "Dropped a message the broker cannot take.");
                     self.outbox.mark_done(class, stored.seq, stored.disk_size);
                 }
+                // The connection is ending: the message stays in the outbox, unsent,
+                // and goes on the next connection.
+                Err(RequestError::Full | RequestError::Closed) => break,
             }
         }
     }

@@ -171,16 +171,34 @@ fn ended() -> Failure {
     Failure::Protocol("the connection task ended".into())
 }
 
+/// Why a request was not queued for the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The topic or filter can never be sent: the message must be dropped.
+    #[error("{0}")]
+    Invalid(String),
+    /// The connection's queue has no room now; try again later.
+    #[error("the request queue is full")]
+    Full,
+    /// The connection has ended; what was not queued goes on the next one.
+    #[error("the connection has ended")]
+    Closed,
+}
+
 /// A topic a PUBLISH may carry.
-fn check_topic(topic: &str) -> Result<(), String> {
+fn check_topic(topic: &str) -> Result<(), RequestError> {
     if topic.is_empty() {
-        return Err("the topic is empty".into());
+        return Err(RequestError::Invalid("the topic is empty".into()));
     }
     if topic.contains(['+', '#', '\0']) {
-        return Err(format!("the topic {topic:?} has a wildcard or NUL in it"));
+        return Err(RequestError::Invalid(format!(
+            "the topic {topic:?} has a wildcard or NUL in it"
+        )));
     }
     if topic.len() > usize::from(u16::MAX) {
-        return Err("the topic is longer than 65,535 bytes".into());
+        return Err(RequestError::Invalid(
+            "the topic is longer than 65,535 bytes".into(),
+        ));
     }
     Ok(())
 }
@@ -224,22 +242,25 @@ impl Session {
         }
     }
 
-    fn request(&self, r: Request) -> Result<(), String> {
+    fn request(&self, r: Request) -> Result<(), RequestError> {
         self.requests.try_send(r).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => "the request queue is full".to_owned(),
-            mpsc::error::TrySendError::Closed(_) => "the connection has ended".to_owned(),
+            mpsc::error::TrySendError::Full(_) => RequestError::Full,
+            mpsc::error::TrySendError::Closed(_) => RequestError::Closed,
         })
     }
 
-    /// Queues a PUBLISH. Fails only if the queue is full or the topic is invalid.
-    pub fn try_publish(&self, m: &Message) -> Result<(), String> {
+    /// Queues a PUBLISH. Fails if the topic is invalid, the queue is full or the
+    /// connection has ended.
+    pub fn try_publish(&self, m: &Message) -> Result<(), RequestError> {
         check_topic(&m.topic)?;
         self.request(Request::Publish(m.clone()))
     }
 
-    pub fn try_subscribe(&self, filter: &str, qos: QoS) -> Result<(), String> {
+    pub fn try_subscribe(&self, filter: &str, qos: QoS) -> Result<(), RequestError> {
         if filter.is_empty() || filter.len() > usize::from(u16::MAX) {
-            return Err(format!("the filter {filter:?} is empty or too long"));
+            return Err(RequestError::Invalid(format!(
+                "the filter {filter:?} is empty or too long"
+            )));
         }
         self.request(Request::Subscribe(filter.to_owned(), qos))
     }
@@ -249,7 +270,7 @@ impl Session {
         let _ = self.acks.send(pkid);
     }
 
-    pub fn try_disconnect(&self) -> Result<(), String> {
+    pub fn try_disconnect(&self) -> Result<(), RequestError> {
         self.request(Request::Disconnect)
     }
 
@@ -801,6 +822,44 @@ pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the link decides on: an invalid topic is dropped, an ended connection keeps
+    /// the message for the next one.
+    #[tokio::test]
+    async fn request_errors_say_whether_a_message_can_ever_be_sent() {
+        // A port nothing listens on: the connection fails and its task ends.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "state_dir = {:?}\n[device]\nproduct_key = \"p\"\ndevice_name = \"d\"\n[mqtt]\nprofile = \"plain\"\nhost = \"127.0.0.1\"\nport = {port}\n",
+            dir.path()
+        );
+        let settings = crate::config::AgentConfig::parse(&text, "test.toml")
+            .unwrap()
+            .validate()
+            .unwrap();
+        let creds = settings.link.auth.credentials(0);
+        let mut s = Session::new(&settings.link, &creds, None);
+        let bad = Message::new("a/+/b", "x", QoS::AtLeastOnce);
+        assert!(matches!(s.try_publish(&bad), Err(RequestError::Invalid(_))));
+        assert!(matches!(
+            s.try_subscribe("", QoS::AtLeastOnce),
+            Err(RequestError::Invalid(_))
+        ));
+        assert!(s.poll().await.is_err(), "nothing listens on port {port}");
+        // The failure is reported once the connection task has ended.
+        (&mut s.driver).await.unwrap();
+        let good = Message::new("a/b", "x", QoS::AtLeastOnce);
+        assert_eq!(s.try_publish(&good), Err(RequestError::Closed));
+        assert_eq!(
+            s.try_publish(&bad).unwrap_err().to_string(),
+            "the topic \"a/+/b\" has a wildcard or NUL in it"
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
