@@ -251,8 +251,13 @@ fn warnings_reach_the_device_log_topic_after_an_outage() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), port, "");
     // Started while the broker is down: it warns, and that warning is held.
-    let child = spawn_run(&config);
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut child = spawn_run(&config);
+    let log = support::agent::LogWatch::of(&mut child);
+    log.wait_for(
+        "warning that the broker is down",
+        Duration::from_secs(20),
+        |l| l.contains("WARN") && l.contains("Cannot reach the broker"),
+    );
     broker.start_again();
     let sub = support::mosquitto::Sub::start(port, "/sys/pk1/robot-7/thing/log/#", &watch);
     let lines = sub.wait_for("a device log record", Duration::from_secs(20), |l| {
@@ -329,12 +334,19 @@ fn technician_commands_report_clearly() {
 
     // While the agent runs, the outbox is its alone.
     let child = spawn_run(&config);
-    std::thread::sleep(Duration::from_millis(500));
-    let out = agent()
-        .args(["outbox", "status", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = agent()
+            .args(["outbox", "status", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        // 0 until the starting agent has taken its outbox.
+        if out.status.code() != Some(0) || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     signal(&child, "-TERM");
     let _ = finish(child);
     assert_eq!(out.status.code(), Some(75));

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use support::agent::{finish, payloads, signal, spawn_run, stop, AgentDir};
+use support::agent::{
+    finish, finish_watched, payloads, signal, spawn_run, spawn_watched, stop, stop_watched,
+    AgentDir,
+};
 use support::mosquitto::{publish, ready_sub, Mosquitto, Options};
 use support::ros_peer::RosPeer;
 
@@ -52,7 +55,7 @@ fn ros_topics_arrive_on_mqtt_as_json() {
     let broker = Mosquitto::start(Options::default());
     let sub = ready_sub(broker.port, "#", "probe/ready", &["-q", "1"]);
     let a = AgentDir::new(broker.port, domain, RULES, "");
-    let agent = spawn_run(&a.config(), &[]);
+    let (agent, agent_log) = spawn_watched(&a.config(), &[]);
     let mut peer = RosPeer::start(domain);
 
     peer.publisher("chat", "/chatter", "std_msgs/msg/String", json!({}));
@@ -72,7 +75,14 @@ fn ros_topics_arrive_on_mqtt_as_json() {
     for id in ["chat", "gps", "joints", "cam"] {
         peer.wait_matched(id);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    for topic in [
+        "/chatter",
+        "/gps/fix",
+        "/arm/joint_states",
+        "/camera/image_raw",
+    ] {
+        agent_log.wait_publisher(topic);
+    }
     peer.write("chat", json!({"data": "hello orchard ü"}));
     peer.write("gps", json!({"header":{"stamp":{"sec":1763789000,"nanosec":0},"frame_id":"gps"},
         "status":{"status":2,"service":1},"latitude":30.274085,"longitude":120.15507,"altitude":12.5}));
@@ -111,7 +121,7 @@ fn ros_topics_arrive_on_mqtt_as_json() {
         .iter()
         .all(|t| !payloads(l, t).is_empty())
     });
-    let log = stop(agent);
+    let log = stop_watched(agent, agent_log);
 
     assert_eq!(
         payloads(&lines, "/pk1/robot-7/user/chatter")[0],
@@ -291,11 +301,11 @@ max_rate_hz = 2.0
         "/pk1/robot-7/user/counter",
         &["-q", "1"],
     );
-    let agent = spawn_run(&a.config(), &[]);
+    let (agent, agent_log) = spawn_watched(&a.config(), &[]);
     let mut peer = RosPeer::start(domain);
     peer.publisher("c", "/counter", "std_msgs/msg/Int32", json!({"depth": 100}));
     peer.wait_matched("c");
-    std::thread::sleep(Duration::from_millis(300));
+    agent_log.wait_publisher("/counter");
     // 100 values over ~1 s; at 2 Hz a handful go out, and the last one must be 99.
     peer.cmd(json!({"op": "write", "id": "c", "value": {"data": 0}, "count": 1}));
     for i in 1..100 {
@@ -309,7 +319,7 @@ max_rate_hz = 2.0
             .any(|v| v["data"] == 99)
     });
     // A clean stop sends whatever the limiter still held; nothing is left to come.
-    stop(agent);
+    stop_watched(agent, agent_log);
     let values: Vec<i64> = payloads(&sub.snapshot(), "/pk1/robot-7/user/counter")
         .iter()
         .filter_map(|v| v["data"].as_i64())
@@ -414,11 +424,11 @@ mqtt_topic = "/pk1/robot-7/user/seq"
         "/pk1/robot-7/user/seq",
         &["-q", "1", "-c", "-i", "seq-sub"],
     );
-    let agent = spawn_run(&a.config(), &[]);
+    let (agent, agent_log) = spawn_watched(&a.config(), &[]);
     let mut peer = RosPeer::start(domain);
     peer.publisher("s", "/seq", "std_msgs/msg/Int32", json!({"depth": 1000}));
     peer.wait_matched("s");
-    std::thread::sleep(Duration::from_millis(300));
+    agent_log.wait_publisher("/seq");
     // Traffic while the broker goes away: the rest is held in the outbox.
     for i in 0..300 {
         peer.write("s", json!({"data": i}));
@@ -426,8 +436,20 @@ mqtt_topic = "/pk1/robot-7/user/seq"
             broker.stop();
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let log = stop(agent);
+    // Stopped once the agent has taken all 300 (its status file says so within 5 s).
+    let status_file = a.path().join("state/status.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let taken = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["rules"][0]["received"].as_u64());
+        if taken == Some(300) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = stop_watched(agent, agent_log);
     let status: Value =
         serde_json::from_str(&std::fs::read_to_string(a.path().join("state/status.json")).unwrap())
             .unwrap();
@@ -493,11 +515,11 @@ ros_type = "std_msgs/msg/String"
 mqtt_topic = "/pk1/robot-7/user/chatter"
 "#;
     let a = AgentDir::new(broker.port, domain, rules, "");
-    let agent = spawn_run(&a.config(), &[]);
+    let (agent, agent_log) = spawn_watched(&a.config(), &[]);
     let mut peer = RosPeer::start(domain);
     peer.publisher("chat", "/chatter", "std_msgs/msg/String", json!({}));
     peer.wait_matched("chat");
-    std::thread::sleep(Duration::from_millis(300));
+    agent_log.wait_publisher("/chatter");
     peer.write("chat", json!({"data": "before"}));
     sub.wait_for("the first message", Duration::from_secs(20), |l| {
         !payloads(l, "/pk1/robot-7/user/chatter").is_empty()
@@ -525,10 +547,10 @@ mqtt_topic = "/pk1/robot-7/user/chatter"
     }
     if agent.try_wait().unwrap().is_none() {
         let _ = agent.kill();
-        let (_, log) = finish(agent);
+        let (_, log) = finish_watched(agent, agent_log);
         panic!("the agent ran on after its DDS threads ended:\n{log}");
     }
-    let (code, log) = finish(agent);
+    let (code, log) = finish_watched(agent, agent_log);
     assert_eq!(code, Some(70), "{log}");
     assert!(
         log.contains("The ROS 2 side of the agent stopped; restarting the agent.")

@@ -22,7 +22,11 @@ fn start_demo(
     args: &[&str],
     port: u16,
     dir: &std::path::Path,
-) -> (std::process::Child, Arc<Mutex<Vec<String>>>) {
+) -> (
+    std::process::Child,
+    Arc<Mutex<Vec<String>>>,
+    std::thread::JoinHandle<()>,
+) {
     let mut child = agent()
         .args(args)
         .arg("--port")
@@ -37,7 +41,8 @@ fn start_demo(
     let out = Arc::new(Mutex::new(Vec::<String>::new()));
     let o2 = out.clone();
     let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
+    // Ends when the demo closes its stdout, i.e. when it has exited.
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             o2.lock().unwrap().push(line);
         }
@@ -56,7 +61,7 @@ fn start_demo(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, out)
+    (child, out, reader)
 }
 
 #[test]
@@ -65,7 +70,7 @@ fn the_demo_shows_every_stage_of_the_loop() {
     let dir = tempfile::tempdir().unwrap();
     let dom = support::domain();
     let domain = dom.id.to_string();
-    let (mut child, out) = start_demo(
+    let (mut child, out, reader) = start_demo(
         &["demo", "--fast", "--duration", "60", "--domain", &domain],
         port,
         dir.path(),
@@ -82,7 +87,7 @@ fn the_demo_shows_every_stage_of_the_loop() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    std::thread::sleep(Duration::from_millis(200));
+    reader.join().unwrap();
     let lines = out.lock().unwrap().clone();
     let log = std::fs::read_to_string(dir.path().join("edge-agent-demo.log")).unwrap_or_default();
     let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().join("\n");
@@ -166,9 +171,14 @@ fn ctrl_c_stops_the_demo_cleanly_with_a_summary() {
     let dir = tempfile::tempdir().unwrap();
     let dom = support::domain();
     let domain = dom.id.to_string();
-    let (mut child, out) = start_demo(&["demo", "--fast", "--domain", &domain], port, dir.path());
+    let (mut child, out, reader) =
+        start_demo(&["demo", "--fast", "--domain", &domain], port, dir.path());
     let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(6));
+    // Stopped once the simulated robot's traffic flows through the agent.
+    let sub = ready_sub(port, "#", "probe/ready", &["-q", "1"]);
+    sub.wait_for("the demo's traffic", Duration::from_secs(60), |l| {
+        l.iter().any(|l| !l.starts_with("probe/"))
+    });
     support::agent::signal(&child, "-INT");
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -180,7 +190,7 @@ fn ctrl_c_stops_the_demo_cleanly_with_a_summary() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    std::thread::sleep(Duration::from_millis(200));
+    reader.join().unwrap();
     let lines = out.lock().unwrap().clone();
     assert!(status.success(), "{lines:?}");
     assert!(

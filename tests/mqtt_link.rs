@@ -354,8 +354,23 @@ policy = "refuse"
         accepted > 100 && refused > 100,
         "{accepted} accepted, {refused} refused"
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let snap = r.handle.stats().snapshot();
+    // The link takes what was queued into the outbox; wait until all 3000 are counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let snap = loop {
+        let snap = r.handle.stats().snapshot();
+        let c = |n: &str| snap.outbox.iter().find(|c| c.class == n).unwrap().clone();
+        let small = c("small");
+        let latest = c("latest");
+        let must = c("must");
+        if small.counters.dropped_full + small.held == 1000
+            && latest.held + latest.counters.superseded == 1000
+            && must.held == accepted
+            || std::time::Instant::now() > deadline
+        {
+            break snap;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let class = |n: &str| snap.outbox.iter().find(|c| c.class == n).unwrap().clone();
     assert!(class("small").held_bytes <= 64 * 1024);
     assert_eq!(

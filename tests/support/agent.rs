@@ -143,6 +143,87 @@ impl Drop for Agent {
     }
 }
 
+/// `spawn_run` with its log watched as it comes.
+pub fn spawn_watched(config: &Path, extra: &[&str]) -> (Child, LogWatch) {
+    let mut child = spawn_run(config, extra);
+    let log = LogWatch::of(&mut child);
+    (child, log)
+}
+
+/// Waits for a watched process to end; returns exit code and its log.
+pub fn finish_watched(mut child: Child, log: LogWatch) -> (Option<i32>, String) {
+    let status = child.wait().unwrap();
+    (status.code(), log.text())
+}
+
+/// [`stop`] for a watched agent.
+pub fn stop_watched(child: Child, log: LogWatch) -> String {
+    signal(&child, "-TERM");
+    let (code, log) = finish_watched(child, log);
+    assert_eq!(code, Some(0), "the agent did not stop cleanly:\n{log}");
+    log
+}
+
+/// A child's stderr read line by line as it comes, so a test can wait for a line.
+pub struct LogWatch {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogWatch {
+    /// Takes the child's stderr (spawned with `Stdio::piped()`).
+    pub fn of(child: &mut Child) -> Self {
+        use std::io::BufRead as _;
+        let err = child.stderr.take().expect("stderr piped");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        LogWatch {
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// The first line that satisfies `pred`, waiting up to `timeout` for it.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line {what} within {timeout:?}:\n{}",
+                self.lines.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the agent has matched a ROS publisher of `topic`: from then on it
+    /// receives what that publisher writes.
+    pub fn wait_publisher(&self, topic: &str) {
+        let field = format!("topic={topic} ");
+        self.wait_for(
+            &format!("matching a publisher of {topic}"),
+            Duration::from_secs(20),
+            |l| l.contains("A publisher of this topic was matched") && l.contains(&field),
+        );
+    }
+
+    /// Everything the child wrote, once it has exited (its stderr closed).
+    pub fn text(mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
 /// The JSON payloads of `topic` among `topic payload` lines.
 pub fn payloads(lines: &[String], topic: &str) -> Vec<serde_json::Value> {
     lines

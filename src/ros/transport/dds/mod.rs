@@ -177,6 +177,18 @@ const ROUND_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 const DDS_KEEPS: usize = 64;
 
 /// How many of a topic's samples the DDS cache holds and what they add up to, in bytes,
+/// A subscription's status change, for the log.
+fn note_reader_status(topic: &str, st: &rustdds::dds::statusevents::DataReaderStatus) {
+    if let rustdds::dds::statusevents::DataReaderStatus::SubscriptionMatched { current, .. } = st {
+        if current.count_change() > 0 {
+            tracing::debug!(topic = %topic, publishers = current.count(),
+                "A publisher of this topic was matched: its messages are received from now on.");
+        } else {
+            tracing::debug!(topic = %topic, publishers = current.count(), "A publisher of this topic left.");
+        }
+    }
+}
+
 /// when that is worth a line in the log (camera frames): `None` under 16 MB.
 fn cache_footprint(sample_len: usize, depth: usize) -> Option<(usize, usize)> {
     let kept = depth.max(DDS_KEEPS);
@@ -488,6 +500,10 @@ impl Transport for DdsTransport {
         self.spawn(async move {
             let stream = reader.as_async_stream();
             futures::pin_mut!(stream);
+            // Publishers matched and lost: a debug line each, which says from when a
+            // publisher's messages are received.
+            let status = rustdds::StatusEvented::as_async_status_stream(&reader);
+            futures::pin_mut!(status);
             let mut warned = false;
             let mut noted = false;
             let mut round = 0usize;
@@ -505,9 +521,16 @@ impl Transport for DdsTransport {
                             continue;
                         }
                         round = 1;
-                        match stream.next().await {
-                            Some(r) => r,
-                            None => break,
+                        tokio::select! {
+                            biased;
+                            r = stream.next() => match r {
+                                Some(r) => r,
+                                None => break,
+                            },
+                            Some(st) = status.next() => {
+                                note_reader_status(&topic, &st);
+                                continue;
+                            }
                         }
                     }
                 };
