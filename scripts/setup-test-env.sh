@@ -3,7 +3,8 @@
 #   - Debian packages: mosquitto (the MQTT broker), Cyclone DDS 0.10 (the second DDS
 #     implementation, the one inside ROS 2 Humble and Jazzy), Python and its headers,
 #     systemd (systemd-analyze checks the unit, systemd-sysusers makes the package's user),
-#     lintian and binutils (the Debian package's checks);
+#     lintian and binutils (the Debian package's checks), openssl (signs OTA packages in
+#     the signature tests);
 #   - a project-local virtualenv (.venv) with rosbags (the reference CDR implementation),
 #     the cyclonedds 0.10.2 Python binding built against Debian's Cyclone, onnx and
 #     onnxruntime.
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto mosquitto-clients cyclonedds-dev python3 python3-venv python3-dev gcc pkg-config systemd lintian binutils)
+APT_PACKAGES=(mosquitto mosquitto-clients cyclonedds-dev python3 python3-venv python3-dev gcc pkg-config systemd lintian binutils openssl)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then

@@ -293,6 +293,11 @@ impl AgentConfig {
             ota_cfg.ca_file = Some(base.join(ca));
         }
         ota_cfg.public_key = ota_cfg.public_key.map(|k| k.rooted(&base));
+        ota_cfg.public_keys = ota_cfg
+            .public_keys
+            .iter()
+            .map(|k| k.rooted(&base))
+            .collect();
         let mut ota = ota_cfg.resolve(&self.state_dir, &self.device)?;
         ota.onnx = self.onnx.clone();
         if let Some(lib) = &self.onnx.library {

@@ -462,7 +462,7 @@ fn signatures_are_required_when_a_key_is_configured() {
     let o = ota(&["install", wrong.package.to_str().unwrap(), "--yes", "-c", c]);
     assert_eq!(o.status.code(), Some(65));
     assert!(
-        stderr(&o).contains("does not match the package and the configured key"),
+        stderr(&o).contains("does not match the package and any of the 1 trusted key(s) (ed25519)"),
         "{}",
         stderr(&o)
     );

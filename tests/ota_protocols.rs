@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::agent::{payloads, spawn_run, stop, AgentDir};
 use support::mosquitto::{publish, ready_sub, Mosquitto, Options};
-use support::ota::{active_slot_is_complete, install_committed, make_package, status, HttpServer};
+use support::ota::{
+    active_slot_is_complete, install_committed, make_package, openssl, status, HttpServer,
+};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -47,9 +49,10 @@ fn aliyun_push_reports_progress_result_and_the_new_version() {
     let mq = Mosquitto::start(Options::default());
     let www = tempfile::tempdir().unwrap();
     let srv = HttpServer::start(www.path());
+    let dom = support::domain();
     let a = AgentDir::new(
         mq.port,
-        71,
+        dom.id,
         "",
         "[ota]\nprotocol = \"aliyun\"\nallow_http = true\nconfirm_after = \"1s\"\n",
     );
@@ -236,12 +239,33 @@ fn aws_jobs_start_next_reports_in_progress_and_succeeded_with_versions() {
     let mq = Mosquitto::start(Options::default());
     let www = tempfile::tempdir().unwrap();
     let srv = HttpServer::start(www.path());
+    let dom = support::domain();
     let a = AgentDir::new(
         mq.port,
-        72,
+        dom.id,
         "",
-        "[ota]\nprotocol = \"aws\"\nallow_http = true\nconfirm_after = \"1s\"\n",
+        "[ota]\nprotocol = \"aws\"\nallow_http = true\nconfirm_after = \"1s\"\npublic_key = { file = \"signing.pub\" }\n",
     );
+    // Packages are signed as AWS IoT code signing does: ECDSA P-256 over SHA-256, the
+    // DER signature in base64 in the job document's `sig-sha256-ecdsa`.
+    let key = a.path().join("signing.key");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        a.path().join("signing.pub").to_str().unwrap(),
+    ]);
     let ota_dir = seed_v1(a.path(), www.path());
     let base = "$aws/things/robot-7/jobs";
     let sub = ready_sub(
@@ -268,8 +292,19 @@ fn aws_jobs_start_next_reports_in_progress_and_succeeded_with_versions() {
     let v2 = make_package(www.path(), "41811020", &pkg_files("aws"), None, None);
     let url = srv.url(v2.package.file_name().unwrap().to_str().unwrap());
     let size = std::fs::metadata(&v2.package).unwrap().len();
-    let doc =
-        json!({"firmware": {"version": "41811020", "size": size, "url": url, "sha256": v2.sha256}});
+    let sig = www.path().join("v2.sig");
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        key.to_str().unwrap(),
+        "-out",
+        sig.to_str().unwrap(),
+        v2.package.to_str().unwrap(),
+    ]);
+    use base64::Engine as _;
+    let sig = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&sig).unwrap());
+    let doc = json!({"firmware": {"version": "41811020", "size": size, "url": url, "sha256": v2.sha256, "sig-sha256-ecdsa": sig}});
     publish(
         mq.port,
         &format!("{base}/notify-next"),
@@ -316,32 +351,38 @@ fn aws_jobs_start_next_reports_in_progress_and_succeeded_with_versions() {
     assert_eq!(active_slot_is_complete(&ota_dir).unwrap(), "41811020");
     assert_eq!(status(&ota_dir)["journal"]["state"], "committed");
 
-    // A job whose package is missing fails with a reason.
-    let doc = json!({"firmware": {"version": "41811021", "url": srv.url("gone.tar.gz"), "sha256": v2.sha256}});
-    publish(
-        mq.port,
-        &format!("{base}/start-next/accepted"),
-        &json!({"execution": {"jobId": "job-2", "status": "IN_PROGRESS", "versionNumber": 1, "jobDocument": doc}}).to_string(),
-        &["-q", "1"],
-    );
-    let update2 = format!("{base}/job-2/update");
-    let lines = sub.wait_for("FAILED", T, |l| {
-        payloads(l, &update2)
-            .iter()
-            .any(|p| p["status"] == "FAILED")
-    });
-    let failed = payloads(&lines, &update2)
-        .into_iter()
-        .find(|p| p["status"] == "FAILED")
-        .unwrap();
-    assert!(
+    // Jobs that fail: the reason goes back in the FAILED update, and nothing changes.
+    let fail = |job: &str, doc: Value| -> String {
+        publish(
+            mq.port,
+            &format!("{base}/start-next/accepted"),
+            &json!({"execution": {"jobId": job, "status": "IN_PROGRESS", "versionNumber": 1, "jobDocument": doc}}).to_string(),
+            &["-q", "1"],
+        );
+        let update = format!("{base}/{job}/update");
+        let lines = sub.wait_for("FAILED", T, |l| {
+            payloads(l, &update).iter().any(|p| p["status"] == "FAILED")
+        });
+        let failed = payloads(&lines, &update)
+            .into_iter()
+            .find(|p| p["status"] == "FAILED")
+            .unwrap();
+        assert_eq!(active_slot_is_complete(&ota_dir).unwrap(), "41811020");
         failed["statusDetails"]["reason"]
             .as_str()
             .unwrap()
-            .contains("404"),
-        "{failed}"
-    );
-    assert_eq!(active_slot_is_complete(&ota_dir).unwrap(), "41811020");
+            .to_owned()
+    };
+    // A package that is missing.
+    let doc = json!({"firmware": {"version": "41811021", "url": srv.url("gone.tar.gz"), "sha256": v2.sha256}});
+    let reason = fail("job-2", doc);
+    assert!(reason.contains("404"), "{reason}");
+    // A package whose signature is another package's is refused before it is installed.
+    let v3 = make_package(www.path(), "41811022", &pkg_files("v3"), None, None);
+    let url3 = srv.url(v3.package.file_name().unwrap().to_str().unwrap());
+    let doc = json!({"firmware": {"version": "41811022", "url": url3, "sha256": v3.sha256, "sig-sha256-ecdsa": sig}});
+    let reason = fail("job-3", doc);
+    assert!(reason.contains("does not match the package"), "{reason}");
     stop(agent);
 }
 
@@ -350,9 +391,10 @@ fn http_poll_finds_installs_and_reports_an_update() {
     let mq = Mosquitto::start(Options::default());
     let www = tempfile::tempdir().unwrap();
     let srv = HttpServer::start(www.path());
+    let dom = support::domain();
     let a = AgentDir::new(
         mq.port,
-        73,
+        dom.id,
         "",
         &format!(
             "[ota]\nprotocol = \"http\"\nallow_http = true\nconfirm_after = \"1s\"\nhttp_server = \"{}\"\nhttp_interval = \"1s\"\n",

@@ -67,7 +67,8 @@ fn ready_after_the_links_watchdog_pings_stopping_on_sigterm() {
     let port = broker.port;
     broker.stop();
     let rules = "[[ros_to_mqtt]]\nname = \"c\"\nros_topic = \"/chatter\"\nros_type = \"std_msgs/msg/String\"\nmqtt_topic = \"/t\"\n";
-    let a = AgentDir::new(port, 61, rules, "");
+    let dom = support::domain();
+    let a = AgentDir::new(port, dom.id, rules, "");
     let sock_path = a.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(50)))

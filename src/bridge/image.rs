@@ -130,7 +130,7 @@ mod tests {
     use bytes::Bytes;
 
     fn image_cdr(w: u32, h: u32, enc: &str, step: u32, data: Vec<u8>) -> Bytes {
-        crate::ros::image::image_cdr(7, 9, "cam", (w, h, step), enc, &data)
+        crate::ros::image::image_cdr(false, 7, 9, "cam", (w, h, step), enc, &data)
     }
 
     #[test]

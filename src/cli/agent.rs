@@ -151,10 +151,19 @@ pub fn check_config(file: PathBuf) -> Result<(), Failure> {
         "  ota        {}, {}{}\n",
         format!("{:?}", s.ota.protocol).to_lowercase(),
         s.ota.dir.display(),
-        if s.ota.public_key.is_some() {
-            ", signed packages only"
+        if s.ota.keys.is_empty() {
+            String::new()
         } else {
-            ""
+            format!(
+                ", signed packages only ({})",
+                s.ota
+                    .keys
+                    .keys
+                    .iter()
+                    .map(|k| k.algorithm())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         }
     ));
     out.push_str(&format!(

@@ -4,7 +4,6 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use clap::Subcommand;
 
 use super::Failure;
@@ -86,7 +85,8 @@ pub enum OtaCommand {
         /// Package name (the OTA module).
         #[arg(long, default_value = "detector")]
         name: String,
-        /// ed25519 private key file (from `ota keygen`).
+        /// Private key file: from `ota keygen`, or a PEM private key (ECDSA P-256, RSA,
+        /// ed25519) as `openssl genpkey` writes it. The signature goes to `<package>.sig`.
         #[arg(long)]
         key: Option<PathBuf>,
         /// Health check run in the new slot, e.g. "bin/check.sh --quick".
@@ -100,11 +100,13 @@ pub enum OtaCommand {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
-    /// Make an ed25519 key pair for signing packages.
+    /// Make a key pair for signing packages.
     Keygen {
-        /// Private key file to write (mode 0600).
+        /// Private key file to write (mode 0600); the public key goes to `<out>.pub`.
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, value_enum, default_value = "ed25519")]
+        algorithm: crate::ota::signing::KeyAlgorithm,
     },
 }
 
@@ -271,8 +273,8 @@ pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
             min_agent_version,
             out,
         } => {
-            let seed = match &key {
-                Some(k) => Some(read_seed(k)?),
+            let key = match &key {
+                Some(k) => Some(read_signing_key(k)?),
                 None => None,
             };
             let hc = health_check.map(|c| HealthCheck {
@@ -285,7 +287,7 @@ pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
                 &version,
                 hc,
                 min_agent_version,
-                seed.as_ref(),
+                key.as_ref(),
                 &out,
             )
             .map_err(|e| Failure::usage(e.to_string()))?;
@@ -296,11 +298,9 @@ pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
             }
             Ok(())
         }
-        OtaCommand::Keygen { out } => {
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed)
-                .map_err(|e| Failure::internal(format!("no randomness: {e}")))?;
-            let b64 = base64::engine::general_purpose::STANDARD;
+        OtaCommand::Keygen { out, algorithm } => {
+            let (private, public) =
+                crate::ota::signing::generate(algorithm).map_err(Failure::internal)?;
             use std::os::unix::fs::OpenOptionsExt as _;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -308,29 +308,33 @@ pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
                 .mode(0o600)
                 .open(&out)
                 .map_err(|e| Failure::usage(format!("{}: {e}", out.display())))?;
-            writeln!(f, "{}", b64.encode(seed)).map_err(|e| Failure::internal(e.to_string()))?;
+            f.write_all(private.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| Failure::internal(e.to_string()))?;
+            let public_file = PathBuf::from(format!("{}.pub", out.display()));
+            std::fs::write(&public_file, format!("{}\n", public.trim_end()))
+                .map_err(|e| Failure::usage(format!("{}: {e}", public_file.display())))?;
             println!(
                 "private key written to {} (keep it off the robots)",
                 out.display()
             );
             println!(
-                "public key for ota.public_key: {}",
-                b64.encode(package::public_key(&seed))
+                "public key written to {} (for ota.public_key)",
+                public_file.display()
             );
+            if !public.contains("-----BEGIN") {
+                println!("public key for ota.public_key: {public}");
+            }
             Ok(())
         }
     }
 }
 
-fn read_seed(path: &Path) -> Result<[u8; 32], Failure> {
+fn read_signing_key(path: &Path) -> Result<crate::ota::signing::SigningKey, Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
-    let bytes = package::decode_b64_or_hex(&text).ok_or_else(|| {
-        Failure::usage(format!("{} is not a key from `ota keygen`", path.display()))
-    })?;
-    bytes
-        .try_into()
-        .map_err(|_| Failure::usage(format!("{} is not a 32-byte ed25519 key", path.display())))
+    crate::ota::signing::SigningKey::parse(&text)
+        .map_err(|e| Failure::usage(format!("{} {e}", path.display())))
 }
 
 /// What `install` is told about signatures.
@@ -339,19 +343,16 @@ struct Signing {
     public_key: Option<String>,
 }
 
-/// `--public-key`: the key itself, or a file holding it.
-fn read_public_key(text: &str) -> Result<[u8; 32], Failure> {
-    let value = match std::fs::read_to_string(text) {
-        Ok(t) => t,
-        Err(_) => text.to_owned(),
+/// `--public-key`: the key itself, or a file holding it (PEM keys or certificates, or
+/// an ed25519 key in base64 or hex).
+fn read_public_key(text: &str) -> Result<crate::ota::signing::Keyring, Failure> {
+    let (value, source) = match std::fs::read_to_string(text) {
+        Ok(t) => (t, text.to_owned()),
+        Err(_) => (text.to_owned(), "--public-key".to_owned()),
     };
-    package::decode_b64_or_hex(&value)
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or_else(|| {
-            Failure::usage(format!(
-                "--public-key {text:?} is neither an ed25519 public key (32 bytes, base64 or hex) nor a file holding one"
-            ))
-        })
+    let keys = crate::ota::signing::TrustedKey::parse_all(&value, &source)
+        .map_err(|e| Failure::usage(format!("--public-key {text:?} {e}")))?;
+    Ok(crate::ota::signing::Keyring { keys })
 }
 
 /// The package hash from `<url>.sha256` (as `ota pack` writes it beside the package),
@@ -410,7 +411,7 @@ fn install(
     };
     let mut inst = open_locked(at)?;
     if let Some(k) = public_key {
-        inst.settings.public_key = Some(k);
+        inst.settings.keys = k;
     }
     if let Recovery::RolledBack(r) = inst
         .recover()
@@ -426,7 +427,7 @@ fn install(
     };
     if let Some(p) = &local {
         let sig = PathBuf::from(format!("{}.sig", p.display()));
-        if inst.settings.public_key.is_none() && sig.exists() {
+        if inst.settings.keys.is_empty() && sig.exists() {
             eprintln!(
                 "note: {} is not checked: no public key is configured (give --public-key, or set ota.public_key)",
                 sig.display()

@@ -281,7 +281,7 @@ mod tests {
     use super::*;
 
     fn image_cdr(w: u32, h: u32, enc: &str, step: u32, data: &[u8]) -> Bytes {
-        crate::ros::image::image_cdr(5, 7, "cam", (w, h, step), enc, data)
+        crate::ros::image::image_cdr(false, 5, 7, "cam", (w, h, step), enc, data)
     }
 
     #[test]
@@ -306,7 +306,7 @@ mod tests {
     fn a_big_endian_frame_gives_the_same_pixels() {
         let data: Vec<u8> = (0..48).collect();
         let le = from_image(&image_cdr(4, 3, "bgr8", 16, &data)).unwrap();
-        let be = crate::ros::image::image_cdr_in(true, 5, 7, "cam", (4, 3, 16), "bgr8", &data);
+        let be = crate::ros::image::image_cdr(true, 5, 7, "cam", (4, 3, 16), "bgr8", &data);
         let be = from_image(&be).unwrap();
         assert_eq!((be.rgb.width, be.rgb.height), (4, 3));
         assert_eq!(be.rgb.data, le.rgb.data);

@@ -183,6 +183,7 @@ mod device {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
         let cdr = crate::ros::image::image_cdr(
+            false,
             i32::try_from(now.as_secs()).unwrap_or(i32::MAX),
             now.subsec_nanos(),
             &s.frame_id,

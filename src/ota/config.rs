@@ -33,9 +33,13 @@ pub struct OtaConfig {
     pub module: String,
     /// Defaults to `<state_dir>/ota`.
     pub dir: Option<PathBuf>,
-    /// ed25519 public key (base64 or hex, 32 bytes); packages must then carry a
-    /// valid signature.
+    /// The key packages must be signed with: a PEM public key or X.509 certificate
+    /// (ECDSA P-256, RSA 2048-4096; several PEM blocks trust each of them), or an ed25519
+    /// key (base64 or hex, 32 bytes). Packages must then carry a valid signature.
     pub public_key: Option<SecretSource>,
+    /// More trusted keys, in the same forms (key rotation: old and new side by side).
+    #[serde(default)]
+    pub public_keys: Vec<SecretSource>,
     /// Accept plain-HTTP package URLs.
     #[serde(default)]
     pub allow_http: bool,
@@ -133,7 +137,8 @@ pub struct OtaSettings {
     pub protocol: OtaProtocol,
     pub module: String,
     pub dir: PathBuf,
-    pub public_key: Option<[u8; 32]>,
+    /// The keys whose signatures are accepted; empty: packages need no signature.
+    pub keys: super::signing::Keyring,
     pub allow_http: bool,
     pub ca_file: Option<PathBuf>,
     pub max_package_bytes: u64,
@@ -171,32 +176,26 @@ impl OtaConfig {
         state_dir: &Path,
         device: &DeviceConfig,
     ) -> Result<OtaSettings, ConfigError> {
-        let public_key = match &self.public_key {
-            None => None,
-            Some(src) => {
-                // Relative files were rooted at the configuration's folder by the caller.
-                let text = src
-                    .resolve(Path::new(""))
-                    .map_err(|e| invalid("ota.public_key", format!("{src:?}"), e))?;
-                let bytes = super::package::decode_b64_or_hex(text.expose()).ok_or_else(|| {
-                    invalid(
-                        "ota.public_key",
-                        format!("{src:?}"),
-                        "is neither base64 nor hex",
-                    )
-                })?;
-                let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
-                    invalid(
-                        "ota.public_key",
-                        format!("{src:?}"),
-                        format!("an ed25519 public key has 32 bytes, this one {}", b.len()),
-                    )
-                })?;
-                ed25519_dalek::VerifyingKey::from_bytes(&key)
-                    .map_err(|e| invalid("ota.public_key", format!("{src:?}"), e.to_string()))?;
-                Some(key)
-            }
-        };
+        let mut keys = super::signing::Keyring::default();
+        let sources = self
+            .public_key
+            .iter()
+            .map(|k| ("ota.public_key".to_string(), k))
+            .chain(
+                self.public_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (format!("ota.public_keys[{i}]"), k)),
+            );
+        for (key, src) in sources {
+            // Relative files were rooted at the configuration's folder by the caller.
+            let text = src
+                .resolve(Path::new(""))
+                .map_err(|e| invalid(&key, format!("{src:?}"), e))?;
+            let found = super::signing::TrustedKey::parse_all(text.expose(), &key)
+                .map_err(|e| invalid(&key, format!("{src:?}"), e))?;
+            keys.keys.extend(found);
+        }
         if self.module.is_empty() {
             return Err(invalid("ota.module", "\"\"", "cannot be empty"));
         }
@@ -239,7 +238,7 @@ impl OtaConfig {
             protocol: self.protocol,
             module: self.module.clone(),
             dir: self.dir.clone().unwrap_or_else(|| state_dir.join("ota")),
-            public_key,
+            keys,
             allow_http: self.allow_http,
             ca_file: self.ca_file.clone(),
             max_package_bytes: self.max_package_bytes.0,

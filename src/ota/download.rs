@@ -74,11 +74,18 @@ pub fn sibling_url(url: &str, suffix: &str) -> String {
 /// A small text file (a signature, a hash) from `url`: a local path or file:// URL, or
 /// HTTP(S). Errors name the URL redacted.
 pub async fn fetch_text(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    let body = fetch_small(http, url).await?;
+    String::from_utf8(body).map_err(|_| format!("{} is not text", redact_url(url)))
+}
+
+/// A small file beside a package (a signature, which OpenSSL writes as binary DER, or a
+/// hash), from a URL or a local path; at most 64 KiB.
+pub async fn fetch_small(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
     if let Some(path) = url
         .strip_prefix("file://")
         .or_else(|| (!url.contains("://")).then_some(url))
     {
-        return std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"));
+        return std::fs::read(path).map_err(|e| format!("{path}: {e}"));
     }
     let shown = redact_url(url);
     let r = http
@@ -99,7 +106,7 @@ pub async fn fetch_text(http: &reqwest::Client, url: &str) -> Result<String, Str
             body.len()
         ));
     }
-    String::from_utf8(body.to_vec()).map_err(|_| format!("{shown} is not text"))
+    Ok(body.to_vec())
 }
 
 /// A reqwest error as a sentence: its causes, without the URL (which may carry a

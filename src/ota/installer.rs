@@ -752,10 +752,10 @@ impl Installer {
         if job.hash.is_none() && remote {
             return Err("the update gives no package hash".into());
         }
-        let signature = match (self.settings.public_key, &job.signature) {
-            (None, _) => None,
-            (Some(_), Some(s)) => Some(s.clone()),
-            (Some(_), None) => Some(self.fetch_signature(&job.url).await?),
+        let signature: Option<Vec<u8>> = match (self.settings.keys.is_empty(), &job.signature) {
+            (true, _) => None,
+            (false, Some(s)) => Some(s.as_bytes().to_vec()),
+            (false, None) => Some(self.fetch_signature(&job.url).await?),
         };
         // One pass over the file, off the runtime's thread, for the hash and the
         // signature alike.
@@ -771,17 +771,22 @@ impl Installer {
             Some(h) => package::check_digest(&d, h).map_err(|e| e.to_string())?,
             None => self.note("no hash given for a local package"),
         }
-        if let (Some(key), Some(sig)) = (self.settings.public_key, signature) {
-            package::check_signature(&d.sha256, &sig, &key).map_err(|e| e.to_string())?;
-            self.note("signature verified");
+        if let Some(sig) = signature {
+            let key = self
+                .settings
+                .keys
+                .verify(&d.sha256, &sig)
+                .map_err(|e| e.to_string())?;
+            let note = format!("signature verified ({}, {})", key.algorithm(), key.source);
+            self.note(note);
         }
         Ok(())
     }
 
     /// `<url>.sig` (or `<file>.sig`) when the update did not carry the signature.
-    async fn fetch_signature(&mut self, url: &str) -> Result<String, String> {
+    async fn fetch_signature(&mut self, url: &str) -> Result<Vec<u8>, String> {
         let http = self.http().map_err(|e| e.to_string())?;
-        download::fetch_text(&http, &download::sibling_url(url, ".sig"))
+        download::fetch_small(&http, &download::sibling_url(url, ".sig"))
             .await
             .map_err(|e| format!("a signature is required and none came with the update ({e})"))
     }

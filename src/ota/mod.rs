@@ -10,6 +10,7 @@ pub mod machine;
 pub mod package;
 pub mod protocols;
 pub mod report;
+pub mod signing;
 pub mod store;
 pub mod version;
 

@@ -1,5 +1,5 @@
 //! Update packages: a `.tar.gz` holding `manifest.json` and the files it lists. Made by
-//! `edge-agent ota pack`, checked against the hash (and ed25519 signature) the cloud
+//! `edge-agent ota pack`, checked against the hash (and signature) the cloud
 //! gives, and unpacked into a slot with everything hostile refused: absolute paths,
 //! `..`, links that leave the slot, device files, setuid files, entries given twice, and
 //! archives that expand past the configured limits.
@@ -225,37 +225,6 @@ pub fn decode_b64_or_hex(text: &str) -> Option<Vec<u8>> {
         return hex::decode(t).ok();
     }
     base64::engine::general_purpose::STANDARD.decode(t).ok()
-}
-
-/// Verifies a detached ed25519 signature over the package's SHA-256 digest.
-pub fn check_signature(
-    digest: &[u8; 32],
-    signature: &str,
-    public_key: &[u8; 32],
-) -> Result<(), PackageError> {
-    let key = ed25519_dalek::VerifyingKey::from_bytes(public_key).map_err(|e| {
-        PackageError::Signature(format!("the configured public key is not valid: {e}"))
-    })?;
-    let bytes = decode_b64_or_hex(signature)
-        .ok_or_else(|| PackageError::Signature("the signature is neither base64 nor hex".into()))?;
-    let sig = ed25519_dalek::Signature::from_slice(&bytes).map_err(|_| {
-        PackageError::Signature(format!(
-            "a signature has 64 bytes, this one {}",
-            bytes.len()
-        ))
-    })?;
-    key.verify_strict(digest, &sig).map_err(|_| {
-        PackageError::Signature(
-            "the signature does not match the package and the configured key".into(),
-        )
-    })
-}
-
-/// Signs a package digest; returns the signature as base64.
-pub fn sign(digest: &[u8; 32], private_seed: &[u8; 32]) -> String {
-    use ed25519_dalek::Signer as _;
-    let key = ed25519_dalek::SigningKey::from_bytes(private_seed);
-    base64::engine::general_purpose::STANDARD.encode(key.sign(digest).to_bytes())
 }
 
 /// The public key of a private seed.
@@ -629,7 +598,7 @@ pub fn pack(
     version: &str,
     health_check: Option<HealthCheck>,
     min_agent_version: Option<String>,
-    key: Option<&[u8; 32]>,
+    key: Option<&super::signing::SigningKey>,
     out_dir: &Path,
 ) -> Result<Packed, PackageError> {
     let mut files = Vec::new();
@@ -695,10 +664,20 @@ pub fn pack(
         ),
     )
     .map_err(|e| io(&sha_file, e))?;
-    let signature = key.map(|k| sign(&digest, k));
-    if let Some(sig) = &signature {
+    let mut signature = None;
+    if let Some(k) = key {
+        use base64::Engine as _;
+        let sig = k.sign(&digest).map_err(PackageError::Signature)?;
+        let text = base64::engine::general_purpose::STANDARD.encode(&sig);
         let sig_file = package.with_extension("gz.sig");
-        std::fs::write(&sig_file, format!("{sig}\n")).map_err(|e| io(&sig_file, e))?;
+        // As OpenSSL writes it (DER or raw bytes); ed25519 as base64 text.
+        let body = if k.is_binary() {
+            sig
+        } else {
+            format!("{text}\n").into_bytes()
+        };
+        std::fs::write(&sig_file, body).map_err(|e| io(&sig_file, e))?;
+        signature = Some(text);
     }
     Ok(Packed {
         package,
@@ -774,22 +753,29 @@ mod tests {
         std::fs::write(src.path().join("detect.toml"), b"conf = 0.25\n").unwrap();
         let out = tempfile::tempdir().unwrap();
         let seed = [7u8; 32];
+        let key = super::super::signing::SigningKey::Ed25519(seed);
         let p = pack(
             src.path(),
             "detector",
             "1.5.0",
             None,
             None,
-            Some(&seed),
+            Some(&key),
             out.path(),
         )
         .unwrap();
         assert_eq!(p.manifest.components.len(), 2);
         assert_eq!(p.manifest.components[1].kind.as_deref(), Some("onnx-model"));
         let (_, digest) = sha256_file(&p.package).unwrap();
-        check_signature(&digest, p.signature.as_ref().unwrap(), &public_key(&seed)).unwrap();
-        let other = public_key(&[8u8; 32]);
-        assert!(check_signature(&digest, p.signature.as_ref().unwrap(), &other).is_err());
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let trusting = |seed: &[u8; 32]| super::super::signing::Keyring {
+            keys: super::super::signing::TrustedKey::parse_all(&b64.encode(public_key(seed)), "t")
+                .unwrap(),
+        };
+        let sig = p.signature.as_ref().unwrap().as_bytes();
+        trusting(&seed).verify(&digest, sig).unwrap();
+        assert!(trusting(&[8u8; 32]).verify(&digest, sig).is_err());
         check_hash(&p.package, &Hash::Sha256(p.sha256.to_uppercase())).unwrap();
         assert!(matches!(
             check_hash(&p.package, &Hash::Sha256("00".into())),

@@ -85,15 +85,17 @@ pub fn aliyun_job(v: &Value, module_default: &str) -> Result<Job, String> {
         url,
         size: data.get("size").and_then(Value::as_u64),
         hash,
-        signature: data
-            .pointer("/extData/signature")
-            .and_then(Value::as_str)
+        // The agent's own `extData.signature`, or AliOS Things' `digestsign` (base64).
+        signature: ["/extData/signature", "/digestsign", "/extData/digestsign"]
+            .iter()
+            .find_map(|p| data.pointer(p).and_then(Value::as_str))
             .map(str::to_owned),
         force: false,
     })
 }
 
-/// A job from an AWS IoT job document `{"firmware":{version,size,url,sha256}}`.
+/// A job from an AWS IoT job document
+/// `{"firmware":{version,size,url,sha256,sig-sha256-ecdsa}}`.
 pub fn aws_job(job_id: &str, doc: &Value, module: &str) -> Result<Job, String> {
     let fw = doc
         .get("firmware")
@@ -114,7 +116,8 @@ pub fn aws_job(job_id: &str, doc: &Value, module: &str) -> Result<Job, String> {
         url: s("url").ok_or("firmware.url is missing")?,
         size: fw.get("size").and_then(Value::as_u64),
         hash: s("sha256").map(Hash::Sha256),
-        signature: s("signature"),
+        // AWS IoT code signing's `sig-sha256-ecdsa` (base64 DER), or `signature`.
+        signature: s("sig-sha256-ecdsa").or_else(|| s("signature")),
         force: false,
     })
 }
@@ -779,6 +782,14 @@ mod tests {
         assert!(aliyun_job(&json!({"code":"1000","data":{}}), "m").is_err());
         let j = aws_job("job-1", &json!({"firmware":{"version":"41811020","size":87232512,"url":"https://x","sha256":"aa"}}), "detector").unwrap();
         assert_eq!((j.version.as_str(), j.size), ("41811020", Some(87232512)));
+        assert_eq!(j.signature, None);
+        let j = aws_job("job-2", &json!({"firmware":{"version":"2","url":"https://x","sha256":"aa","sig-sha256-ecdsa":"MEUCIQ=="}}), "detector").unwrap();
+        assert_eq!(j.signature.as_deref(), Some("MEUCIQ=="));
+        let v = json!({"code":"1000","data":{"version":"1.6.0","url":"https://x/p","sign":"AB","signMethod":"SHA256","digestsign":"ZGln"},"id":1701});
+        assert_eq!(
+            aliyun_job(&v, "detector").unwrap().signature.as_deref(),
+            Some("ZGln")
+        );
         assert!(http_job(&json!({"update_available":false}), "m")
             .unwrap()
             .is_none());

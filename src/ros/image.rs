@@ -110,29 +110,10 @@ pub fn parse_compressed(cdr: &Bytes) -> Result<RawCompressed, ImageError> {
     })
 }
 
-/// A `sensor_msgs/Image` in little-endian CDR, as a camera driver node publishes it.
-/// `size` is (width, height, step).
+/// A `sensor_msgs/Image` in CDR, as a camera driver node publishes it: little-endian
+/// unless `big` (the pixels as given, `is_bigendian` false). `size` is (width, height,
+/// step).
 pub fn image_cdr(
-    stamp_sec: i32,
-    stamp_nanosec: u32,
-    frame_id: &str,
-    size: (u32, u32, u32),
-    encoding: &str,
-    data: &[u8],
-) -> Bytes {
-    image_cdr_in(
-        false,
-        stamp_sec,
-        stamp_nanosec,
-        frame_id,
-        size,
-        encoding,
-        data,
-    )
-}
-
-/// [`image_cdr`] in the given CDR byte order (pixels as given, `is_bigendian` false).
-pub fn image_cdr_in(
     big: bool,
     stamp_sec: i32,
     stamp_nanosec: u32,
@@ -223,7 +204,7 @@ mod tests {
                 "height": 1, "width": 2, "encoding": "rgb8", "step": 7,
                 "data": base64::engine::general_purpose::STANDARD.encode(data)});
             let want = codec::encode_value(&s, &v, &EncodeOptions::default()).unwrap();
-            let got = image_cdr(-3, 11, frame_id, (2, 1, 7), "rgb8", &data);
+            let got = image_cdr(false, -3, 11, frame_id, (2, 1, 7), "rgb8", &data);
             assert_eq!(&got[..], &want[..], "frame_id {frame_id:?}");
         }
     }
@@ -233,7 +214,7 @@ mod tests {
         let s = schema("sensor_msgs/msg/Image");
         let data: Vec<u8> = (0..24).collect();
         for frame_id in ["", "c", "cam", "camera_link"] {
-            let be = image_cdr_in(true, 1_700_000_000, 5, frame_id, (4, 2, 12), "rgb8", &data);
+            let be = image_cdr(true, 1_700_000_000, 5, frame_id, (4, 2, 12), "rgb8", &data);
             assert_eq!(&be[..2], &[0, 0], "a big-endian encapsulation");
             let img = parse_image(&be).unwrap();
             let v = codec::decode_to_value(&s, &be, &DecodeOptions::default()).unwrap();
@@ -290,7 +271,7 @@ mod tests {
 
     #[test]
     fn cut_short_and_foreign_buffers_are_errors() {
-        let full = image_cdr(0, 0, "cam", (2, 1, 6), "rgb8", &[0; 6]);
+        let full = image_cdr(false, 0, 0, "cam", (2, 1, 6), "rgb8", &[0; 6]);
         for n in [0, 3, 4, 10, full.len() - 1] {
             assert_eq!(
                 parse_image(&full.slice(..n)).unwrap_err(),

@@ -95,7 +95,8 @@ pub fn make_package(
         command: h.split_whitespace().map(str::to_owned).collect(),
         timeout_s: 10,
     });
-    package::pack(src.path(), "detector", version, hc, None, key, out).unwrap()
+    let key = key.map(|seed| edge_agent::ota::signing::SigningKey::Ed25519(*seed));
+    package::pack(src.path(), "detector", version, hc, None, key.as_ref(), out).unwrap()
 }
 
 pub fn agent() -> Command {
@@ -144,4 +145,21 @@ pub fn active_slot_is_complete(state: &Path) -> Result<String, String> {
     .map_err(|e| e.to_string())?;
     package::check_components(&current, &manifest).map_err(|e| e.to_string())?;
     Ok(manifest.version)
+}
+
+/// Runs Debian's openssl, which must succeed; fails with what to install when it is
+/// missing.
+pub fn openssl(args: &[&str]) -> Output {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("openssl is needed for this test (apt-get install openssl): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
