@@ -96,6 +96,18 @@ pub enum OtaCommand {
         health_timeout: u64,
         #[arg(long)]
         min_agent_version: Option<String>,
+        /// Hook run before the inactive slot is touched, e.g. "hooks/pre.sh"; non-zero
+        /// refuses the update. Each hook's program is a file of DIR.
+        #[arg(long)]
+        pre_install: Option<String>,
+        /// Hook run in the new slot right after the switch; non-zero rolls back.
+        #[arg(long)]
+        post_switch: Option<String>,
+        /// Hook run in the rejected slot after a rollback.
+        #[arg(long)]
+        post_rollback: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        hook_timeout: u64,
         /// Where to write the package (default: the current folder).
         #[arg(long, default_value = ".")]
         out: PathBuf,
@@ -271,6 +283,10 @@ pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
             health_check,
             health_timeout,
             min_agent_version,
+            pre_install,
+            post_switch,
+            post_rollback,
+            hook_timeout,
             out,
         } => {
             let key = match &key {
@@ -281,16 +297,25 @@ pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
                 command: c.split_whitespace().map(str::to_owned).collect(),
                 timeout_s: health_timeout,
             });
-            let p = package::pack(
-                &dir,
-                &name,
-                &version,
-                hc,
+            let hook = |c: Option<String>| {
+                c.map(|c| HealthCheck {
+                    command: c.split_whitespace().map(str::to_owned).collect(),
+                    timeout_s: hook_timeout,
+                })
+            };
+            let opts = package::PackOptions {
+                name,
+                version,
+                health_check: hc,
                 min_agent_version,
-                key.as_ref(),
-                &out,
-            )
-            .map_err(|e| Failure::usage(e.to_string()))?;
+                hooks: package::Hooks {
+                    pre_install: hook(pre_install),
+                    post_switch: hook(post_switch),
+                    post_rollback: hook(post_rollback),
+                },
+                key: key.as_ref(),
+            };
+            let p = package::pack(&dir, &opts, &out).map_err(|e| Failure::usage(e.to_string()))?;
             println!("{}", p.package.display());
             println!("sha256 {}", p.sha256);
             if let Some(s) = p.signature {

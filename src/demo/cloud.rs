@@ -137,7 +137,13 @@ fn make_packages(
             },
             timeout_s: 10,
         };
-        let p = crate::ota::package::pack(&src, "detector", version, Some(hc), None, None, www)?;
+        let opts = crate::ota::package::PackOptions {
+            name: "detector".into(),
+            version: version.to_owned(),
+            health_check: Some(hc),
+            ..Default::default()
+        };
+        let p = crate::ota::package::pack(&src, &opts, www)?;
         let size = std::fs::metadata(&p.package)?.len();
         let name = p
             .package

@@ -19,7 +19,7 @@ use super::download::{self, DownloadError, DownloadSettings};
 use super::machine::{FailStep, Hash, InvalidTransition, Job, Phase};
 use super::package::{self, Limits, Manifest, PackageError};
 use super::store::{Committed, Journal, LockError, StateLock, Store, StoreError};
-use super::{crash_point, version, Slot};
+use super::{crash_point, hooks, version, Slot};
 use crate::clock::{file_stamp, now_ms, rfc3339_ms};
 
 /// Checks a model file of a new slot (loads and runs it). Provided by the detector.
@@ -623,6 +623,11 @@ impl Installer {
                 return self.fail(FailStep::Verify, e);
             }
             self.note("package verified");
+            if let Err(reason) = self.pre_install(&job, &pkg).await {
+                tracing::warn!(version = %job.version, reason = %reason, "Update refused by the package's pre_install hook.");
+                let _ = std::fs::remove_file(&pkg);
+                return self.fail(FailStep::Upgrade, reason);
+            }
             let slot = match self.target_slot() {
                 Ok(slot) => slot,
                 Err(reason) => return self.fail(FailStep::Install, reason),
@@ -682,6 +687,8 @@ impl Installer {
                     .phase
                     .rolled_back(format!("health check failed: {reason}"), now_ms())?;
                 self.save(next.clone())?;
+                let env = self.hook_env("post_rollback", &job, Some(slot), self.store.active());
+                self.post_rollback(slot, env).await;
                 // Nothing may ever start the rejected package.
                 self.clear_rejected(slot);
                 let log = self.take_log();
@@ -709,6 +716,19 @@ impl Installer {
             self.save(next)?;
             self.note(format!("switched to slot {}", slot.name()));
             tracing::info!(version = %job.version, slot = slot.name(), "Switched to the new slot.");
+            if let Some(hook) = self.slot_manifest(slot).and_then(|m| m.hooks.post_switch) {
+                let env = self.hook_env("post_switch", &job, Some(slot), previous);
+                let dir = self.store.slot_dir(slot);
+                let ran = tokio::task::spawn_blocking(move || hooks::run(&hook, &dir, &env))
+                    .await
+                    .map_err(|e| OtaError::Refused(e.to_string()))?;
+                self.note_hook("post_switch", &ran);
+                if let Some(why) = ran.failure {
+                    tracing::warn!(version = %job.version, reason = %why, "The package's post_switch hook failed; rolling back.");
+                    self.rollback(&format!("the post_switch hook failed: {why}"))?;
+                    return Ok(self.journal.phase.clone());
+                }
+            }
             self.progress(&job, 98, "switched", 0, None);
             self.emit(OtaEvent::Switched { job: job.clone() });
         }
@@ -792,6 +812,7 @@ impl Installer {
     }
 
     fn check_manifest(&self, job: &Job, m: &Manifest) -> Result<(), String> {
+        m.check_hooks()?;
         if m.version != job.version {
             return Err(format!(
                 "the package is version {}, the update announced {}",
@@ -807,6 +828,111 @@ impl Installer {
             }
         }
         Ok(())
+    }
+
+    /// The manifest installed in `slot`.
+    fn slot_manifest(&self, slot: Slot) -> Option<Manifest> {
+        let bytes = std::fs::read(self.store.slot_dir(slot).join(package::MANIFEST)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// What a hook is told: which hook, the module, the new and the old version and slot.
+    fn hook_env(
+        &self,
+        name: &str,
+        job: &Job,
+        new: Option<Slot>,
+        old: Option<Slot>,
+    ) -> Vec<(&'static str, String)> {
+        let dir = |s: Option<Slot>| {
+            s.map(|s| self.store.slot_dir(s).display().to_string())
+                .unwrap_or_default()
+        };
+        let old_version = old
+            .and_then(|s| self.slot_manifest(s))
+            .map(|m| m.version)
+            .unwrap_or_default();
+        vec![
+            ("EDGE_AGENT_OTA_HOOK", name.to_owned()),
+            ("EDGE_AGENT_OTA_MODULE", job.module.clone()),
+            ("EDGE_AGENT_OTA_NEW_VERSION", job.version.clone()),
+            ("EDGE_AGENT_OTA_NEW_SLOT", dir(new)),
+            ("EDGE_AGENT_OTA_OLD_VERSION", old_version),
+            ("EDGE_AGENT_OTA_OLD_SLOT", dir(old)),
+        ]
+    }
+
+    /// A hook's output and result into the OTA log (and so into the upgrade report).
+    fn note_hook(&mut self, name: &str, ran: &hooks::Ran) {
+        for line in &ran.output {
+            self.note(format!("{name}: {line}"));
+        }
+        match &ran.failure {
+            None => self.note(format!("{name} hook succeeded")),
+            Some(why) => self.note(format!("{name} hook failed: {why}")),
+        }
+    }
+
+    /// The package's `pre_install` hook, before anything touches the inactive slot: its
+    /// program alone, taken from the verified package and checked against the manifest,
+    /// runs from `<ota>/hook/`. Err: the update is refused, with the hook's output.
+    async fn pre_install(&mut self, job: &Job, pkg: &Path) -> Result<(), String> {
+        let text =
+            package::read_member(pkg, package::MANIFEST, 1 << 20).map_err(|e| e.to_string())?;
+        let m: Manifest = serde_json::from_slice(&text)
+            .map_err(|e| format!("the package's manifest is not valid: {e}"))?;
+        let Some(hook) = m.hooks.pre_install.clone() else {
+            return Ok(());
+        };
+        m.check_hooks()?;
+        let prog = hook.command[0].clone();
+        let data = package::read_member(pkg, &prog, 16 << 20).map_err(|e| e.to_string())?;
+        let listed = m.components.iter().find(|c| c.path == prog);
+        let actual = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(&data))
+        };
+        if !listed.is_some_and(|c| c.sha256.eq_ignore_ascii_case(&actual)) {
+            return Err(format!(
+                "the pre_install hook '{prog}' does not match its hash in the manifest"
+            ));
+        }
+        let dir = self.store.root.join("hook");
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join(&prog);
+        let write = || -> std::io::Result<()> {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::create_dir_all(path.parent().unwrap_or(&dir))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o700)
+                .open(&path)?;
+            std::io::Write::write_all(&mut f, &data)
+        };
+        write().map_err(|e| format!("cannot stage the pre_install hook: {e}"))?;
+        let env = self.hook_env("pre_install", job, None, self.store.active());
+        let d2 = dir.clone();
+        let ran = tokio::task::spawn_blocking(move || hooks::run(&hook, &d2, &env))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_dir_all(&dir);
+        self.note_hook("pre_install", &ran);
+        match ran.failure {
+            None => Ok(()),
+            Some(why) => Err(format!("the pre_install hook refused the update: {why}")),
+        }
+    }
+
+    /// The rejected package's `post_rollback` hook, in its slot (still there).
+    async fn post_rollback(&mut self, slot: Slot, env: Vec<(&'static str, String)>) {
+        let Some(hook) = self.slot_manifest(slot).and_then(|m| m.hooks.post_rollback) else {
+            return;
+        };
+        let dir = self.store.slot_dir(slot);
+        if let Ok(ran) = tokio::task::spawn_blocking(move || hooks::run(&hook, &dir, &env)).await {
+            self.note_hook("post_rollback", &ran);
+        }
     }
 
     async fn health_check(&self, dir: &Path, m: &Manifest) -> Result<(), String> {
@@ -1021,6 +1147,15 @@ impl Installer {
         let restored = self.switch_back(previous)?;
         let next = phase.rolled_back(reason.to_owned(), now_ms())?;
         self.save(next)?;
+        if let Some(hook) = self
+            .slot_manifest(rejected)
+            .and_then(|m| m.hooks.post_rollback)
+        {
+            // Blocking: a technician's `ota rollback` runs it alike.
+            let env = self.hook_env("post_rollback", &job, Some(rejected), previous);
+            let ran = hooks::run(&hook, &self.store.slot_dir(rejected), &env);
+            self.note_hook("post_rollback", &ran);
+        }
         self.clear_rejected(rejected);
         self.note(format!("rolled back: {reason}"));
         tracing::warn!(version = %job.version, reason, "Rolled back to the previous slot.");

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod download;
+pub mod hooks;
 pub mod installer;
 pub mod machine;
 pub mod package;

@@ -50,6 +50,40 @@ const fn default_timeout() -> u64 {
     60
 }
 
+/// Programs the installer runs at points of an install (docs/ota.md, Hooks). Each one's
+/// program is a file of the package, so nothing runs that was not verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Before the inactive slot is touched; non-zero refuses the update. Runs alone
+    /// (the program's file only) from a folder beside the slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_install: Option<HealthCheck>,
+    /// In the new slot, right after the switch; non-zero rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_switch: Option<HealthCheck>,
+    /// In the rejected slot, after a rollback; its result is logged only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_rollback: Option<HealthCheck>,
+}
+
+impl Hooks {
+    pub fn is_empty(&self) -> bool {
+        self.pre_install.is_none() && self.post_switch.is_none() && self.post_rollback.is_none()
+    }
+
+    /// (name, hook) of each one set.
+    pub fn each(&self) -> impl Iterator<Item = (&'static str, &HealthCheck)> {
+        [
+            ("pre_install", &self.pre_install),
+            ("post_switch", &self.post_switch),
+            ("post_rollback", &self.post_rollback),
+        ]
+        .into_iter()
+        .filter_map(|(n, h)| h.as_ref().map(|h| (n, h)))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -60,6 +94,26 @@ pub struct Manifest {
     pub components: Vec<Component>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+}
+
+impl Manifest {
+    /// Every hook's program is a file the manifest lists (so it was verified with the
+    /// package), named by its path inside the package.
+    pub fn check_hooks(&self) -> Result<(), String> {
+        for (name, h) in self.hooks.each() {
+            let Some(prog) = h.command.first() else {
+                return Err(format!("the {name} hook's command is empty"));
+            };
+            if !self.components.iter().any(|c| &c.path == prog) {
+                return Err(format!(
+                    "the {name} hook runs '{prog}', which is not a file of the package"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -590,17 +644,21 @@ pub struct Packed {
     pub manifest: Manifest,
 }
 
+/// What `ota pack` is told besides the folder.
+#[derive(Default)]
+pub struct PackOptions<'a> {
+    pub name: String,
+    pub version: String,
+    pub health_check: Option<HealthCheck>,
+    pub min_agent_version: Option<String>,
+    pub hooks: Hooks,
+    pub key: Option<&'a super::signing::SigningKey>,
+}
+
 /// Builds `<out_dir>/<name>-<version>.tar.gz` from every file under `src`, with a
 /// manifest (and `.sha256`, `.sig` files beside it).
-pub fn pack(
-    src: &Path,
-    name: &str,
-    version: &str,
-    health_check: Option<HealthCheck>,
-    min_agent_version: Option<String>,
-    key: Option<&super::signing::SigningKey>,
-    out_dir: &Path,
-) -> Result<Packed, PackageError> {
+pub fn pack(src: &Path, opts: &PackOptions, out_dir: &Path) -> Result<Packed, PackageError> {
+    let (name, version, key) = (opts.name.as_str(), opts.version.as_str(), opts.key);
     let mut files = Vec::new();
     collect(src, src, &mut files)?;
     files.sort();
@@ -624,10 +682,12 @@ pub fn pack(
     let manifest = Manifest {
         name: name.to_owned(),
         version: version.to_owned(),
-        min_agent_version,
+        min_agent_version: opts.min_agent_version.clone(),
         components,
-        health_check,
+        health_check: opts.health_check.clone(),
+        hooks: opts.hooks.clone(),
     };
+    manifest.check_hooks().map_err(PackageError::Manifest)?;
     std::fs::create_dir_all(out_dir).map_err(|e| io(out_dir, e))?;
     let package = out_dir.join(format!("{name}-{version}.tar.gz"));
     {
@@ -684,6 +744,42 @@ pub fn pack(
         sha256,
         signature,
         manifest,
+    })
+}
+
+/// One file of a package, at most `max` bytes, without extracting the rest (the
+/// pre-install hook runs before the slot is touched).
+pub fn read_member(package: &Path, member: &str, max: u64) -> Result<Vec<u8>, PackageError> {
+    let f = std::fs::File::open(package).map_err(|e| io(package, e))?;
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)));
+    let entries = ar
+        .entries()
+        .map_err(|e| PackageError::Archive(e.to_string()))?;
+    let want = normalized(Path::new(member));
+    for entry in entries {
+        let entry = entry.map_err(|e| PackageError::Archive(e.to_string()))?;
+        let path = entry
+            .path()
+            .map_err(|e| PackageError::Archive(e.to_string()))?
+            .into_owned();
+        if normalized(&path) != want || entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let mut data = Vec::new();
+        std::io::Read::take(entry, max.saturating_add(1))
+            .read_to_end(&mut data)
+            .map_err(|e| PackageError::Archive(e.to_string()))?;
+        if data.len() as u64 > max {
+            return Err(PackageError::Refused {
+                path: member.to_owned(),
+                reason: format!("larger than {max} bytes"),
+            });
+        }
+        return Ok(data);
+    }
+    Err(PackageError::Refused {
+        path: member.to_owned(),
+        reason: "not in the package".into(),
     })
 }
 
@@ -754,16 +850,13 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let seed = [7u8; 32];
         let key = super::super::signing::SigningKey::Ed25519(seed);
-        let p = pack(
-            src.path(),
-            "detector",
-            "1.5.0",
-            None,
-            None,
-            Some(&key),
-            out.path(),
-        )
-        .unwrap();
+        let opts = PackOptions {
+            name: "detector".into(),
+            version: "1.5.0".into(),
+            key: Some(&key),
+            ..Default::default()
+        };
+        let p = pack(src.path(), &opts, out.path()).unwrap();
         assert_eq!(p.manifest.components.len(), 2);
         assert_eq!(p.manifest.components[1].kind.as_deref(), Some("onnx-model"));
         let (_, digest) = sha256_file(&p.package).unwrap();

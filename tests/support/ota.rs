@@ -96,7 +96,14 @@ pub fn make_package(
         timeout_s: 10,
     });
     let key = key.map(|seed| edge_agent::ota::signing::SigningKey::Ed25519(*seed));
-    package::pack(src.path(), "detector", version, hc, None, key.as_ref(), out).unwrap()
+    let opts = package::PackOptions {
+        name: "detector".into(),
+        version: version.to_owned(),
+        health_check: hc,
+        key: key.as_ref(),
+        ..Default::default()
+    };
+    package::pack(src.path(), &opts, out).unwrap()
 }
 
 pub fn agent() -> Command {
