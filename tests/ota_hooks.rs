@@ -65,6 +65,13 @@ impl Robot {
         self.dir.path().join("v2/detector-2.0.0.tar.gz")
     }
 
+    /// [`Robot::pack`], which must succeed, then [`Robot::install`].
+    fn pack_and_install(&self, scripts: &[(&str, &str)], flags: &[&str]) -> Output {
+        let o = self.pack(scripts, flags);
+        assert!(o.status.success(), "{}", stderr(&o));
+        self.install()
+    }
+
     /// `ota install` of 2.0.0, the hooks' log file in `HOOK_LOG`.
     fn install(&self) -> Output {
         agent()
@@ -104,7 +111,7 @@ fn hooks_run_in_order_told_the_versions_and_slots_and_their_output_reaches_the_o
         "{TELL}\n# The inactive slot is untouched while this runs.\necho \"slot b files: $(ls \"$(dirname \"$PWD\")/slots/b\" 2>/dev/null | wc -l)\" >> \"$HOOK_LOG\"\necho 'disk space ok'"
     );
     let post = format!("{TELL}\necho 'picker-arm restarted'");
-    let o = r.pack(
+    let o = r.pack_and_install(
         &[("pre.sh", &pre), ("post.sh", &post), ("rollback.sh", TELL)],
         &[
             "--pre-install",
@@ -115,8 +122,6 @@ fn hooks_run_in_order_told_the_versions_and_slots_and_their_output_reaches_the_o
             "hooks/rollback.sh",
         ],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = r.install();
     assert!(o.status.success(), "{}", stderr(&o));
     let st = r.state();
     assert_eq!(
@@ -145,15 +150,13 @@ fn hooks_run_in_order_told_the_versions_and_slots_and_their_output_reaches_the_o
 #[test]
 fn a_failing_pre_install_refuses_the_update_with_its_output_and_touches_no_slot() {
     let r = Robot::new();
-    let o = r.pack(
+    let o = r.pack_and_install(
         &[(
             "pre.sh",
             "echo 'only 12 MB free, 300 MB needed' >&2\nexit 1",
         )],
         &["--pre-install", "hooks/pre.sh"],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = r.install();
     assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("pre_install hook refused the update")
@@ -171,7 +174,7 @@ fn a_failing_pre_install_refuses_the_update_with_its_output_and_touches_no_slot(
 fn a_failing_post_switch_rolls_back_and_the_post_rollback_hook_is_told() {
     let r = Robot::new();
     let post = format!("{TELL}\necho 'picker-arm did not come up' >&2\nexit 2");
-    let o = r.pack(
+    let o = r.pack_and_install(
         &[("post.sh", &post), ("rollback.sh", TELL)],
         &[
             "--post-switch",
@@ -180,8 +183,6 @@ fn a_failing_post_switch_rolls_back_and_the_post_rollback_hook_is_told() {
             "hooks/rollback.sh",
         ],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = r.install();
     assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("the post_switch hook failed")
@@ -212,12 +213,10 @@ fn a_failing_post_switch_rolls_back_and_the_post_rollback_hook_is_told() {
 #[test]
 fn a_hook_past_its_timeout_is_stopped_and_refuses_the_update() {
     let r = Robot::new();
-    let o = r.pack(
+    let o = r.pack_and_install(
         &[("pre.sh", "sleep 30")],
         &["--pre-install", "hooks/pre.sh", "--hook-timeout", "1"],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = r.install();
     assert_eq!(o.status.code(), Some(65));
     assert!(
         stderr(&o).contains("did not finish within 1s"),
