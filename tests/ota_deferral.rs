@@ -39,6 +39,7 @@ fn job(version: &str, url: String, sha256: &str) -> Job {
         hash: Some(Hash::Sha256(sha256.into())),
         signature: None,
         force: false,
+        oss: None,
     }
 }
 

@@ -37,6 +37,27 @@ fn seed_v1(agent_dir: &Path, www: &Path) -> std::path::PathBuf {
     ota_dir
 }
 
+/// An agent polling `srv` every second, with 1.0.0 installed: (its DDS domain, its
+/// folder, its OTA folder).
+fn http_agent(
+    mq_port: u16,
+    srv: &HttpServer,
+    www: &Path,
+) -> (support::Domain, AgentDir, std::path::PathBuf) {
+    let dom = support::domain();
+    let a = AgentDir::new(
+        mq_port,
+        dom.id,
+        "",
+        &format!(
+            "[ota]\nprotocol = \"http\"\nallow_http = true\nconfirm_after = \"1s\"\nhttp_server = \"{}\"\nhttp_interval = \"1s\"\n",
+            srv.url("")
+        ),
+    );
+    let ota_dir = seed_v1(a.path(), www);
+    (dom, a, ota_dir)
+}
+
 fn steps(lines: &[String], topic: &str) -> Vec<i64> {
     payloads(lines, topic)
         .iter()
@@ -391,17 +412,7 @@ fn http_poll_finds_installs_and_reports_an_update() {
     let mq = Mosquitto::start(Options::default());
     let www = tempfile::tempdir().unwrap();
     let srv = HttpServer::start(www.path());
-    let dom = support::domain();
-    let a = AgentDir::new(
-        mq.port,
-        dom.id,
-        "",
-        &format!(
-            "[ota]\nprotocol = \"http\"\nallow_http = true\nconfirm_after = \"1s\"\nhttp_server = \"{}\"\nhttp_interval = \"1s\"\n",
-            srv.url("")
-        ),
-    );
-    let ota_dir = seed_v1(a.path(), www.path());
+    let (_dom, a, ota_dir) = http_agent(mq.port, &srv, www.path());
     let rep = ready_sub(
         mq.port,
         "/pk1/robot-7/user/ota/#",
@@ -471,4 +482,108 @@ fn http_poll_finds_installs_and_reports_an_update() {
     assert!(log.contains("The update server answers again"), "{log}");
     let st: Value = status(&ota_dir);
     assert_eq!(st["committed"]["version"], "2.0.0", "{st}");
+}
+
+#[test]
+fn http_check_update_with_oss_sts_credentials_downloads_with_signed_requests() {
+    // The update server answers with temporary STS credentials and an OSS object, as the
+    // reference update code does; the test server plays the bucket and checks every
+    // request's signature with Alibaba Cloud's own oss2 SDK.
+    const SECRET: &str = "sts-secret-9f8e7d";
+    const TOKEN: &str = "CAIS-sts-token-4c3b2a";
+    let mq = Mosquitto::start(Options::default());
+    let www = tempfile::tempdir().unwrap();
+    let check = format!("orchard-ota STS.NUd7 {SECRET} {TOKEN}");
+    let srv = HttpServer::start_with_env(www.path(), &[("OSS_CHECK", &check)]);
+    let (_dom, a, ota_dir) = http_agent(mq.port, &srv, www.path());
+    // 256 KiB that do not compress, sent at 64 KiB/s: the agent is stopped mid-way.
+    let mut x: u32 = 0x9e37_79b9;
+    let noise: Vec<u8> = (0..256 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let v2 = make_package(
+        www.path(),
+        "2.0.0",
+        &[("model/weights.bin", noise)],
+        None,
+        None,
+    );
+    let object = format!("pkgs/{}", v2.package.file_name().unwrap().to_str().unwrap());
+    std::fs::create_dir_all(www.path().join("pkgs")).unwrap();
+    std::fs::copy(&v2.package, www.path().join(&object)).unwrap();
+    srv.control("rate?bps=65536");
+    std::fs::write(
+        www.path().join("check_update.json"),
+        json!({"update_available": true, "latest_version": "2.0.0", "sha256": v2.sha256,
+               "oss": {"endpoint": srv.url("").trim_end_matches('/'), "bucket": "orchard-ota", "object": object,
+                       "Credentials": {"AccessKeyId": "STS.NUd7", "AccessKeySecret": SECRET, "SecurityToken": TOKEN}}})
+        .to_string(),
+    )
+    .unwrap();
+    let rep = ready_sub(
+        mq.port,
+        "/pk1/robot-7/user/ota/#",
+        "/pk1/robot-7/user/ota/probe",
+        &["-q", "1"],
+    );
+    // A power cut (kill -9) once part of the package has come.
+    let mut agent = spawn_run(&a.config(), &[]);
+    let deadline = std::time::Instant::now() + T;
+    while srv.control("stats")["bytes_sent"].as_u64().unwrap() < 64 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let journal = std::fs::read_to_string(ota_dir.join("journal.json")).unwrap();
+    assert!(journal.contains("orchard-ota"), "{journal}");
+    srv.control("rate?bps=0");
+
+    // Started again: fresh credentials from the server, and the rest of the package.
+    let agent = spawn_run(&a.config(), &[]);
+    let deadline = std::time::Instant::now() + T;
+    while payloads(&rep.snapshot(), "/pk1/robot-7/user/ota/result").is_empty() {
+        if std::time::Instant::now() > deadline {
+            panic!("no result report; the agent's log:\n{}", stop(agent));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = stop(agent);
+    let results = payloads(&rep.snapshot(), "/pk1/robot-7/user/ota/result");
+    assert_eq!(results[0]["RESULT"], 0, "{results:?}\n{log}");
+    assert_eq!(active_slot_is_complete(&ota_dir).unwrap(), "2.0.0");
+    assert!(
+        log.contains("goes on with the update server's next answer"),
+        "{log}"
+    );
+    let reqs: Vec<Value> = srv.control("stats")["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r[0].as_str().unwrap().starts_with("/orchard-ota/"))
+        .cloned()
+        .collect();
+    assert!(
+        reqs.iter().all(|r| r[2] != 403),
+        "a request oss2 did not sign alike: {reqs:?}"
+    );
+    assert!(
+        reqs.iter().any(|r| r[2] == 206),
+        "the download was not taken up where it stopped: {reqs:?}"
+    );
+    // The credentials reach no log line, report or state file.
+    let mut said = log.clone();
+    said.push_str(&rep.snapshot().join("\n"));
+    for f in ["journal.json", "job.log"] {
+        said.push_str(&std::fs::read_to_string(ota_dir.join(f)).unwrap_or_default());
+    }
+    assert!(!said.contains(SECRET) && !said.contains(TOKEN), "{said}");
 }

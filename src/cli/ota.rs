@@ -473,6 +473,7 @@ fn install(
             .map(|m| m.len()),
         hash: sha256.map(Hash::Sha256),
         signature,
+        oss: None,
         force,
     };
     // The same package again takes up the interrupted job; different details (a new

@@ -27,6 +27,8 @@ pub struct DownloadSettings {
     pub max_rate: u64,
     pub allow_http: bool,
     pub max_bytes: u64,
+    /// Sign every request for a package in OSS (a fresh Date each time).
+    pub oss: Option<std::sync::Arc<super::oss::OssAccess>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +316,11 @@ async fn attempt_once(
 ) -> Result<u64, Attempt> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let mut req = http.get(url);
+    if let Some(oss) = &settings.oss {
+        for (name, value) in oss.headers(&super::oss::http_date_now()) {
+            req = req.header(name, value);
+        }
+    }
     let resuming = have > 0 && (info.etag.is_some() || info.last_modified.is_some());
     if resuming {
         req = req.header("Range", format!("bytes={have}-"));

@@ -80,8 +80,10 @@ pub enum OtaEvent {
 /// Whether two jobs are the same update, the one read back from the journal (URL
 /// redacted) or not.
 pub fn same_job(a: &Job, b: &Job) -> bool {
+    // Temporary credentials change from one offer to the next; the job does not.
     let shown = |j: &Job| Job {
         url: download::redact_url(&j.url),
+        oss: None,
         ..j.clone()
     };
     shown(a) == shown(b)
@@ -396,6 +398,7 @@ impl Installer {
             max_rate: self.settings.max_download_rate,
             allow_http: self.settings.allow_http,
             max_bytes: self.settings.max_package_bytes,
+            oss: None,
         }
     }
 
@@ -581,7 +584,8 @@ impl Installer {
             if !pkg.exists() {
                 self.progress(&job, 1, "downloading", 0, job.size);
                 let http = self.http()?;
-                let settings = self.download_settings();
+                let mut settings = self.download_settings();
+                settings.oss = job.oss.clone();
                 let events = self.events.clone();
                 let j2 = job.clone();
                 let mut last_pct = 0u8;

@@ -52,8 +52,17 @@ pub struct Job {
     pub url: String,
     pub size: Option<u64>,
     pub hash: Option<Hash>,
-    /// Detached ed25519 signature over the package's SHA-256 (base64 or hex).
+    /// Detached signature of the package (docs/ota.md, Signatures), as it came.
     pub signature: Option<String>,
+    /// The package is in Alibaba Cloud OSS, fetched with these temporary credentials.
+    /// The journal keeps where it is but not the credentials: after a restart the
+    /// update server is asked again and gives fresh ones.
+    #[serde(
+        default,
+        with = "super::oss::journal_form",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub oss: Option<std::sync::Arc<super::oss::OssAccess>>,
     /// A technician's `--force`: allows downgrades and going under the floor.
     #[serde(default)]
     pub force: bool,
@@ -325,6 +334,7 @@ mod tests {
             hash: Some(Hash::Sha256("ab".into())),
             signature: None,
             force: false,
+            oss: None,
         }
     }
 

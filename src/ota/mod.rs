@@ -8,6 +8,7 @@ pub mod download;
 pub mod hooks;
 pub mod installer;
 pub mod machine;
+pub mod oss;
 pub mod package;
 pub mod protocols;
 pub mod report;

@@ -91,6 +91,7 @@ pub fn aliyun_job(v: &Value, module_default: &str) -> Result<Job, String> {
             .find_map(|p| data.pointer(p).and_then(Value::as_str))
             .map(str::to_owned),
         force: false,
+        oss: None,
     })
 }
 
@@ -119,7 +120,20 @@ pub fn aws_job(job_id: &str, doc: &Value, module: &str) -> Result<Job, String> {
         // AWS IoT code signing's `sig-sha256-ecdsa` (base64 DER), or `signature`.
         signature: s("sig-sha256-ecdsa").or_else(|| s("signature")),
         force: false,
+        oss: None,
     })
+}
+
+/// An interrupted download from OSS, waiting for the update server to give fresh
+/// credentials (the journal never keeps them).
+fn awaits_oss_credentials(inst: &Installer) -> bool {
+    matches!(inst.journal.phase, Phase::Downloading { .. })
+        && inst
+            .journal
+            .phase
+            .job()
+            .and_then(|j| j.oss.as_ref())
+            .is_some_and(|o| !o.has_credentials())
 }
 
 /// A job from an HTTP update server's `check_update` answer.
@@ -132,15 +146,26 @@ pub fn http_job(v: &Value, module: &str) -> Result<Option<Job>, String> {
         return Ok(None);
     }
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    // The package is either at `url`, or in OSS with temporary STS credentials.
+    let oss = match v.get("oss") {
+        Some(o) => Some(std::sync::Arc::new(super::oss::OssAccess::from_json(o)?)),
+        None => None,
+    };
+    let url = match (&oss, s("url")) {
+        (Some(o), _) => o.url(),
+        (None, Some(u)) => u,
+        (None, None) => return Err("url (or oss) is missing".into()),
+    };
     Ok(Some(Job {
         origin: Origin::Http,
         module: module.to_owned(),
         version: s("latest_version").ok_or("latest_version is missing")?,
-        url: s("url").ok_or("url is missing")?,
+        url,
         size: v.get("size").and_then(Value::as_u64),
         hash: s("sha256").map(Hash::Sha256),
         signature: s("signature"),
         force: false,
+        oss,
     }))
 }
 
@@ -393,6 +418,7 @@ impl Service {
                         hash: None,
                         signature: None,
                         force: false,
+                        oss: None,
                     });
                 }
                 let doc = exec.get("jobDocument").cloned().unwrap_or(Value::Null);
@@ -524,6 +550,12 @@ async fn run(
     let settings = svc.s.clone();
     let mut recovered = recovery.is_some();
     let mut pending: Option<Job> = match recovery {
+        // A download from OSS goes on once the update server has given fresh
+        // credentials (the first poll, at once): the journal never keeps them.
+        Some(Recovery::Resume(j)) if j.oss.as_ref().is_some_and(|o| !o.has_credentials()) => {
+            tracing::info!(version = %j.version, "An interrupted download from OSS goes on with the update server's next answer.");
+            None
+        }
         Some(Recovery::Resume(j)) => Some(j),
         _ => None,
     };
@@ -607,7 +639,7 @@ async fn run(
                 }
             }
             // Only an idle installer asks (an update on soak is not "under way" again).
-            _ = poll.tick(), if settings.protocol == OtaProtocol::Http && !inst.journal.phase.busy() => {
+            _ = poll.tick(), if settings.protocol == OtaProtocol::Http && (!inst.journal.phase.busy() || awaits_oss_credentials(&inst)) => {
                 if let Some(job) = check_http(&mut inst, &settings, &mut last_poll_error).await {
                     pending = Some(job);
                 }

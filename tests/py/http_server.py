@@ -12,6 +12,11 @@ Control (GET):
   /_control/stats          {"bytes_sent": n, "requests": [[path, range-or-null, status], ...]}
   /_control/reset          forget the stats
 /api/check_update?version=V answers DIR/check_update.json (404 when absent).
+
+With OSS_CHECK="BUCKET ACCESS_KEY_ID ACCESS_KEY_SECRET SECURITY_TOKEN" in the
+environment, it also plays an OSS bucket: GET /BUCKET/KEY serves DIR/KEY only when the
+request is signed as the oss2 SDK (Alibaba Cloud's own) signs it with StsAuth for the
+same Date; otherwise 403 with what oss2 expected.
 """
 
 import email.utils
@@ -68,10 +73,26 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json({"error": "no update information"}, 404)
             with open(p) as f:
                 return self.send_json(json.load(f))
+        shown = u.path
+        oss = os.environ.get("OSS_CHECK")
+        if oss:
+            bucket, key_id, secret, token = oss.split(" ")
+            prefix = "/" + bucket + "/"
+            if u.path.startswith(prefix):
+                from urllib.parse import unquote
+                key = unquote(u.path[len(prefix):])
+                expected = oss_signature(key_id, secret, token, bucket, key, self.headers.get("Date", ""))
+                got = self.headers.get("Authorization")
+                ok = got == expected and self.headers.get("x-oss-security-token") == token
+                if not ok:
+                    with lock:
+                        state["requests"].append([u.path, self.headers.get("Range"), 403])
+                    return self.send_json({"error": "SignatureDoesNotMatch", "expected": expected, "got": got}, 403)
+                u = u._replace(path="/" + key)
         path = os.path.join(ROOT, u.path.lstrip("/"))
         if not os.path.isfile(path):
             with lock:
-                state["requests"].append([u.path, self.headers.get("Range"), 404])
+                state["requests"].append([shown, self.headers.get("Range"), 404])
             return self.send_json({"error": "not found"}, 404)
         st = os.stat(path)
         with open(path, "rb") as f:
@@ -87,7 +108,7 @@ class Handler(BaseHTTPRequestHandler):
                 start, status = int(s), 206
         body = data[start:]
         with lock:
-            state["requests"].append([u.path, rng, status])
+            state["requests"].append([shown, rng, status])
             cut = state["cut_after"]
             state["cut_after"] = None
             if cut is None and state["cut_every"]:
@@ -130,6 +151,22 @@ class Handler(BaseHTTPRequestHandler):
                 ahead = sent / bps - (time.time() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
+
+
+def oss_signature(key_id, secret, token, bucket, key, date):
+    """The Authorization header oss2.StsAuth gives a GET of bucket/key sent at date."""
+    import oss2
+    from oss2 import http as oss_http
+    from oss2 import utils as oss_utils
+
+    real = oss_utils.http_date
+    oss_utils.http_date = lambda *a, **k: date
+    try:
+        req = oss_http.Request("GET", "http://unused/" + key)
+        oss2.StsAuth(key_id, secret, token)._sign_request(req, bucket, key)
+    finally:
+        oss_utils.http_date = real
+    return req.headers["authorization"]
 
 
 def main():

@@ -16,9 +16,15 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with_env(dir, &[])
+    }
+
+    /// With environment variables for the server (`OSS_CHECK`: see http_server.py).
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(super::python())
             .arg(super::repo().join("tests/py/http_server.py"))
             .arg(dir)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
