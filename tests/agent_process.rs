@@ -333,20 +333,18 @@ fn technician_commands_report_clearly() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("broker     127.0.0.1:"));
 
     // While the agent runs, the outbox is its alone.
-    let child = spawn_run(&config);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let out = loop {
-        let out = agent()
-            .args(["outbox", "status", "-c"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        // 0 until the starting agent has taken its outbox.
-        if out.status.code() != Some(0) || std::time::Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut child = spawn_run(&config);
+    // Once connected, the agent has long held its outbox (it opens it first). Asking
+    // sooner would race it: the command holds the outbox for a moment itself.
+    let log = support::agent::LogWatch::of(&mut child);
+    log.wait_for("the connection", Duration::from_secs(20), |l| {
+        l.contains("Connected to the broker")
+    });
+    let out = agent()
+        .args(["outbox", "status", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
     signal(&child, "-TERM");
     let _ = finish(child);
     assert_eq!(out.status.code(), Some(75));

@@ -248,12 +248,17 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
         json!({}),
     );
     robot.peer.wait_matched("pose");
+    agent.log().wait_publisher("/robot/pose");
     robot.peer.write(
         "pose",
         json!({"header": {"frame_id": "map"},
         "pose": {"position": {"x": 12.5, "y": -3.0, "z": 0.0}, "orientation": {"w": 1.0}}}),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    agent
+        .log()
+        .wait_for("the pose taken in", Duration::from_secs(20), |l| {
+            l.contains("The robot's pose is known")
+        });
 
     // (request, cloud mode, expected source, cloud asked)
     let cases = [
@@ -372,6 +377,9 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
     );
     robot.peer.wait_matched("depth");
     robot.peer.wait_matched("info");
+    // The agent reads them best-effort: written only once its readers have matched.
+    agent.log().wait_publisher("/camera/depth");
+    agent.log().wait_publisher("/camera/color/camera_info");
     let mm: Vec<u8> = (0..320 * 240).flat_map(|_| 1500u16.to_le_bytes()).collect();
     robot.peer.write(
         "depth",
@@ -384,7 +392,14 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
         json!({"header": {"frame_id": "camera_color_optical_frame"},
         "height": 240, "width": 320, "k": [300.0, 0.0, 160.0, 0.0, 300.0, 120.0, 0.0, 0.0, 1.0]}),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    for what in [
+        "A depth image has arrived",
+        "The camera's intrinsics are known",
+    ] {
+        agent
+            .log()
+            .wait_for(what, Duration::from_secs(20), |l| l.contains(what));
+    }
     cloud.set(Mode::InTime);
     let mut img = image(320, 240, 110, 7);
     img["header"]["stamp"]["sec"] = json!(110);

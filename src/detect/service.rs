@@ -433,12 +433,22 @@ impl Service {
                     self.latest_frame = Some((s.cdr, Instant::now()));
                     self.maybe_capture(&local_tx);
                 }
-                Some(s) = depth_rx.recv() => self.depth = Some(s.cdr),
+                Some(s) = depth_rx.recv() => {
+                    if self.depth.is_none() {
+                        tracing::debug!("A depth image has arrived: detections can be positioned from now on.");
+                    }
+                    self.depth = Some(s.cdr);
+                }
                 Some(s) = info_rx.recv() => self.on_camera_info(&s.cdr),
                 Some(s) = pose_rx.recv() => {
                     if let Some(sch) = &self.pose_schema {
                         match decode_to_value(sch, &s.cdr, &DecodeOptions::default()) {
-                            Ok(v) => self.pose = Some(v),
+                            Ok(v) => {
+                                if self.pose.is_none() {
+                                    tracing::debug!("The robot's pose is known: it goes with each cloud request from now on.");
+                                }
+                                self.pose = Some(v);
+                            }
                             Err(e) => tracing::debug!(error = %e, "A pose message could not be decoded."),
                         }
                     }
@@ -811,7 +821,12 @@ impl Service {
             .map_err(|e| e.to_string())
             .and_then(|v| Intrinsics::from_camera_info(&v))
         {
-            Ok(k) => self.intrinsics = Some(k),
+            Ok(k) => {
+                if self.intrinsics.is_none() {
+                    tracing::debug!("The camera's intrinsics are known: detections get 3D positions from now on.");
+                }
+                self.intrinsics = Some(k);
+            }
             Err(e) => {
                 if self.intrinsics.is_none() && !self.warned_depth {
                     self.warned_depth = true;

@@ -111,26 +111,36 @@ pub fn stop(child: Child) -> String {
 }
 
 /// A running agent, killed if the test fails before stopping it.
-pub struct Agent(Option<Child>);
+pub struct Agent(Option<Child>, Option<LogWatch>);
 
 impl Agent {
-    /// `edge-agent run --config <config>`.
+    /// `edge-agent run --config <config>`, its log watched as it comes.
     pub fn start(config: &Path) -> Self {
-        Agent(Some(spawn_run(config, &[])))
+        let (child, log) = spawn_watched(config, &[]);
+        Agent(Some(child), Some(log))
     }
 
     /// An agent the test spawned itself (other arguments or environment).
     pub fn from_child(child: Child) -> Self {
-        Agent(Some(child))
+        Agent(Some(child), None)
     }
 
     pub fn pid(&self) -> u32 {
         self.0.as_ref().map_or(0, Child::id)
     }
 
+    /// The agent's log as it comes (agents made by [`Agent::start`]).
+    pub fn log(&self) -> &LogWatch {
+        self.1.as_ref().expect("an agent started by Agent::start")
+    }
+
     /// SIGTERM; the agent's log, after checking it exited cleanly.
     pub fn stop(mut self) -> String {
-        stop(self.0.take().unwrap())
+        let child = self.0.take().unwrap();
+        match self.1.take() {
+            Some(log) => stop_watched(child, log),
+            None => stop(child),
+        }
     }
 }
 
