@@ -23,6 +23,9 @@ use super::{crash_point, hooks, version, Slot};
 use crate::clock::{file_stamp, now_ms, rfc3339_ms};
 
 /// Checks a model file of a new slot (loads and runs it). Provided by the detector.
+/// What a hook is told, as environment variables.
+type HookEnv = Vec<(&'static str, String)>;
+
 pub type ModelCheck = Arc<dyn Fn(&Path) -> Result<(), String> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
@@ -691,8 +694,16 @@ impl Installer {
                     .phase
                     .rolled_back(format!("health check failed: {reason}"), now_ms())?;
                 self.save(next.clone())?;
-                let env = self.hook_env("post_rollback", &job, Some(slot), self.store.active());
-                self.post_rollback(slot, env).await;
+                let old = self.store.active();
+                if let Some((hook, dir, env)) =
+                    self.slot_hook("post_rollback", |h| h.post_rollback, &job, slot, old)
+                {
+                    if let Ok(ran) =
+                        tokio::task::spawn_blocking(move || hooks::run(&hook, &dir, &env)).await
+                    {
+                        self.note_hook("post_rollback", &ran);
+                    }
+                }
                 // Nothing may ever start the rejected package.
                 self.clear_rejected(slot);
                 let log = self.take_log();
@@ -720,9 +731,9 @@ impl Installer {
             self.save(next)?;
             self.note(format!("switched to slot {}", slot.name()));
             tracing::info!(version = %job.version, slot = slot.name(), "Switched to the new slot.");
-            if let Some(hook) = self.slot_manifest(slot).and_then(|m| m.hooks.post_switch) {
-                let env = self.hook_env("post_switch", &job, Some(slot), previous);
-                let dir = self.store.slot_dir(slot);
+            if let Some((hook, dir, env)) =
+                self.slot_hook("post_switch", |h| h.post_switch, &job, slot, previous)
+            {
                 let ran = tokio::task::spawn_blocking(move || hooks::run(&hook, &dir, &env))
                     .await
                     .map_err(|e| OtaError::Refused(e.to_string()))?;
@@ -841,13 +852,7 @@ impl Installer {
     }
 
     /// What a hook is told: which hook, the module, the new and the old version and slot.
-    fn hook_env(
-        &self,
-        name: &str,
-        job: &Job,
-        new: Option<Slot>,
-        old: Option<Slot>,
-    ) -> Vec<(&'static str, String)> {
+    fn hook_env(&self, name: &str, job: &Job, new: Option<Slot>, old: Option<Slot>) -> HookEnv {
         let dir = |s: Option<Slot>| {
             s.map(|s| self.store.slot_dir(s).display().to_string())
                 .unwrap_or_default()
@@ -864,6 +869,21 @@ impl Installer {
             ("EDGE_AGENT_OTA_OLD_VERSION", old_version),
             ("EDGE_AGENT_OTA_OLD_SLOT", dir(old)),
         ]
+    }
+
+    /// The hook `pick` chooses from the manifest installed in `slot`, ready to run there:
+    /// (hook, the slot's folder, its environment).
+    fn slot_hook(
+        &self,
+        name: &str,
+        pick: fn(package::Hooks) -> Option<package::HealthCheck>,
+        job: &Job,
+        slot: Slot,
+        old: Option<Slot>,
+    ) -> Option<(package::HealthCheck, PathBuf, HookEnv)> {
+        let hook = pick(self.slot_manifest(slot)?.hooks)?;
+        let env = self.hook_env(name, job, Some(slot), old);
+        Some((hook, self.store.slot_dir(slot), env))
     }
 
     /// A hook's output and result into the OTA log (and so into the upgrade report).
@@ -925,17 +945,6 @@ impl Installer {
         match ran.failure {
             None => Ok(()),
             Some(why) => Err(format!("the pre_install hook refused the update: {why}")),
-        }
-    }
-
-    /// The rejected package's `post_rollback` hook, in its slot (still there).
-    async fn post_rollback(&mut self, slot: Slot, env: Vec<(&'static str, String)>) {
-        let Some(hook) = self.slot_manifest(slot).and_then(|m| m.hooks.post_rollback) else {
-            return;
-        };
-        let dir = self.store.slot_dir(slot);
-        if let Ok(ran) = tokio::task::spawn_blocking(move || hooks::run(&hook, &dir, &env)).await {
-            self.note_hook("post_rollback", &ran);
         }
     }
 
@@ -1151,13 +1160,15 @@ impl Installer {
         let restored = self.switch_back(previous)?;
         let next = phase.rolled_back(reason.to_owned(), now_ms())?;
         self.save(next)?;
-        if let Some(hook) = self
-            .slot_manifest(rejected)
-            .and_then(|m| m.hooks.post_rollback)
-        {
+        if let Some((hook, dir, env)) = self.slot_hook(
+            "post_rollback",
+            |h| h.post_rollback,
+            &job,
+            rejected,
+            previous,
+        ) {
             // Blocking: a technician's `ota rollback` runs it alike.
-            let env = self.hook_env("post_rollback", &job, Some(rejected), previous);
-            let ran = hooks::run(&hook, &self.store.slot_dir(rejected), &env);
+            let ran = hooks::run(&hook, &dir, &env);
             self.note_hook("post_rollback", &ran);
         }
         self.clear_rejected(rejected);
