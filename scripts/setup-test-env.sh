@@ -4,7 +4,7 @@
 #     implementation, the one inside ROS 2 Humble and Jazzy), Python and its headers,
 #     systemd (systemd-analyze checks the unit, systemd-sysusers makes the package's user),
 #     lintian and binutils (the Debian package's checks), openssl (signs OTA packages in
-#     the signature tests);
+#     the signature tests), bsdiff (the delta package tests' second implementation);
 #   - a project-local virtualenv (.venv) with rosbags (the reference CDR implementation),
 #     the cyclonedds 0.10.2 Python binding built against Debian's Cyclone, onnx and
 #     onnxruntime.
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto mosquitto-clients cyclonedds-dev python3 python3-venv python3-dev gcc pkg-config systemd lintian binutils openssl)
+APT_PACKAGES=(mosquitto mosquitto-clients cyclonedds-dev python3 python3-venv python3-dev gcc pkg-config systemd lintian binutils openssl bsdiff)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then

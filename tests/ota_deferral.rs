@@ -40,6 +40,7 @@ fn job(version: &str, url: String, sha256: &str) -> Job {
         signature: None,
         force: false,
         oss: None,
+        full: None,
     }
 }
 

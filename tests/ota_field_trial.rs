@@ -455,6 +455,7 @@ async fn progress_through_every_step_and_a_crash_loop_report_with_its_log() {
         signature: None,
         force: false,
         oss: None,
+        full: None,
     };
     let (tx, _rx) = tokio::sync::mpsc::channel(4096);
     let mut inst = installer(dir.path(), tx);

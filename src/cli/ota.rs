@@ -108,6 +108,10 @@ pub enum OtaCommand {
         post_rollback: Option<String>,
         #[arg(long, default_value_t = 60)]
         hook_timeout: u64,
+        /// Make a delta package against this full package (the version robots run):
+        /// unchanged files by hash, changed files as bsdiff patches, new files whole.
+        #[arg(long, value_name = "OLD.tar.gz")]
+        delta_from: Option<PathBuf>,
         /// Where to write the package (default: the current folder).
         #[arg(long, default_value = ".")]
         out: PathBuf,
@@ -287,6 +291,7 @@ pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
             post_switch,
             post_rollback,
             hook_timeout,
+            delta_from,
             out,
         } => {
             let key = match &key {
@@ -314,10 +319,25 @@ pub fn run(cmd: OtaCommand) -> Result<(), Failure> {
                     post_rollback: hook(post_rollback),
                 },
                 key: key.as_ref(),
+                delta_from: delta_from.as_deref(),
             };
             let p = package::pack(&dir, &opts, &out).map_err(|e| Failure::usage(e.to_string()))?;
             println!("{}", p.package.display());
             println!("sha256 {}", p.sha256);
+            if let Some(b) = &p.manifest.base {
+                let (mut patched, mut copied, mut whole) = (0, 0, 0);
+                for c in &p.manifest.components {
+                    match c.delta.as_ref().map(|d| d.patch.is_some()) {
+                        Some(true) => patched += 1,
+                        Some(false) => copied += 1,
+                        None => whole += 1,
+                    }
+                }
+                println!(
+                    "delta from {}: {patched} patched, {copied} unchanged, {whole} whole",
+                    b.version
+                );
+            }
             if let Some(s) = p.signature {
                 println!("signature {s}");
             }
@@ -474,6 +494,7 @@ fn install(
         hash: sha256.map(Hash::Sha256),
         signature,
         oss: None,
+        full: None,
         force,
     };
     // The same package again takes up the interrupted job; different details (a new

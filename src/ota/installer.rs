@@ -534,9 +534,19 @@ impl Installer {
         cancel: &CancellationToken,
     ) -> Result<Phase, OtaError> {
         self.held()?;
-        // Taking up an interrupted job, or starting a new one.
-        let resuming = self.journal.phase.busy()
-            && self.journal.phase.job().is_some_and(|j| same_job(j, &job));
+        // Taking up an interrupted job, or starting a new one. A delta offered again
+        // after the robot turned to its full package goes on with the full one.
+        let mut resuming = false;
+        if self.journal.phase.busy() {
+            if let Some(j) = self.journal.phase.job() {
+                if same_job(j, &job) {
+                    resuming = true;
+                } else if let Some(full) = job.full_instead().filter(|f| same_job(j, f)) {
+                    job = full;
+                    resuming = true;
+                }
+            }
+        }
         if resuming {
             self.restore_source(&mut job);
         }
@@ -630,7 +640,23 @@ impl Installer {
                 return self.fail(FailStep::Verify, e);
             }
             self.note("package verified");
-            if let Err(reason) = self.pre_install(&job, &pkg).await {
+            let manifest = match package::read_member(&pkg, package::MANIFEST, 1 << 20)
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    serde_json::from_slice::<Manifest>(&t)
+                        .map_err(|e| format!("the package's manifest is not valid: {e}"))
+                }) {
+                Ok(m) => m,
+                Err(reason) => {
+                    let _ = std::fs::remove_file(&pkg);
+                    return self.fail(FailStep::Verify, reason);
+                }
+            };
+            if let Err(reason) = self.check_base(&manifest) {
+                let _ = std::fs::remove_file(&pkg);
+                return self.not_the_base(job, reason, commit, cancel).await;
+            }
+            if let Err(reason) = self.pre_install(&job, &pkg, &manifest).await {
                 tracing::warn!(version = %job.version, reason = %reason, "Update refused by the package's pre_install hook.");
                 let _ = std::fs::remove_file(&pkg);
                 return self.fail(FailStep::Upgrade, reason);
@@ -661,15 +687,21 @@ impl Installer {
             );
             let pkg2 = pkg.clone();
             let dir2 = dir.clone();
+            let base = self.store.active().map(|s| self.store.slot_dir(s));
             let total = std::fs::metadata(&pkg).map(|m| m.len()).unwrap_or(0);
             let mut progress = self.step_progress(&job, 88, "installing", total);
             let extracted = tokio::task::spawn_blocking(move || {
-                package::extract_with(&pkg2, &dir2, limits, &mut progress)
+                package::extract_with(&pkg2, &dir2, limits, base.as_deref(), &mut progress)
             })
             .await
             .map_err(|e| OtaError::Refused(e.to_string()))?;
             let manifest = match extracted {
                 Ok(m) => m,
+                Err(PackageError::Base(reason)) => {
+                    let _ = self.store.clear_slot(slot);
+                    let _ = std::fs::remove_file(&pkg);
+                    return self.not_the_base(job, reason, commit, cancel).await;
+                }
                 Err(e) => {
                     let step = match e {
                         PackageError::Io(..) => FailStep::Install,
@@ -684,6 +716,21 @@ impl Installer {
                 return self.fail(FailStep::Verify, e);
             }
             crate::ota::store::sync_dir(&dir)?;
+            if let Some(b) = &manifest.base {
+                let patched = |p: bool| {
+                    manifest
+                        .components
+                        .iter()
+                        .filter(|c| c.delta.as_ref().is_some_and(|d| d.patch.is_some() == p))
+                        .count()
+                };
+                self.note(format!(
+                    "rebuilt from version {}: {} patched, {} unchanged",
+                    b.version,
+                    patched(true),
+                    patched(false)
+                ));
+            }
             self.note(format!("installed into slot {}", slot.name()));
             self.progress(&job, 94, "health check", 0, None);
             if let Err(reason) = self.health_check(&dir, &manifest).await {
@@ -845,6 +892,66 @@ impl Installer {
         Ok(())
     }
 
+    /// A delta package fits when the active slot holds its base version and every base
+    /// file it names (by the manifest installed there; the rebuild checks the files).
+    fn check_base(&self, m: &Manifest) -> Result<(), String> {
+        let Some(b) = &m.base else { return Ok(()) };
+        let have = self.store.active().and_then(|s| self.slot_manifest(s));
+        let Some(have) = have else {
+            return Err(format!(
+                "it updates version {} and no version is installed",
+                b.version
+            ));
+        };
+        if have.name != m.name || have.version != b.version {
+            return Err(format!(
+                "it updates {} {}; the robot has {} {}",
+                m.name, b.version, have.name, have.version
+            ));
+        }
+        for c in &m.components {
+            let Some(d) = &c.delta else { continue };
+            let same = have
+                .components
+                .iter()
+                .any(|h| h.path == c.path && h.sha256.eq_ignore_ascii_case(&d.base_sha256));
+            if !same {
+                return Err(format!(
+                    "the robot's {} is not the file the delta patches",
+                    c.path
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A delta package that does not fit the robot: the full package of the same update
+    /// when one was offered, else a refusal naming why.
+    async fn not_the_base(
+        &mut self,
+        job: Job,
+        reason: String,
+        commit: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Phase, OtaError> {
+        let Some(full) = job.full_instead() else {
+            tracing::warn!(version = %job.version, reason = %reason, "Delta update refused: this robot is not its base, and no full package was offered.");
+            return self.fail(
+                FailStep::Upgrade,
+                format!("the delta package does not fit this robot: {reason}"),
+            );
+        };
+        tracing::info!(version = %job.version, reason = %reason, "The delta package does not fit this robot; fetching the full package instead.");
+        self.note(format!(
+            "the delta package does not fit this robot ({reason}); fetching the full package from {}",
+            download::redact_url(&full.url)
+        ));
+        let next = self.journal.phase.refetch(full.clone())?;
+        self.keep_source(&full);
+        self.save(next)?;
+        Box::pin(self.install(full, commit, cancel)).await
+    }
+
     /// The manifest installed in `slot`.
     fn slot_manifest(&self, slot: Slot) -> Option<Manifest> {
         let bytes = std::fs::read(self.store.slot_dir(slot).join(package::MANIFEST)).ok()?;
@@ -900,11 +1007,7 @@ impl Installer {
     /// The package's `pre_install` hook, before anything touches the inactive slot: its
     /// program alone, taken from the verified package and checked against the manifest,
     /// runs from `<ota>/hook/`. Err: the update is refused, with the hook's output.
-    async fn pre_install(&mut self, job: &Job, pkg: &Path) -> Result<(), String> {
-        let text =
-            package::read_member(pkg, package::MANIFEST, 1 << 20).map_err(|e| e.to_string())?;
-        let m: Manifest = serde_json::from_slice(&text)
-            .map_err(|e| format!("the package's manifest is not valid: {e}"))?;
+    async fn pre_install(&mut self, job: &Job, pkg: &Path, m: &Manifest) -> Result<(), String> {
         let Some(hook) = m.hooks.pre_install.clone() else {
             return Ok(());
         };

@@ -66,6 +66,55 @@ pub struct Job {
     /// A technician's `--force`: allows downgrades and going under the floor.
     #[serde(default)]
     pub force: bool,
+    /// The same version as a full package, offered beside a delta package: installed
+    /// instead when the robot is not the delta's base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full: Option<FullPackage>,
+}
+
+/// A full package offered beside a delta (docs/ota.md, Delta packages).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullPackage {
+    #[serde(serialize_with = "redacted")]
+    pub url: String,
+    pub size: Option<u64>,
+    pub hash: Option<Hash>,
+    pub signature: Option<String>,
+}
+
+impl FullPackage {
+    /// `{"url", "sha256" | "md5", "size", "signature"}` as the update offers it.
+    pub fn from_json(v: &serde_json::Value) -> Result<FullPackage, String> {
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        Ok(FullPackage {
+            url: s("url").ok_or("the full package has no url")?,
+            size: v.get("size").and_then(serde_json::Value::as_u64),
+            hash: s("sha256")
+                .map(Hash::Sha256)
+                .or_else(|| s("md5").map(Hash::Md5)),
+            signature: s("signature"),
+        })
+    }
+}
+
+impl Job {
+    /// The same update from its full package (the delta's offer taken away).
+    pub fn full_instead(&self) -> Option<Job> {
+        let f = self.full.clone()?;
+        Some(Job {
+            url: f.url,
+            size: f.size,
+            hash: f.hash,
+            signature: f.signature,
+            oss: None,
+            full: None,
+            ..self.clone()
+        })
+    }
 }
 
 fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -208,6 +257,15 @@ impl Phase {
         Ok(Phase::Downloading { job })
     }
 
+    /// Back to downloading, for another package of the same update (a delta's full
+    /// package), before anything was switched.
+    pub fn refetch(&self, job: Job) -> Result<Phase, InvalidTransition> {
+        match self {
+            Phase::Verifying { .. } | Phase::Installing { .. } => Ok(Phase::Downloading { job }),
+            _ => Err(self.invalid("fetch the full package")),
+        }
+    }
+
     pub fn downloaded(&self) -> Result<Phase, InvalidTransition> {
         match self {
             Phase::Downloading { job } => Ok(Phase::Verifying { job: job.clone() }),
@@ -335,6 +393,7 @@ mod tests {
             signature: None,
             force: false,
             oss: None,
+            full: None,
         }
     }
 

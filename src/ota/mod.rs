@@ -4,6 +4,7 @@
 //! server and the technician's command line.
 
 pub mod config;
+pub mod delta;
 pub mod download;
 pub mod hooks;
 pub mod installer;

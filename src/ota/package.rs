@@ -35,6 +35,27 @@ pub struct Component {
     /// "onnx-model" for models the health check loads and runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// In a delta package: the file is rebuilt from the same path in the active slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
+}
+
+/// How a delta package's file is made from the base's file at the same path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delta {
+    /// The base file's SHA-256: the rebuild refuses any other.
+    pub base_sha256: String,
+    /// The bsdiff patch inside the package; none when the file is unchanged (copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+}
+
+/// The version a delta package updates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Base {
+    pub version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +117,9 @@ pub struct Manifest {
     pub health_check: Option<HealthCheck>,
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
+    /// Set in a delta package: the version whose files it patches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Base>,
 }
 
 impl Manifest {
@@ -110,6 +134,28 @@ impl Manifest {
                 return Err(format!(
                     "the {name} hook runs '{prog}', which is not a file of the package"
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A delta package's rules: a base version when (and only when) files are deltas;
+    /// every patch a plain path of its own, not a component's.
+    pub fn check_delta(&self) -> Result<(), String> {
+        let deltas = self.components.iter().filter(|c| c.delta.is_some()).count();
+        match (&self.base, deltas) {
+            (None, 0) | (Some(_), _) => {}
+            (None, _) => return Err("files are deltas but no base version is named".into()),
+        }
+        for c in &self.components {
+            let Some(p) = c.delta.as_ref().and_then(|d| d.patch.as_ref()) else {
+                continue;
+            };
+            if !is_safe_relative(Path::new(p)) {
+                return Err(format!("the patch '{p}' is not a plain relative path"));
+            }
+            if self.components.iter().any(|o| &o.path == p) {
+                return Err(format!("the patch '{p}' is also a component"));
             }
         }
         Ok(())
@@ -144,6 +190,20 @@ pub enum PackageError {
     },
     #[error("the archive is damaged: {0}")]
     Archive(String),
+    /// A delta package whose base is not what the robot has.
+    #[error("not this robot's base: {0}")]
+    Base(String),
+}
+
+impl PackageError {
+    /// A component that is wrong, and why.
+    pub fn component(c: &Component, reason: String) -> PackageError {
+        PackageError::Component {
+            name: c.name.clone(),
+            path: c.path.clone(),
+            reason,
+        }
+    }
 }
 
 fn io(path: &Path, e: std::io::Error) -> PackageError {
@@ -157,6 +217,9 @@ pub struct Limits {
     /// Which limit `max_bytes` is, for the error.
     pub why: String,
     pub max_files: u64,
+    /// The most a delta package's rebuilt files may take: `ota.max_extracted_bytes` and
+    /// the free space, not the package's size (a small patch makes a large file).
+    pub max_rebuilt: u64,
 }
 
 /// Room kept free on the state folder's disk by an extraction.
@@ -176,6 +239,7 @@ impl Limits {
             max_bytes,
             why: "ota.max_extracted_bytes".into(),
             max_files,
+            max_rebuilt: max_bytes,
         };
         let by_ratio = package_len
             .saturating_mul(expansion)
@@ -187,6 +251,7 @@ impl Limits {
         if let Ok(st) = rustix::fs::statvfs(dir) {
             let free = st.f_bavail.saturating_mul(st.f_frsize);
             let room = free.saturating_sub(DISK_RESERVE);
+            l.max_rebuilt = l.max_rebuilt.min(room);
             if room < l.max_bytes {
                 l.max_bytes = room;
                 l.why = format!(
@@ -288,7 +353,7 @@ pub fn public_key(private_seed: &[u8; 32]) -> [u8; 32] {
         .to_bytes()
 }
 
-fn is_safe_relative(p: &Path) -> bool {
+pub(crate) fn is_safe_relative(p: &Path) -> bool {
     !p.as_os_str().is_empty()
         && p.components()
             .all(|c| matches!(c, PathPart::Normal(_) | PathPart::CurDir))
@@ -404,14 +469,16 @@ impl<R: Read, F: FnMut(u64)> Read for Consumed<R, F> {
 /// Unpacks `package` into the empty folder `dest`, refusing anything hostile, and
 /// checks every component's hash. Returns the manifest.
 pub fn extract(package: &Path, dest: &Path, limits: Limits) -> Result<Manifest, PackageError> {
-    extract_with(package, dest, limits, &mut |_| {})
+    extract_with(package, dest, limits, None, &mut |_| {})
 }
 
-/// [`extract`], telling `progress` how many bytes of the package file were read.
+/// [`extract`], telling `progress` how many bytes of the package file were read. A delta
+/// package's files are rebuilt from `base` (the active slot's folder) before the check.
 pub fn extract_with(
     package: &Path,
     dest: &Path,
     limits: Limits,
+    base: Option<&Path>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Manifest, PackageError> {
     let f = std::fs::File::open(package).map_err(|e| io(package, e))?;
@@ -588,6 +655,16 @@ pub fn extract_with(
         .map_err(|_| PackageError::Manifest("missing from the package".into()))?;
     let manifest: Manifest =
         serde_json::from_slice(&text).map_err(|e| PackageError::Manifest(e.to_string()))?;
+    manifest.check_delta().map_err(PackageError::Manifest)?;
+    if let Some(b) = &manifest.base {
+        let Some(base) = base else {
+            return Err(PackageError::Base(format!(
+                "a delta package for version {} needs an installed version to patch",
+                b.version
+            )));
+        };
+        super::delta::rebuild(dest, base, &manifest, limits.max_rebuilt)?;
+    }
     check_components(dest, &manifest)?;
     Ok(manifest)
 }
@@ -609,11 +686,7 @@ pub fn check_components(dir: &Path, manifest: &Manifest) -> Result<(), PackageEr
         return Err(PackageError::Manifest("lists no components".into()));
     }
     for c in &manifest.components {
-        let fail = |reason: String| PackageError::Component {
-            name: c.name.clone(),
-            path: c.path.clone(),
-            reason,
-        };
+        let fail = |reason: String| PackageError::component(c, reason);
         let rel = Path::new(&c.path);
         if !is_safe_relative(rel) {
             return Err(fail("not a plain relative path".into()));
@@ -653,6 +726,57 @@ pub struct PackOptions<'a> {
     pub min_agent_version: Option<String>,
     pub hooks: Hooks,
     pub key: Option<&'a super::signing::SigningKey>,
+    /// Make a delta package against this (full) package: unchanged files by hash,
+    /// changed ones as patches, new ones whole.
+    pub delta_from: Option<&'a Path>,
+}
+
+/// What goes into the archive besides the manifest.
+enum Entry {
+    /// A file of the folder, whole.
+    File(PathBuf),
+    /// A patch: its path in the package, its bytes, the new file's mode.
+    Patch(String, Vec<u8>, u32),
+}
+
+/// The base package of a delta, unpacked into a temporary folder.
+struct BaseTree {
+    dir: tempfile::TempDir,
+    manifest: Manifest,
+}
+
+fn open_base(package: &Path, name: &str) -> Result<BaseTree, PackageError> {
+    let dir = tempfile::tempdir().map_err(|e| io(package, e))?;
+    let limits = Limits {
+        max_bytes: u64::MAX / 4,
+        why: "none".into(),
+        max_files: u64::MAX,
+        max_rebuilt: 0,
+    };
+    let manifest = extract(package, dir.path(), limits).map_err(|e| match e {
+        PackageError::Base(_) => PackageError::Manifest(format!(
+            "{} is itself a delta package; a delta is made against a full package",
+            package.display()
+        )),
+        e => e,
+    })?;
+    if manifest.name != name {
+        return Err(PackageError::Manifest(format!(
+            "{} is a package of '{}', not '{name}'",
+            package.display(),
+            manifest.name
+        )));
+    }
+    Ok(BaseTree { dir, manifest })
+}
+
+fn mode(path: &Path) -> Result<u32, PackageError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    Ok(std::fs::metadata(path)
+        .map_err(|e| io(path, e))?
+        .permissions()
+        .mode()
+        & 0o7777)
 }
 
 /// Builds `<out_dir>/<name>-<version>.tar.gz` from every file under `src`, with a
@@ -663,20 +787,73 @@ pub fn pack(src: &Path, opts: &PackOptions, out_dir: &Path) -> Result<Packed, Pa
     collect(src, src, &mut files)?;
     files.sort();
     files.retain(|p| p != Path::new(MANIFEST));
+    let base = match opts.delta_from {
+        Some(p) => Some(open_base(p, name)?),
+        None => None,
+    };
+    // Hook programs always travel whole: pre_install runs from the package alone.
+    let hook_programs: HashSet<&str> = opts
+        .hooks
+        .each()
+        .filter_map(|(_, h)| h.command.first().map(String::as_str))
+        .collect();
     let mut components = Vec::new();
+    let mut entries = Vec::new();
     for rel in &files {
-        let (sha, _) = sha256_file(&src.join(rel))?;
+        let file = src.join(rel);
+        let (sha, _) = sha256_file(&file)?;
         let path = rel.to_string_lossy().replace('\\', "/");
         let stem = rel
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("file")
             .to_owned();
+        let mut delta = None;
+        let old = base.as_ref().and_then(|b| {
+            b.manifest
+                .components
+                .iter()
+                .find(|c| c.path == path)
+                .map(|c| (b.dir.path().join(rel), c.sha256.clone()))
+        });
+        match old {
+            Some((old_file, old_sha)) if !hook_programs.contains(path.as_str()) => {
+                let new_mode = mode(&file)?;
+                if old_sha.eq_ignore_ascii_case(&sha) && mode(&old_file)? == new_mode {
+                    delta = Some(Delta {
+                        base_sha256: old_sha,
+                        patch: None,
+                    });
+                } else {
+                    let a = std::fs::read(&old_file).map_err(|e| io(&old_file, e))?;
+                    let b = std::fs::read(&file).map_err(|e| io(&file, e))?;
+                    let mut patch = Vec::new();
+                    super::delta::diff(&a, &b, &mut patch).map_err(|e| io(&file, e))?;
+                    // A patch that saves little is not worth the rebuild.
+                    if (patch.len() as u64) < (b.len() as u64) * 9 / 10 {
+                        let at = format!(
+                            "{}/{path}{}",
+                            super::delta::PATCH_DIR,
+                            super::delta::PATCH_EXT
+                        );
+                        delta = Some(Delta {
+                            base_sha256: old_sha,
+                            patch: Some(at.clone()),
+                        });
+                        entries.push(Entry::Patch(at, patch, new_mode));
+                    } else {
+                        entries.push(Entry::File(rel.clone()));
+                    }
+                }
+            }
+            _ => entries.push(Entry::File(rel.clone())),
+        }
         components.push(Component {
             name: stem,
             kind: path.ends_with(".onnx").then(|| "onnx-model".to_owned()),
             path,
             sha256: sha,
+            delta,
         });
     }
     let manifest = Manifest {
@@ -686,8 +863,12 @@ pub fn pack(src: &Path, opts: &PackOptions, out_dir: &Path) -> Result<Packed, Pa
         components,
         health_check: opts.health_check.clone(),
         hooks: opts.hooks.clone(),
+        base: base.as_ref().map(|b| Base {
+            version: b.manifest.version.clone(),
+        }),
     };
     manifest.check_hooks().map_err(PackageError::Manifest)?;
+    manifest.check_delta().map_err(PackageError::Manifest)?;
     std::fs::create_dir_all(out_dir).map_err(|e| io(out_dir, e))?;
     let package = out_dir.join(format!("{name}-{version}.tar.gz"));
     {
@@ -703,9 +884,20 @@ pub fn pack(src: &Path, opts: &PackOptions, out_dir: &Path) -> Result<Packed, Pa
         h.set_cksum();
         tar.append_data(&mut h, MANIFEST, &mtext[..])
             .map_err(|e| io(&package, e))?;
-        for rel in &files {
-            tar.append_path_with_name(src.join(rel), rel)
-                .map_err(|e| io(&src.join(rel), e))?;
+        for e in &entries {
+            match e {
+                Entry::File(rel) => tar
+                    .append_path_with_name(src.join(rel), rel)
+                    .map_err(|e| io(&src.join(rel), e))?,
+                Entry::Patch(at, bytes, mode) => {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_size(bytes.len() as u64);
+                    h.set_mode(*mode);
+                    h.set_cksum();
+                    tar.append_data(&mut h, at, &bytes[..])
+                        .map_err(|e| io(&package, e))?;
+                }
+            }
         }
         let gz = tar.into_inner().map_err(|e| io(&package, e))?;
         let mut f = gz.finish().map_err(|e| io(&package, e))?;
@@ -882,6 +1074,7 @@ mod tests {
                 max_bytes: 1 << 20,
                 why: "test".into(),
                 max_files: 10,
+                max_rebuilt: 1 << 20,
             },
         )
         .unwrap();

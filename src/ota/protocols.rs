@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{OtaProtocol, OtaSettings};
 use super::installer::{Installer, ModelCheck, OtaError, OtaEvent, Recovery};
-use super::machine::{Hash, Job, Origin, Phase};
+use super::machine::{FullPackage, Hash, Job, Origin, Phase};
 use super::report;
 use super::store::LockError;
 use crate::mqtt::{Incoming, LinkHandle, LinkState, Message, QoS};
@@ -92,7 +92,13 @@ pub fn aliyun_job(v: &Value, module_default: &str) -> Result<Job, String> {
             .map(str::to_owned),
         force: false,
         oss: None,
+        full: full_package(data.pointer("/extData/full"))?,
     })
+}
+
+/// The full package offered beside a delta, when there is one.
+fn full_package(v: Option<&Value>) -> Result<Option<FullPackage>, String> {
+    v.map(FullPackage::from_json).transpose()
 }
 
 /// A job from an AWS IoT job document
@@ -121,6 +127,7 @@ pub fn aws_job(job_id: &str, doc: &Value, module: &str) -> Result<Job, String> {
         signature: s("sig-sha256-ecdsa").or_else(|| s("signature")),
         force: false,
         oss: None,
+        full: full_package(fw.get("full"))?,
     })
 }
 
@@ -166,6 +173,7 @@ pub fn http_job(v: &Value, module: &str) -> Result<Option<Job>, String> {
         signature: s("signature"),
         force: false,
         oss,
+        full: full_package(v.get("full"))?,
     }))
 }
 
@@ -419,6 +427,7 @@ impl Service {
                         signature: None,
                         force: false,
                         oss: None,
+                        full: None,
                     });
                 }
                 let doc = exec.get("jobDocument").cloned().unwrap_or(Value::Null);
