@@ -9,7 +9,9 @@ is on AMENT_PREFIX_PATH; `ros2 launch <path>/edge_agent.launch.py` works without
 The agent is a plain executable (not built with colcon), so it is started as a process
 with the ROS arguments ros2 launch would give a node: the node name and namespace remaps
 and the config_file parameter. It is started again 5 s after it fails, as systemd does,
-except after a configuration error (exit code 64), which restarting cannot fix.
+except after a configuration error (exit code 64), which restarting cannot fix. The
+executable hands over to the agent of the active OTA slot when that slot carries one
+(docs/ota.md, "Programs and the agent itself"); the restarts here count its starts.
 """
 
 from launch import LaunchDescription

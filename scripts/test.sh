@@ -20,6 +20,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 echo "== the Debian package (the quick deb-check profile; scripts/build-deb.sh builds the release one)"
 scripts/build-deb.sh --profile deb-check
+echo "== a second build of the agent (the self-update test installs it)"
+scripts/second-build.sh
 echo "== doc tests"
 cargo test --locked --doc
 echo "== tests"

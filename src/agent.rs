@@ -41,6 +41,9 @@ pub struct Running {
     notifier: Arc<Notifier>,
     /// Set when a part the agent cannot run without has stopped (see [`Running::failed`]).
     failure: tokio::sync::watch::Receiver<Option<String>>,
+    /// Set by the OTA service when another agent build must run (see
+    /// [`Running::restart_requested`]).
+    restart: Option<tokio::sync::watch::Receiver<Option<std::path::PathBuf>>>,
 }
 
 /// Starts every task.
@@ -104,6 +107,7 @@ pub async fn start(
     }
 
     let mut ota_current = None;
+    let mut restart = None;
     // True while a detection request is served: an OTA switch waits for it.
     let (busy_tx, busy_rx) = tokio::sync::watch::channel(false);
     if settings.ota.protocol != crate::ota::config::OtaProtocol::None {
@@ -117,6 +121,7 @@ pub async fn start(
         .await
         .context("cannot start the OTA service")?;
         ota_current = Some(handles.current);
+        restart = Some(handles.restart);
         tasks.push(task);
     }
 
@@ -225,6 +230,7 @@ pub async fn start(
         link_shutdown,
         notifier,
         failure,
+        restart,
     })
 }
 
@@ -237,6 +243,23 @@ impl Running {
         loop {
             if let Some(why) = rx.borrow_and_update().clone() {
                 return why;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Resolves with the agent binary to run when the active update slot came to hold
+    /// another build than this one; the caller stops the agent and starts it again
+    /// through the installed launcher.
+    pub async fn restart_requested(&self) -> std::path::PathBuf {
+        let Some(mut rx) = self.restart.clone() else {
+            return std::future::pending().await;
+        };
+        loop {
+            if let Some(to) = rx.borrow_and_update().clone() {
+                return to;
             }
             if rx.changed().await.is_err() {
                 return std::future::pending().await;

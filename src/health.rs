@@ -31,7 +31,7 @@ impl Health {
         json!({
             "time": rfc3339_ms(now),
             "state": state,
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": crate::VERSION,
             "pid": std::process::id(),
             "uptime_s": (now.saturating_sub(self.started_ms)) / 1000,
             "health_interval_s": self.interval.as_secs(),

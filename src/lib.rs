@@ -2,10 +2,18 @@
 //! cloud. It bridges ROS 2 topics and MQTT, serves object detection with a local
 //! fallback, and installs A/B updates.
 // `unsafe` is denied except, each with its SAFETY note, where the system's C interfaces
-// are the only way: loading ONNX Runtime at run time (src/onnx.rs), returning
+// are the only way: loading ONNX Runtime at run time (src/onnx.rs), mapping OTA files
+// (src/ota/delta.rs), returning
 // the allocator's free pages (src/memory.rs) and blocking signals in the DDS threads
 // (src/ros/transport/dds/threads.rs).
 #![deny(unsafe_code)]
+
+/// This build's version: the crate's, or `EDGE_AGENT_VERSION` when the build sets it (a
+/// release pipeline's build number; the self-update tests build a second, newer copy).
+pub const VERSION: &str = match option_env!("EDGE_AGENT_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 pub mod agent;
 pub mod bridge;

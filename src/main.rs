@@ -29,6 +29,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::from(exit::OK),
         Err(f) => {
             eprintln!("edge-agent: {}", f.message);
+            // An update slot's agent that refuses its configuration is restarted (and so
+            // counted, then rolled back) rather than left stopped: see docs/ota.md.
+            if f.code == exit::USAGE && edge_agent::ota::selfupdate::from_slot() {
+                eprintln!("edge-agent: this is an update slot's agent; exiting so that the installed agent takes over.");
+                return ExitCode::from(exit::SOFTWARE);
+            }
             ExitCode::from(f.code)
         }
     }

@@ -8,6 +8,7 @@ use super::Failure;
 use crate::config::{self, Settings};
 use crate::logging::{self, Scrubber};
 use crate::mqtt::devlog;
+use crate::ota::selfupdate;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -56,6 +57,11 @@ pub fn run(args: RunArgs, ros: RosArgs) -> Result<(), Failure> {
         scrubber,
         Some(layer),
     );
+    // The installed binary hands over to the active update slot's agent, when it has one.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if settings.ota.protocol != crate::ota::config::OtaProtocol::None {
+        selfupdate::launch(&settings.ota, &argv);
+    }
     // One worker: the agent's tasks hand messages to each other many times per message,
     // and on one thread that costs a queue push instead of waking another thread.
     // Heavy work (inference, fsync) goes to the blocking pool.
@@ -66,7 +72,7 @@ pub fn run(args: RunArgs, ros: RosArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::internal(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async {
         let mut termination = crate::agent::Termination::install();
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %args.config.as_deref().unwrap_or(std::path::Path::new("-")).display(),
+        tracing::info!(version = crate::VERSION, config = %args.config.as_deref().unwrap_or(std::path::Path::new("-")).display(),
             device = %settings.file.device.device_name, "edge-agent starting.");
         if !ros.ignored.is_empty() {
             tracing::debug!(ignored = ?ros.ignored, "ROS arguments not used by the agent.");
@@ -74,15 +80,34 @@ pub fn run(args: RunArgs, ros: RosArgs) -> Result<(), Failure> {
         let running = crate::agent::start(&settings, Some(devlog_rx))
             .await
             .map_err(|e| Failure::internal(format!("{e:#}")))?;
+        let mut restart = None;
         let failed = tokio::select! {
             _ = termination.wait() => None,
             why = running.failed() => Some(why),
+            to = running.restart_requested() => {
+                restart = Some(to);
+                None
+            }
         };
-        if failed.is_none() {
+        if failed.is_none() && restart.is_none() {
             tracing::info!("Stopping on request.");
         }
         running.stop(Duration::from_secs(10)).await;
         match failed {
+            None if restart.is_some() => {
+                // Through the installed launcher, which counts the start of an
+                // unconfirmed slot; exec returns only on failure.
+                match selfupdate::launcher() {
+                    Some(l) => {
+                        tracing::info!(launcher = %l.display(), "Restarting through the installed edge-agent.");
+                        selfupdate::exec(&l, &argv, false)
+                    }
+                    None => tracing::error!("Cannot find the installed edge-agent to restart."),
+                }
+                Err(Failure::internal(
+                    "stopped to start another agent build, which could not be started",
+                ))
+            }
             None => {
                 tracing::info!("edge-agent stopped.");
                 Ok(())

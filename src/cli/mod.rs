@@ -19,7 +19,7 @@ use crate::exit;
 #[derive(Debug, Parser)]
 #[command(
     name = "edge-agent",
-    version,
+    version = crate::VERSION,
     about = "Cloud link of the picking robot: ROS 2 <-> MQTT bridge, object detection, A/B updates"
 )]
 pub struct Cli {

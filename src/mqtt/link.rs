@@ -319,7 +319,7 @@ pub fn link(settings: LinkSettings, outbox: Outbox, sync_interval: Duration) -> 
         subs: Vec::new(),
         drained_waiters: Vec::new(),
         sync_interval,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: crate::VERSION.to_owned(),
         attempt: 0,
         last_failure: None,
         down_since: None,

@@ -69,6 +69,10 @@ pub struct OtaConfig {
     /// Agent starts on an unconfirmed slot before it is rolled back.
     #[serde(default = "default_max_starts")]
     pub max_starts: u32,
+    /// A slot that brought a new agent is rolled back when that agent has not reached the
+    /// broker within this time; it is confirmed only once it has.
+    #[serde(default = "default_broker_deadline")]
+    pub broker_deadline: Dur,
     /// How long a switch may wait while the robot is busy.
     #[serde(default = "default_busy_deadline")]
     pub busy_deadline: Dur,
@@ -111,6 +115,9 @@ const fn default_confirm_after() -> Dur {
 const fn default_max_starts() -> u32 {
     3
 }
+const fn default_broker_deadline() -> Dur {
+    Dur::secs(600)
+}
 const fn default_busy_deadline() -> Dur {
     Dur::secs(600)
 }
@@ -150,6 +157,7 @@ pub struct OtaSettings {
     pub max_download_rate: u64,
     pub confirm_after: Duration,
     pub max_starts: u32,
+    pub broker_deadline: Duration,
     pub busy_deadline: Duration,
     pub result_topic: String,
     pub log_topic: String,
@@ -258,6 +266,7 @@ impl OtaConfig {
             max_download_rate: self.max_download_rate.0,
             confirm_after: self.confirm_after.0,
             max_starts: self.max_starts,
+            broker_deadline: self.broker_deadline.0,
             busy_deadline: self.busy_deadline.0,
             result_topic: device_topic("ota.result_topic", &self.result_topic, device)?,
             log_topic: device_topic("ota.log_topic", &self.log_topic, device)?,

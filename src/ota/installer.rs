@@ -19,7 +19,7 @@ use super::download::{self, DownloadError, DownloadSettings};
 use super::machine::{FailStep, Hash, InvalidTransition, Job, Phase};
 use super::package::{self, Limits, Manifest, PackageError};
 use super::store::{Committed, Journal, LockError, StateLock, Store, StoreError};
-use super::{crash_point, hooks, version, Slot};
+use super::{crash_point, hooks, selfupdate, version, Slot};
 use crate::clock::{file_stamp, now_ms, rfc3339_ms};
 
 /// Checks a model file of a new slot (loads and runs it). Provided by the detector.
@@ -113,6 +113,8 @@ pub struct Installer {
     busy: Option<watch::Receiver<bool>>,
     log: Vec<String>,
     lock: Option<StateLock>,
+    /// The launcher counted this process's start of an unconfirmed slot already.
+    start_counted: bool,
 }
 
 impl Installer {
@@ -135,6 +137,7 @@ impl Installer {
             busy: None,
             log: Vec::new(),
             lock: None,
+            start_counted: false,
         })
     }
 
@@ -209,6 +212,29 @@ impl Installer {
     pub fn with_events(mut self, tx: mpsc::Sender<OtaEvent>) -> Self {
         self.events = Some(tx);
         self
+    }
+
+    /// This process's start was counted by the launcher (docs/ota.md, Self-update).
+    pub fn with_start_counted(mut self, counted: bool) -> Self {
+        self.start_counted = counted;
+        self
+    }
+
+    /// The launcher's count of a start (src/ota/selfupdate.rs): with a slot waiting for
+    /// confirmation, counts this start and says whether its agent may run (`Some(true)`),
+    /// or, when it has used up its starts, leaves the count to the installed agent, which
+    /// rolls back (`None`). `Some(false)`: nothing to count.
+    pub fn count_launch(&mut self) -> Result<Option<bool>, OtaError> {
+        self.held()?;
+        let Phase::SwitchedPendingConfirm { starts, .. } = &self.journal.phase else {
+            return Ok(Some(false));
+        };
+        if starts + 1 > self.settings.max_starts {
+            return Ok(None);
+        }
+        let next = self.journal.phase.agent_started()?;
+        self.save(next)?;
+        Ok(Some(true))
     }
 
     pub fn with_model_check(mut self, check: ModelCheck) -> Self {
@@ -315,6 +341,12 @@ impl Installer {
                 } else {
                     Recovery::Resume(job.clone())
                 }
+            }
+            // The launcher counted this start already.
+            Phase::SwitchedPendingConfirm { job, .. }
+                if std::mem::take(&mut self.start_counted) =>
+            {
+                Recovery::PendingConfirm(job.clone())
             }
             Phase::SwitchedPendingConfirm {
                 job,
@@ -882,10 +914,10 @@ impl Installer {
             ));
         }
         if let Some(min) = &m.min_agent_version {
-            if version::compare(env!("CARGO_PKG_VERSION"), min) == std::cmp::Ordering::Less {
+            if version::compare(crate::VERSION, min) == std::cmp::Ordering::Less {
                 return Err(format!(
                     "the package needs edge-agent {min} or newer; this is {}",
-                    env!("CARGO_PKG_VERSION")
+                    crate::VERSION
                 ));
             }
         }
@@ -1088,6 +1120,25 @@ impl Installer {
                     .join(" / ");
                 return Err(format!("{prog} exited with {}: {tail}", out.status));
             }
+        }
+        for c in m
+            .components
+            .iter()
+            .filter(|c| c.kind.as_deref() == Some(selfupdate::AGENT_KIND))
+        {
+            // The new agent must at least start on this machine (architecture, libraries).
+            let check = package::HealthCheck {
+                command: vec![c.path.clone(), "--version".into()],
+                timeout_s: 20,
+            };
+            let d = dir.to_path_buf();
+            let ran = tokio::task::spawn_blocking(move || hooks::run(&check, &d, &[]))
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(why) = ran.failure {
+                return Err(format!("the agent {} does not run here: {why}", c.path));
+            }
+            selfupdate::check_version_output(&ran.output)?;
         }
         for c in m
             .components

@@ -13,6 +13,7 @@ pub mod oss;
 pub mod package;
 pub mod protocols;
 pub mod report;
+pub mod selfupdate;
 pub mod signing;
 pub mod store;
 pub mod version;

@@ -850,7 +850,13 @@ pub fn pack(src: &Path, opts: &PackOptions, out_dir: &Path) -> Result<Packed, Pa
         }
         components.push(Component {
             name: stem,
-            kind: path.ends_with(".onnx").then(|| "onnx-model".to_owned()),
+            kind: if path.ends_with(".onnx") {
+                Some("onnx-model".to_owned())
+            } else if path == super::selfupdate::AGENT_PATH {
+                Some(super::selfupdate::AGENT_KIND.to_owned())
+            } else {
+                None
+            },
             path,
             sha256: sha,
             delta,

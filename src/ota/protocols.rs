@@ -22,6 +22,9 @@ use crate::mqtt::{Incoming, LinkHandle, LinkState, Message, QoS};
 pub struct OtaHandles {
     /// The active slot's folder after every switch or rollback (the detector reloads).
     pub current: watch::Receiver<Option<PathBuf>>,
+    /// Set when the active slot came to hold another agent build than the one running:
+    /// the agent stops and starts again through the installed launcher.
+    pub restart: watch::Receiver<Option<PathBuf>>,
 }
 
 /// Aliyun topics for this device.
@@ -183,6 +186,8 @@ struct Service {
     aws_version: std::collections::HashMap<String, i64>,
     request_id: u64,
     last_progress: Option<(std::time::Instant, u8)>,
+    /// Asks the agent to restart into another build (see `restart_if_needed`).
+    restart: watch::Sender<Option<PathBuf>>,
 }
 
 impl Service {
@@ -208,6 +213,12 @@ impl Service {
             let id = self.next_id();
             let body = json!({"id": id.to_string(), "params": {"version": version, "module": self.s.module}});
             self.publish(&t.inform, &body, "reports").await;
+            // The agent's own build, as a module of its own (self-update).
+            if self.s.module != super::selfupdate::AGENT_KIND {
+                let id = self.next_id();
+                let body = json!({"id": id.to_string(), "params": {"version": crate::VERSION, "module": super::selfupdate::AGENT_KIND}});
+                self.publish(&t.inform, &body, "reports").await;
+            }
         }
     }
 
@@ -460,7 +471,9 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(OtaHandles, tokio::task::JoinHandle<()>), OtaError> {
     let (tx, events) = mpsc::channel(256);
-    let mut inst = Installer::open(settings.clone())?.with_events(tx);
+    let mut inst = Installer::open(settings.clone())?
+        .with_events(tx)
+        .with_start_counted(super::selfupdate::start_counted());
     if let Some(c) = model_check {
         inst = inst.with_model_check(c);
     }
@@ -469,6 +482,7 @@ pub async fn start(
     }
     let recovery = try_recover(&mut inst, true)?;
     let (cur_tx, cur_rx) = watch::channel(inst.current_dir());
+    let (restart_tx, restart_rx) = watch::channel(None);
     let mut subs: Vec<mpsc::Receiver<Incoming>> = Vec::new();
     let topics = match settings.protocol {
         OtaProtocol::Aliyun => {
@@ -512,9 +526,16 @@ pub async fn start(
         aws_version: Default::default(),
         request_id: 0,
         last_progress: None,
+        restart: restart_tx,
     };
     let task = tokio::spawn(run(svc, inst, recovery, events, incoming, cur_tx, shutdown));
-    Ok((OtaHandles { current: cur_rx }, task))
+    Ok((
+        OtaHandles {
+            current: cur_rx,
+            restart: restart_rx,
+        },
+        task,
+    ))
 }
 
 /// Takes the store's lock and recovers. `None` when another process (a technician's
@@ -544,6 +565,27 @@ fn confirm_deadline(inst: &Installer, s: &OtaSettings) -> Option<tokio::time::In
         .then(|| tokio::time::Instant::now() + s.confirm_after)
 }
 
+/// Asks the agent to restart when the active slot holds another agent build than the
+/// one running (after a switch or a rollback). True once asked.
+fn restart_if_needed(s: &OtaSettings, restart: &watch::Sender<Option<PathBuf>>) -> bool {
+    if restart.borrow().is_some() {
+        return true;
+    }
+    let Some(to) = super::selfupdate::restart_into(&s.dir) else {
+        return false;
+    };
+    tracing::info!(agent = %to.display(), "The active update slot holds another edge-agent build; restarting into it.");
+    let _ = restart.send(Some(to));
+    true
+}
+
+/// When a slot that brought an agent is rolled back for not reaching the broker.
+fn broker_deadline(inst: &Installer, s: &OtaSettings) -> Option<tokio::time::Instant> {
+    (matches!(inst.journal.phase, Phase::SwitchedPendingConfirm { .. })
+        && super::selfupdate::slot_agent(&s.dir).is_some())
+    .then(|| tokio::time::Instant::now() + s.broker_deadline)
+}
+
 /// The service's loop: runs one job at a time to its end (reporting as it goes), answers
 /// pushes that arrive meanwhile, confirms switched slots after their soak time, and
 /// follows what other processes change in the store.
@@ -556,7 +598,15 @@ async fn run(
     cur_tx: watch::Sender<Option<PathBuf>>,
     shutdown: CancellationToken,
 ) {
+    let restart = svc.restart.clone();
     let settings = svc.s.clone();
+    if restart_if_needed(&settings, &restart) {
+        // Reports of the recovery (a rollback) are in the outbox: the next agent sends them.
+        while let Ok(e) = events.try_recv() {
+            svc.report(&e).await;
+        }
+        return;
+    }
     let mut recovered = recovery.is_some();
     let mut pending: Option<Job> = match recovery {
         // A download from OSS goes on once the update server has given fresh
@@ -569,6 +619,9 @@ async fn run(
         _ => None,
     };
     let mut confirm_at = confirm_deadline(&inst, &settings);
+    // A new agent must reach the broker: before its slot is confirmed, and by a deadline.
+    let mut broker_by = broker_deadline(&inst, &settings);
+    let mut reached_broker = false;
     // A push was turned away while the slots were busy: ask for it again once free.
     let mut ask_when_free = false;
     let mut state = svc.link.state();
@@ -611,7 +664,11 @@ async fn run(
             if confirm_at.is_none() {
                 confirm_at = confirm_deadline(&inst, &settings);
             }
+            broker_by = broker_deadline(&inst, &settings);
             let _ = cur_tx.send(inst.current_dir());
+            if restart_if_needed(&settings, &restart) {
+                return;
+            }
             if ask_when_free && !inst.journal.phase.busy() {
                 ask_when_free = false;
                 svc.request_update().await;
@@ -642,6 +699,7 @@ async fn run(
             r = state.changed() => {
                 if r.is_err() { break; }
                 if *state.borrow_and_update() == LinkState::Up {
+                    reached_broker = true;
                     let v = inst.current_version().unwrap_or_else(|| "0.0.0".into());
                     svc.inform(&v).await;
                     svc.request_update().await;
@@ -653,7 +711,35 @@ async fn run(
                     pending = Some(job);
                 }
             }
+            _ = async { tokio::time::sleep_until(broker_by.unwrap_or_else(tokio::time::Instant::now)).await }, if broker_by.is_some() && !reached_broker => {
+                broker_by = None;
+                if inst.acquire().is_ok() {
+                    if matches!(inst.journal.phase, Phase::SwitchedPendingConfirm { .. }) {
+                        let reason = format!(
+                            "the new agent did not reach the broker within {}s",
+                            settings.broker_deadline.as_secs()
+                        );
+                        if let Err(e) = inst.rollback(&reason) {
+                            tracing::warn!(error = %e, "Cannot roll back.");
+                        }
+                        while let Ok(e) = events.try_recv() {
+                            svc.report(&e).await;
+                        }
+                    }
+                    inst.release();
+                    confirm_at = None;
+                    let _ = cur_tx.send(inst.current_dir());
+                    if restart_if_needed(&settings, &restart) {
+                        return;
+                    }
+                }
+            }
             _ = async { tokio::time::sleep_until(wait_confirm.unwrap_or_else(tokio::time::Instant::now)).await }, if wait_confirm.is_some() => {
+                if broker_by.is_some() && !reached_broker {
+                    // A new agent is confirmed only once it has reached the broker.
+                    confirm_at = Some(tokio::time::Instant::now() + CONFIRM_RETRY);
+                    continue;
+                }
                 match inst.acquire() {
                     Ok(()) => {
                         confirm_at = None;
@@ -704,10 +790,14 @@ async fn run(
                             "The update slots were changed by another process.");
                         if !matches!(inst.journal.phase, Phase::SwitchedPendingConfirm { .. }) {
                             confirm_at = None;
+                            broker_by = None;
                         } else if confirm_at.is_none() {
                             confirm_at = confirm_deadline(&inst, &settings);
                         }
                         let _ = cur_tx.send(inst.current_dir());
+                        if restart_if_needed(&settings, &restart) {
+                            return;
+                        }
                         let now = inst.current_version();
                         if now != before.committed.as_ref().map(|c| c.version.clone()) {
                             if let Some(v) = now {

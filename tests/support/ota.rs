@@ -92,7 +92,7 @@ pub fn make_package(
         let path = src.path().join(p);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, data).unwrap();
-        if p.ends_with(".sh") {
+        if p.ends_with(".sh") || p.starts_with("bin/") {
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
