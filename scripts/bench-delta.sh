@@ -29,15 +29,14 @@ BIN=$WORK/edge-agent
 echo "load: $(uptime)"
 
 # The agent's own builds: the commit before HEAD, built in a worktree sharing the target
-# folder (only edge-agent itself is compiled again).
+# folder (only edge-agent itself is compiled again; the target folder then holds that
+# build, HEAD's was copied first).
 if [ -z "${OLD_BIN:-}" ] || [ -z "${NEW_BIN:-}" ]; then
     NEW_BIN=$WORK/edge-agent
     git worktree add --quiet --detach "$WORK.old" HEAD~1
     (cd "$WORK.old" && CARGO_TARGET_DIR="$OLDPWD/target" cargo build --profile "$PROFILE" --quiet)
     cp "$OUT_DIR/edge-agent" "$WORK/edge-agent-old"
     OLD_BIN=$WORK/edge-agent-old
-    # Leave the target folder holding HEAD's build.
-    cargo build --profile "$PROFILE" --quiet
 fi
 
 mk() { mkdir -p "$WORK/$1/$2"; }

@@ -307,3 +307,50 @@ fn a_new_agent_that_cannot_reach_the_broker_is_rolled_back_by_its_deadline() {
     );
     assert_eq!(active_slot_is_complete(&r.ota_dir()).unwrap(), "1.0.0");
 }
+
+#[test]
+fn a_new_agent_that_cannot_be_started_is_rolled_back_without_a_restart_loop() {
+    let r = Robot::new();
+    // It passes the check before the switch, then cannot be executed any more (as on a
+    // slot's disk remounted noexec).
+    let bad = r.www.path().join("bad-agent");
+    std::fs::write(
+        &bad,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'edge-agent 9.9.9'; chmod -x \"$0\"; exit 0; fi\nexit 1\n",
+    )
+    .unwrap();
+    make_executable(&bad);
+    let (mut child, log) = r.start();
+    r.inform.wait_for("the first version report", T, |_| {
+        !r.informed("detector").is_empty()
+    });
+    r.push("3.0.0", &std::fs::read(&bad).unwrap());
+    let deadline = Instant::now() + T;
+    while r.results().is_empty() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("the agent ended ({st}):\n{}", log.text());
+        }
+        assert!(Instant::now() < deadline, "no result:\n{}", log.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_rolled_back_to_1(
+        &r.results()[0],
+        "the new agent could not be started: Permission denied",
+    );
+    // The installed agent keeps running: one failed start, no loop of restarts.
+    r.inform.wait_for("the version after the rollback", T, |_| {
+        r.informed("detector")
+            .iter()
+            .filter(|v| *v == "1.0.0")
+            .count()
+            >= 2
+    });
+    assert!(child.try_wait().unwrap().is_none());
+    let text = stop_watched(child, log);
+    assert_eq!(
+        text.matches("Cannot start this edge-agent build.").count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(active_slot_is_complete(&r.ota_dir()).unwrap(), "1.0.0");
+}

@@ -100,7 +100,7 @@ pub fn run(args: RunArgs, ros: RosArgs) -> Result<(), Failure> {
                 match selfupdate::launcher() {
                     Some(l) => {
                         tracing::info!(launcher = %l.display(), "Restarting through the installed edge-agent.");
-                        selfupdate::exec(&l, &argv, false)
+                        let _ = selfupdate::exec(&l, &argv, false);
                     }
                     None => tracing::error!("Cannot find the installed edge-agent to restart."),
                 }

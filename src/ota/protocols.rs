@@ -600,6 +600,21 @@ async fn run(
 ) {
     let restart = svc.restart.clone();
     let settings = svc.s.clone();
+    // The launcher could not start the new slot's agent: that slot is not confirmed.
+    if let Some((agent, why)) = super::selfupdate::exec_failure() {
+        let pending = matches!(inst.journal.phase, Phase::SwitchedPendingConfirm { .. });
+        if pending
+            && super::selfupdate::slot_agent(&settings.dir).as_ref() == Some(agent)
+            && inst.acquire().is_ok()
+        {
+            let reason = format!("the new agent could not be started: {why}");
+            if let Err(e) = inst.rollback(&reason) {
+                tracing::warn!(error = %e, "Cannot roll back.");
+            }
+            inst.release();
+            let _ = cur_tx.send(inst.current_dir());
+        }
+    }
     if restart_if_needed(&settings, &restart) {
         // Reports of the recovery (a rollback) are in the outbox: the next agent sends them.
         while let Ok(e) = events.try_recv() {

@@ -23,6 +23,15 @@ pub const LAUNCHER_ENV: &str = "EDGE_AGENT_LAUNCHER";
 /// Set by the launcher when it counted this start of an unconfirmed slot already.
 pub const COUNTED_ENV: &str = "EDGE_AGENT_START_COUNTED";
 
+/// A slot's agent this process could not start (exec failed), and why: the installed
+/// agent then runs, rolls back an unconfirmed slot, and never restarts into that binary.
+static EXEC_FAILED: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
+
+/// The agent binary this process failed to start, and the error.
+pub fn exec_failure() -> Option<&'static (PathBuf, String)> {
+    EXEC_FAILED.get()
+}
+
 /// The agent binary in the active slot, when it has one.
 pub fn slot_agent(ota_dir: &Path) -> Option<PathBuf> {
     let p = ota_dir.join("current").join(AGENT_PATH);
@@ -49,6 +58,9 @@ pub fn launcher() -> Option<PathBuf> {
 /// slot's agent, or (no slot has one) the installed binary.
 pub fn restart_into(ota_dir: &Path) -> Option<PathBuf> {
     let wanted = slot_agent(ota_dir).or_else(launcher)?;
+    if exec_failure().is_some_and(|(p, _)| p == &wanted) {
+        return None;
+    }
     (Some(&wanted) != running().as_ref()).then_some(wanted)
 }
 
@@ -84,8 +96,9 @@ pub fn launch(settings: &OtaSettings, args: &[OsString]) {
         }
     };
     tracing::info!(agent = %agent.display(), "Starting the agent of the active update slot.");
-    exec(&agent, args, counted);
+    let e = exec(&agent, args, counted);
     tracing::warn!("Running the installed edge-agent instead of the active slot's.");
+    let _ = EXEC_FAILED.set((agent, e.to_string()));
 }
 
 /// Counts this start when the active slot waits for confirmation. `Some(counted)`: hand
@@ -105,8 +118,9 @@ fn count_start(settings: &OtaSettings) -> Result<Option<bool>, OtaError> {
 }
 
 /// Replaces this process with `agent` (same PID, arguments and environment, plus
-/// [`LAUNCHER_ENV`] and [`COUNTED_ENV`]); returns only when it cannot be started.
-pub fn exec(agent: &Path, args: &[OsString], counted: bool) {
+/// [`LAUNCHER_ENV`] and [`COUNTED_ENV`]); returns only when it cannot be started, with
+/// the error.
+pub fn exec(agent: &Path, args: &[OsString], counted: bool) -> std::io::Error {
     use std::os::unix::process::CommandExt as _;
     let mut cmd = std::process::Command::new(agent);
     if let Some(a0) = args.first() {
@@ -119,6 +133,7 @@ pub fn exec(agent: &Path, args: &[OsString], counted: bool) {
     cmd.env(COUNTED_ENV, if counted { "1" } else { "0" });
     let e = cmd.exec();
     tracing::error!(agent = %agent.display(), error = %e, "Cannot start this edge-agent build.");
+    e
 }
 
 /// What `<agent> --version` says, to check a slot's agent runs on this machine before
