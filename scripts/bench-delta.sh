@@ -6,7 +6,7 @@
 #   config  a 40 MB model package whose configuration changed (goal: delta <= 5 %);
 #   model   an ONNX model (~40 MB) whose weights changed in one layer only;
 #   agent   two consecutive builds of edge-agent itself (the commit before HEAD and HEAD,
-#           built with PROFILE, default release; or OLD_BIN and NEW_BIN when given).
+#           built with PROFILE, default release; OLD_BIN and NEW_BIN replace either).
 # For the changed file of each case it also prints the size of `zstd --patch-from`'s patch
 # and the peak RSS of `zstd -d --patch-from` next to bsdiff's, the other format that was
 # considered (docs/ota.md, Delta packages).
@@ -19,6 +19,7 @@ PROFILE=${PROFILE:-release}
 scripts/setup-test-env.sh >/dev/null
 [ -x /usr/bin/time ] || { echo "/usr/bin/time is needed: apt-get install time" >&2; exit 1; }
 command -v zstd >/dev/null || { echo "zstd is needed: apt-get install zstd" >&2; exit 1; }
+command -v strip >/dev/null || { echo "strip is needed: apt-get install binutils" >&2; exit 1; }
 cargo build --profile "$PROFILE" --quiet
 OUT_DIR=target/$PROFILE
 [ "$PROFILE" = dev ] && OUT_DIR=target/debug
@@ -31,8 +32,8 @@ echo "load: $(uptime)"
 # The agent's own builds: the commit before HEAD, built in a worktree sharing the target
 # folder (only edge-agent itself is compiled again; the target folder then holds that
 # build, HEAD's was copied first).
-if [ -z "${OLD_BIN:-}" ] || [ -z "${NEW_BIN:-}" ]; then
-    NEW_BIN=$WORK/edge-agent
+NEW_BIN=${NEW_BIN:-$WORK/edge-agent}
+if [ -z "${OLD_BIN:-}" ]; then
     git worktree add --quiet --detach "$WORK.old" HEAD~1
     (cd "$WORK.old" && CARGO_TARGET_DIR="$OLDPWD/target" cargo build --profile "$PROFILE" --quiet)
     cp "$OUT_DIR/edge-agent" "$WORK/edge-agent-old"
@@ -46,8 +47,9 @@ for v in 1 2; do
     mk config "v$v/models"
     mk config "v$v/config"
 done
-head -c 40M /dev/urandom >"$WORK/config/v1/models/detector.onnx"
-cp "$WORK/config/v1/models/detector.onnx" "$WORK/config/v2/models/detector.onnx"
+# Random bytes, not an ONNX file: named so that the install does not run it as a model.
+head -c 40M /dev/urandom >"$WORK/config/v1/models/detector.weights"
+cp "$WORK/config/v1/models/detector.weights" "$WORK/config/v2/models/detector.weights"
 for v in 1 2; do
     {
         [ "$v" = 1 ] && echo "conf = 0.25" || echo "conf = 0.30"
@@ -84,8 +86,9 @@ CHANGED_model=model.onnx
 # agent: the binary in bin/.
 mk agent v1/bin
 mk agent v2/bin
-cp "$OLD_BIN" "$WORK/agent/v1/bin/edge-agent"
-cp "$NEW_BIN" "$WORK/agent/v2/bin/edge-agent"
+# Stripped, as the robot's build is (profile robot, the Debian package).
+strip -o "$WORK/agent/v1/bin/edge-agent" "$OLD_BIN"
+strip -o "$WORK/agent/v2/bin/edge-agent" "$NEW_BIN"
 CHANGED_agent=bin/edge-agent
 
 now() { date +%s.%N; }
@@ -119,7 +122,7 @@ for case in config model agent; do
     bs=$(tar -tvzf "$d/delta/detector-2.0.0.tar.gz" ".delta/$changed.bsdiff" 2>/dev/null | awk '{print $3}')
     echo
     echo "== $case: $(tail -1 "$d/delta.txt")"
-    python3 -c "print(f'full package {$full:,} B, delta {$delta:,} B: {100 * $delta / $full:.2f} % of the full package')"
+    python3 -c "print(f'full package {$full:,} B, delta {$delta:,} B: {100 * $delta / $full:.4f} % of the full package')"
     echo "changed file $changed ($(stat -c %s "$new") B): bsdiff patch ${bs:-none (whole)} B, zstd --patch-from $(stat -c %s "$d/z.patch") B (zstd -d peak RSS $(($(cat "$WORK/zdrss.txt") / 1024)) MB)"
     for r in $(seq "$RUNS"); do
         for kind in full delta; do

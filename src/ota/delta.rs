@@ -156,14 +156,6 @@ pub fn rebuild(
             Ok(_) => return Err(base_err("is not a regular file")),
             Err(_) => return Err(base_err("is missing")),
         }
-        let old = map(&from).map_err(|e| PackageError::Io(from.display().to_string(), e))?;
-        let actual = hex::encode(Sha256::digest(&old[..]));
-        if !actual.eq_ignore_ascii_case(&d.base_sha256) {
-            return Err(base_err(&format!(
-                "has sha256 {actual}, not the base's {}",
-                d.base_sha256
-            )));
-        }
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| PackageError::Io(parent.display().to_string(), e))?;
@@ -178,6 +170,23 @@ pub fn rebuild(
             .create_new(true)
             .open(&target)
             .map_err(|e| PackageError::Io(target.display().to_string(), e))?;
+        let base_io = |e: io::Error| PackageError::Io(from.display().to_string(), e);
+        // The base is read as a stream (an unchanged file is copied in the same pass),
+        // so only a patch's base is mapped.
+        let size = std::fs::metadata(&from).map_err(base_io)?.len();
+        let copy = d.patch.is_none();
+        if copy && size > left {
+            return Err(too_big());
+        }
+        let actual = hash_and_copy(&from, copy.then_some(&mut out)).map_err(|e| {
+            PackageError::Io(format!("{} or {}", from.display(), target.display()), e)
+        })?;
+        if !actual.eq_ignore_ascii_case(&d.base_sha256) {
+            return Err(base_err(&format!(
+                "has sha256 {actual}, not the base's {}",
+                d.base_sha256
+            )));
+        }
         let (written, mode) = match &d.patch {
             Some(p) => {
                 let prel = Path::new(p);
@@ -193,18 +202,12 @@ pub fn rebuild(
                 if target_size(&patch).map_err(|e| fail(format!("patch '{p}': {e}")))? > left {
                     return Err(too_big());
                 }
+                let old = map(&from).map_err(base_io)?;
                 let w = apply(&old, &patch, io::BufWriter::new(&mut out), left)
                     .map_err(|e| fail(format!("patch '{p}' does not apply: {e}")))?;
                 (w, mode_of(&ppath))
             }
-            None => {
-                if old.len() as u64 > left {
-                    return Err(too_big());
-                }
-                out.write_all(&old)
-                    .map_err(|e| PackageError::Io(target.display().to_string(), e))?;
-                (old.len() as u64, mode_of(&from))
-            }
+            None => (size, mode_of(&from)),
         };
         out.sync_all()
             .map_err(|e| PackageError::Io(target.display().to_string(), e))?;
@@ -227,6 +230,25 @@ pub fn rebuild(
     }
     let _ = std::fs::remove_dir_all(dest.join(PATCH_DIR));
     Ok(done)
+}
+
+/// The SHA-256 of the file at `path`, read once in blocks, each also written to `out`
+/// when given.
+fn hash_and_copy(path: &Path, mut out: Option<&mut std::fs::File>) -> io::Result<String> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(sha.finalize()));
+        }
+        sha.update(&buf[..n]);
+        if let Some(o) = out.as_mut() {
+            o.write_all(&buf[..n])?;
+        }
+    }
 }
 
 fn mode_of(path: &Path) -> u32 {
