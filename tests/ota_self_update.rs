@@ -146,6 +146,19 @@ impl Robot {
             .collect()
     }
 
+    /// Waits for the first result report while the agent keeps running (its log back).
+    fn wait_result(&self, child: &mut Child, log: LogWatch) -> LogWatch {
+        let deadline = Instant::now() + T;
+        while self.results().is_empty() {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!("the agent ended ({st}):\n{}", log.text());
+            }
+            assert!(Instant::now() < deadline, "no result:\n{}", log.text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        log
+    }
+
     fn results(&self) -> Vec<Value> {
         payloads(&self.rep.snapshot(), RESULT)
     }
@@ -163,11 +176,6 @@ fn assert_rolled_back_to_1(result: &Value, reason: &str) {
     );
 }
 
-fn make_executable(p: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 #[test]
 fn the_agent_installs_a_newer_build_of_itself_restarts_into_it_and_reports_its_version() {
     let next = std::fs::read(second_build()).unwrap();
@@ -179,14 +187,7 @@ fn the_agent_installs_a_newer_build_of_itself_restarts_into_it_and_reports_its_v
     });
     r.push("2.0.0", &next);
 
-    let deadline = Instant::now() + T;
-    while r.results().is_empty() {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("the agent ended ({st}):\n{}", log.text());
-        }
-        assert!(Instant::now() < deadline, "no result:\n{}", log.text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let log = r.wait_result(&mut child, log);
     let result = &r.results()[0];
     assert_eq!(result["RESULT"], 0, "{result}");
     // The same process now runs the slot's build, which confirmed the slot and says so.
@@ -220,18 +221,12 @@ fn the_agent_installs_a_newer_build_of_itself_restarts_into_it_and_reports_its_v
 fn a_new_agent_that_exits_at_once_is_rolled_back_and_the_old_one_reports_it() {
     let r = Robot::new();
     // It answers --version (the check before the switch) and exits at once otherwise.
-    let bad = r.www.path().join("bad-agent");
-    std::fs::write(
-        &bad,
-        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'edge-agent 9.9.9'; exit 0; fi\necho 'bad agent: exiting' >&2\nexit 1\n",
-    )
-    .unwrap();
-    make_executable(&bad);
+    let bad = "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'edge-agent 9.9.9'; exit 0; fi\necho 'bad agent: exiting' >&2\nexit 1\n";
     let (mut child, mut log) = r.start();
     r.inform.wait_for("the first version report", T, |_| {
         !r.informed("detector").is_empty()
     });
-    r.push("3.0.0", &std::fs::read(&bad).unwrap());
+    r.push("3.0.0", bad.as_bytes());
 
     // Play systemd: start the installed agent again whenever the process ends.
     let mut restarts = 0;
@@ -313,26 +308,13 @@ fn a_new_agent_that_cannot_be_started_is_rolled_back_without_a_restart_loop() {
     let r = Robot::new();
     // It passes the check before the switch, then cannot be executed any more (as on a
     // slot's disk remounted noexec).
-    let bad = r.www.path().join("bad-agent");
-    std::fs::write(
-        &bad,
-        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'edge-agent 9.9.9'; chmod -x \"$0\"; exit 0; fi\nexit 1\n",
-    )
-    .unwrap();
-    make_executable(&bad);
+    let bad = "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'edge-agent 9.9.9'; chmod -x \"$0\"; exit 0; fi\nexit 1\n";
     let (mut child, log) = r.start();
     r.inform.wait_for("the first version report", T, |_| {
         !r.informed("detector").is_empty()
     });
-    r.push("3.0.0", &std::fs::read(&bad).unwrap());
-    let deadline = Instant::now() + T;
-    while r.results().is_empty() {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("the agent ended ({st}):\n{}", log.text());
-        }
-        assert!(Instant::now() < deadline, "no result:\n{}", log.text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    r.push("3.0.0", bad.as_bytes());
+    let log = r.wait_result(&mut child, log);
     assert_rolled_back_to_1(
         &r.results()[0],
         "the new agent could not be started: Permission denied",
