@@ -179,9 +179,12 @@ fn kill_9_in_the_middle_of_a_replay_loses_nothing() {
         (1..=10_000).collect::<Vec<_>>(),
         "first deliveries in order, no gaps"
     );
-    // At least once: a few may come twice (sent, killed before the ack was saved).
+    // At least once: a few may come twice (sent, killed before the ack was saved). The
+    // link holds messages back while the saved delivery record lags 512 acknowledgements
+    // behind, so at most that plus twice the window (100 in flight, 100 acked meanwhile)
+    // come twice, however slow the disk.
     let dups = got.len() - firsts.len();
-    assert!(dups <= 1000, "{dups} duplicates");
+    assert!(dups <= 512 + 2 * 100, "{dups} duplicates");
 }
 
 #[test]

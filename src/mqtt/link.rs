@@ -262,6 +262,9 @@ pub struct Link {
     /// Repeated link and outbox troubles: the first of each kind, then a line a minute.
     log: crate::loglimit::LogLimiter,
     acks_since_sync: u32,
+    /// The delivery records on disk; held messages wait while they lag too far behind.
+    records: Option<Arc<crate::mqtt::outbox::Saved>>,
+    records_behind: bool,
     /// QoS 0 messages waiting for room in the session's queue (only while connected).
     qos0: VecDeque<Message>,
     /// The broker refused a QoS 1 last will (MQTT 5 Maximum QoS 0): send it at QoS 0.
@@ -289,6 +292,11 @@ const EVENT_BATCH: usize = 256;
 /// Acknowledgements after which the delivery record is saved even before the sync
 /// interval: bounds what a kill -9 makes the agent send twice.
 const SYNC_EVERY_ACKS: u32 = 256;
+/// Acknowledged messages the delivery records on disk may lag behind before held
+/// messages wait for them: a disk busy with other writers can take a second to write a
+/// small file, and without this bound a kill -9 then made the agent send again
+/// everything of that second.
+const MAX_UNSAVED_ACKS: u64 = 2 * SYNC_EVERY_ACKS as u64;
 
 /// Creates the link and its handle. Run it with [`Link::run`].
 pub fn link(settings: LinkSettings, outbox: Outbox, sync_interval: Duration) -> (Link, LinkHandle) {
@@ -297,6 +305,7 @@ pub fn link(settings: LinkSettings, outbox: Outbox, sync_interval: Duration) -> 
     let stats = Arc::new(LinkStats::default());
     stats.set_classes(outbox.stats());
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    let records = outbox.saved();
     let classes: HashMap<String, usize> = outbox
         .stats()
         .iter()
@@ -328,6 +337,8 @@ pub fn link(settings: LinkSettings, outbox: Outbox, sync_interval: Duration) -> 
         log: crate::loglimit::LogLimiter::default(),
         will_qos0: false,
         acks_since_sync: 0,
+        records,
+        records_behind: false,
         qos0: VecDeque::new(),
         acks_tx,
         acks_rx,
@@ -415,6 +426,7 @@ impl Link {
                 Phase::Waiting { until } => Some(*until),
                 _ => None,
             };
+            let records = self.records.clone().filter(|_| self.records_behind);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -463,6 +475,8 @@ impl Link {
                     self.sync();
                     self.expire_parked();
                 }
+                // The delivery records caught up: feed again at the top of the loop.
+                _ = async { if let Some(r) = &records { r.moved.notified().await } }, if records.is_some() => {}
             }
         }
         self.shutdown(phase, policy).await;
@@ -483,6 +497,13 @@ impl Link {
                     until: Instant::now() + delay,
                 };
             }
+        }
+    }
+
+    fn save_delivered(&mut self) {
+        self.acks_since_sync = 0;
+        if let Err(e) = self.outbox.save_delivered() {
+            tracing::warn!(error = %e, "Cannot save the outbox's delivery record.");
         }
     }
 
@@ -541,7 +562,15 @@ impl Link {
                 }
             }
         }
+        self.records_behind = false;
         while c.held_in_flight < window && c.queued.len() + c.queued_other < cap - 8 {
+            if self.outbox.unsaved() >= MAX_UNSAVED_ACKS {
+                if !self.outbox.save_asked() {
+                    self.save_delivered();
+                }
+                self.records_behind = true;
+                break;
+            }
             let next = match self.outbox.next_to_send(now_ms()) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
@@ -625,10 +654,7 @@ impl Link {
                         LinkStats::add(&self.stats.acked, 1);
                         self.acks_since_sync += 1;
                         if self.acks_since_sync >= SYNC_EVERY_ACKS {
-                            self.acks_since_sync = 0;
-                            if let Err(e) = self.outbox.save_delivered() {
-                                tracing::warn!(error = %e, "Cannot save the outbox's delivery record.");
-                            }
+                            self.save_delivered();
                         }
                     }
                 }

@@ -8,12 +8,14 @@
 //! Data is fsynced every `sync_interval` (or per message for `fsync_each` classes).
 
 mod background;
+pub use self::background::Saved;
 mod class;
 mod segment;
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use class::{ClassCounters, ClassStats};
 pub use segment::{Stored, MESSAGE_OVERHEAD};
@@ -57,6 +59,9 @@ pub struct Outbox {
     classes: Vec<ClassLog>,
     by_name: HashMap<String, usize>,
     background: Option<Background>,
+    /// Messages marked done in this run, and how many of them a save was asked for.
+    done: u64,
+    save_asked: u64,
     _lock: File,
 }
 
@@ -123,6 +128,8 @@ impl Outbox {
             classes,
             by_name,
             background: Some(background),
+            done: 0,
+            save_asked: 0,
             _lock: lock,
         })
     }
@@ -182,11 +189,41 @@ impl Outbox {
         for c in &mut self.classes {
             c.save_delivered()?;
         }
+        self.mark_saved();
         Ok(())
     }
 
+    fn mark_saved(&mut self) {
+        if let Some(b) = &self.background {
+            b.jobs().mark(self.done);
+            self.save_asked = self.done;
+        }
+    }
+
+    /// Marks a message acknowledged by the broker (or dropped as one it can never take).
     pub fn mark_done(&mut self, class: usize, seq: u64, size: u64) {
         self.classes[class].mark_done(seq, size);
+        self.done += 1;
+    }
+
+    /// Messages marked done in this run that the delivery records on disk do not show
+    /// yet: what a kill -9 now would make the agent send twice.
+    pub fn unsaved(&self) -> u64 {
+        let saved = self
+            .background
+            .as_ref()
+            .map_or(self.done, |b| b.saved().mark());
+        self.done.saturating_sub(saved)
+    }
+
+    /// Whether every message marked done has been given to a save of the records.
+    pub fn save_asked(&self) -> bool {
+        self.save_asked == self.done
+    }
+
+    /// Where the link waits for the delivery records to catch up.
+    pub fn saved(&self) -> Option<Arc<Saved>> {
+        self.background.as_ref().map(|b| b.saved().clone())
     }
 
     /// After a reconnect, start again from the oldest unacknowledged message.
@@ -201,6 +238,7 @@ impl Outbox {
             c.expire(now_ms)?;
             c.sync()?;
         }
+        self.mark_saved();
         Ok(())
     }
 
