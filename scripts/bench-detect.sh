@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Local detection benchmark: `edge-agent detect --runs N` (JPEG decode, letterbox,
-# inference, NMS) against the Python reference (PIL + numpy + onnxruntime, the same
-# Ultralytics pre/post-processing) on the same model, images and thread count, in the
-# same run. The model has about the compute of a YOLOv8n export at 640x640
+# inference, NMS) against the Python reference (cv2.imread + cv2 letterbox + numpy +
+# onnxruntime: Ultralytics' own pre-processing and its post-processing) on the same
+# model, images and thread count, in the same run. The model has about the compute of a YOLOv8n export at 640x640
 # ([1,84,8400] output, 80 classes). Our side runs on ONNX Runtime (the wheel's library)
 # and on the built-in tract engine. Prints the median ms per stage.
 #
@@ -30,7 +30,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 rng = np.random.default_rng(3)
-for w, h in [(640, 640), (1280, 960)]:
+for w, h in [(640, 640), (1280, 720), (1280, 960)]:
     y, x = np.mgrid[0:h, 0:w]
     base = np.stack([40 + 80 * x / w, 90 + 100 * y / h, 40 + 30 * (x + y) / (w + h)], -1)
     img = Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
@@ -47,7 +47,7 @@ row() { # name json
 ratio() { "$PY" -c 'import json,sys; a=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); print("%.2f" % (a["total"]/b["total"]))' "$1" "$2"; }
 
 echo "model: ~YOLOv8n compute, input 640x640, output [1,84,8400]; $RUNS runs, $THREADS threads, median ms"
-for img in "$WORK"/scene_640x640.jpg "$WORK"/scene_1280x960.jpg; do
+for img in "$WORK"/scene_640x640.jpg "$WORK"/scene_1280x720.jpg "$WORK"/scene_1280x960.jpg; do
     echo "image $(basename "$img") ($(stat -c %s "$img") bytes)"
     ref=$("$PY" tests/py/yolo_ref.py --bench "$WORK/model.onnx" "$img" "$RUNS" --threads "$THREADS")
     ours=$(env -u ORT_DYLIB_PATH "$BIN" detect --model "$WORK/model.onnx" --image "$img" \

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto mosquitto-clients cyclonedds-dev python3 python3-venv python3-dev gcc pkg-config systemd lintian binutils openssl bsdiff)
+APT_PACKAGES=(mosquitto mosquitto-clients cyclonedds-dev python3 python3-venv python3-dev gcc pkg-config systemd lintian binutils openssl bsdiff nasm)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then

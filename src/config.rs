@@ -300,6 +300,9 @@ impl AgentConfig {
             .collect();
         let mut ota = ota_cfg.resolve(&self.state_dir, &self.device)?;
         ota.onnx = self.onnx.clone();
+        if let Some(why) = crate::onnx::threads_out_of_range(self.onnx.threads) {
+            return Err(invalid("onnx.threads", self.onnx.threads, &why));
+        }
         if let Some(lib) = &self.onnx.library {
             let lib = base.join(lib);
             if !lib.exists() {

@@ -24,6 +24,15 @@ pub struct OnnxConfig {
     pub threads: usize,
 }
 
+/// The most threads one inference may be given: beyond it ONNX Runtime spends its time
+/// starting threads (10,000 never finished loading a model).
+pub const MAX_THREADS: usize = 256;
+
+/// Why a thread count is refused, if it is.
+pub fn threads_out_of_range(threads: usize) -> Option<String> {
+    (threads > MAX_THREADS).then(|| format!("must be between 0 (one per core) and {MAX_THREADS}"))
+}
+
 /// Which engine runs the models.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
@@ -82,8 +91,8 @@ impl Runtime {
                 }
             }
             Err(e) if explicit => return Err(e),
-            Err(_) => {
-                tracing::warn!(
+            Err(e) => {
+                tracing::warn!(reason = %e,
                     "No ONNX Runtime library found; models run on the slower built-in tract engine. Install ONNX Runtime (libonnxruntime.so 1.24 or newer) and set [onnx] library or ORT_DYLIB_PATH."
                 );
                 ort::set_api(ort_tract::api());
@@ -121,8 +130,11 @@ impl Runtime {
 #[allow(unsafe_code)]
 fn load_onnxruntime(path: &Path) -> Result<(ort::sys::OrtApi, String), String> {
     // SAFETY: loading ONNX Runtime runs its initialisers, which have no preconditions.
-    let lib = unsafe { libloading::Library::new(path) }
-        .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
+        // The loader's own reason (dlerror) is the error's source.
+        let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+        format!("cannot load ONNX Runtime from {}: {why}", path.display())
+    })?;
     let lib: &'static libloading::Library = Box::leak(Box::new(lib));
     // SAFETY: `OrtGetApiBase` has this signature in every ONNX Runtime release.
     let get_base = unsafe {

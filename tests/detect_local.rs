@@ -17,7 +17,14 @@ struct Models {
 impl Models {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        for kind in ["yolo-fixed", "yolo-e2e", "yolo-conv", "conv"] {
+        for kind in [
+            "yolo-fixed",
+            "yolo-e2e",
+            "yolo-conv",
+            "yolo-conv-fp16",
+            "conv",
+            "int-input",
+        ] {
             support::make_model(kind, &dir.path().join(format!("{kind}.onnx")));
         }
         Models { dir }
@@ -27,13 +34,26 @@ impl Models {
     }
 }
 
-/// Test images (PNG: lossless, so both sides see the same pixels) of the given sizes.
+/// Test images of the given sizes (PNG).
 fn image(dir: &Path, w: usize, h: usize, seed: u64) -> PathBuf {
-    let p = dir.join(format!("img_{w}x{h}_{seed}.png"));
+    image_as(dir, w, h, seed, "png", "")
+}
+
+/// A test image saved by Pillow as `ext` with the save options `opts` (Python keyword
+/// arguments, e.g. `quality=90, subsampling=2`); `mode` "L" makes it grey.
+fn image_as(dir: &Path, w: usize, h: usize, seed: u64, ext: &str, opts: &str) -> PathBuf {
+    let p = dir.join(format!(
+        "img_{w}x{h}_{seed}_{}.{ext}",
+        opts.replace(|c: char| !c.is_ascii_alphanumeric(), "")
+    ));
+    let (mode, opts) = match opts.strip_prefix("grey") {
+        Some(rest) => ("L", rest.trim_start_matches(',').trim()),
+        None => ("RGB", opts),
+    };
     let code = format!(
         "import numpy as np; from PIL import Image\n\
          rng = np.random.default_rng({seed}); a = (rng.random((12, 16, 3)) * 255).astype(np.uint8)\n\
-         Image.fromarray(a).resize(({w}, {h}), Image.BILINEAR).save('{}')",
+         Image.fromarray(a).resize(({w}, {h}), Image.BILINEAR).convert('{mode}').save('{}', {opts})",
         p.display()
     );
     let o = std::process::Command::new(support::python())
@@ -120,12 +140,46 @@ fn known_outputs_are_decoded_suppressed_and_mapped_back_exactly() {
     }
 }
 
+/// Compares the agent's detections on `img` with Ultralytics' pre-processing (cv2) and
+/// the numpy post-processing on the same ONNX Runtime; returns how many were compared.
+fn compare_with_reference(model: &Path, img: &Path, score_tol: f64, box_tol: f64) -> usize {
+    let name = img.file_name().unwrap().to_string_lossy().into_owned();
+    let ours = detections(&detect(model, img, true));
+    let reference: Value = serde_json::from_str(&support::run_py(
+        "yolo_ref.py",
+        &[model.to_str().unwrap(), img.to_str().unwrap()],
+    ))
+    .unwrap();
+    let theirs = reference["detections"].as_array().unwrap();
+    assert!(
+        !theirs.is_empty(),
+        "{name}: the reference found nothing; the test image is too plain"
+    );
+    assert_eq!(ours.len(), theirs.len(), "{name}: number of detections");
+    for (a, b) in ours.iter().zip(theirs) {
+        assert_eq!(a["class_id"], b["class_id"], "{name}: {a} vs {b}");
+        assert_eq!(a["class_name"], b["class_name"]);
+        let ds = (a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs();
+        assert!(ds <= score_tol, "{name}: score {a} vs {b}");
+        for (x, y) in a["box"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(b["box"].as_array().unwrap())
+        {
+            let d = (x.as_f64().unwrap() - y.as_f64().unwrap()).abs();
+            assert!(d <= box_tol, "{name}: box {a} vs {b}");
+        }
+    }
+    ours.len()
+}
+
 #[test]
-fn boxes_match_the_python_reference_on_images_of_every_shape() {
+fn boxes_match_ultralytics_preprocessing_on_images_of_every_shape() {
     let m = Models::new();
     let model = m.path("yolo-conv");
     // Landscape, portrait, odd sizes, smaller than the input (scaled up), exactly the
-    // input, and one needing odd padding.
+    // input, exactly twice it (OpenCV's area shortcut), and one needing odd padding.
     let sizes = [
         (1280, 960, 1),
         (480, 640, 2),
@@ -134,40 +188,50 @@ fn boxes_match_the_python_reference_on_images_of_every_shape() {
         (640, 640, 5),
         (640, 427, 6),
         (1921, 1079, 7),
+        (1280, 720, 8),
+        (17, 9, 9),
     ];
     let mut compared = 0;
     for (w, h, seed) in sizes {
         let img = image(m.dir.path(), w, h, seed);
-        let ours = detections(&detect(&model, &img, true));
-        let reference: Value = serde_json::from_str(&support::run_py(
-            "yolo_ref.py",
-            &[model.to_str().unwrap(), img.to_str().unwrap()],
-        ))
-        .unwrap();
-        let theirs = reference["detections"].as_array().unwrap();
-        assert!(
-            !theirs.is_empty(),
-            "{w}x{h}: the reference found nothing; the test image is too plain"
-        );
-        assert_eq!(ours.len(), theirs.len(), "{w}x{h}: number of detections");
-        for (a, b) in ours.iter().zip(theirs) {
-            assert_eq!(a["class_id"], b["class_id"], "{w}x{h}: {a} vs {b}");
-            assert_eq!(a["class_name"], b["class_name"]);
-            let ds = (a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs();
-            assert!(ds <= 1e-4, "{w}x{h}: score {a} vs {b}");
-            for (x, y) in a["box"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(b["box"].as_array().unwrap())
-            {
-                let d = (x.as_f64().unwrap() - y.as_f64().unwrap()).abs();
-                assert!(d <= 1.0, "{w}x{h}: box {a} vs {b}");
-            }
-            compared += 1;
-        }
+        compared += compare_with_reference(&model, &img, 1e-5, 0.01);
     }
+    // Grey frames become three equal channels on both sides.
+    let img = image_as(m.dir.path(), 700, 500, 10, "png", "grey");
+    compared += compare_with_reference(&model, &img, 1e-5, 0.01);
     assert!(compared > 100, "only {compared} detections compared");
+}
+
+#[test]
+fn half_precision_models_take_and_give_float16() {
+    let m = Models::new();
+    let mut compared = 0;
+    for (w, h, seed) in [(1280, 720, 21), (333, 517, 22)] {
+        let img = image(m.dir.path(), w, h, seed);
+        compared += compare_with_reference(&m.path("yolo-conv-fp16"), &img, 1e-5, 0.01);
+    }
+    assert!(compared > 10, "only {compared} detections compared");
+}
+
+#[test]
+fn jpeg_frames_decode_to_the_pixels_cv2_imread_gives() {
+    let m = Models::new();
+    let model = m.path("yolo-conv");
+    // Chroma subsampled 4:2:0, 4:2:2, none, progressive, grey, and an odd size.
+    let cases = [
+        (1280, 720, 11, "quality=90, subsampling=2"),
+        (1280, 720, 12, "quality=90, subsampling=1"),
+        (1280, 720, 13, "quality=95, subsampling=0"),
+        (800, 600, 14, "quality=85, subsampling=2, progressive=True"),
+        (640, 480, 15, "grey, quality=90"),
+        (517, 333, 16, "quality=75"),
+    ];
+    let mut compared = 0;
+    for (w, h, seed, opts) in cases {
+        let img = image_as(m.dir.path(), w, h, seed, "jpg", opts);
+        compared += compare_with_reference(&model, &img, 1e-5, 0.01);
+    }
+    assert!(compared > 50, "only {compared} detections compared");
 }
 
 #[test]
@@ -199,6 +263,66 @@ fn bad_models_and_images_are_refused_with_the_reason() {
     let o = detect(&m.path("yolo-fixed"), &not_img, true);
     assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
     assert!(stderr(&o).contains("bad JPEG"), "{}", stderr(&o));
+    // A frame cut short on the way still decodes (the rest is grey), with a warning.
+    let whole = image_as(m.dir.path(), 320, 240, 3, "jpg", "quality=90");
+    let bytes = std::fs::read(&whole).unwrap();
+    let cut = m.dir.path().join("cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let o = detect(&m.path("yolo-conv"), &cut, true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("WARN"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cut short"), "{}", stderr(&o));
+    let o = detect(&m.path("yolo-conv"), &whole, true);
+    assert!(!stderr(&o).contains("cut short"), "{}", stderr(&o));
+    // An ONNX Runtime library that cannot be loaded: the loader's reason.
+    let o = support::ota::agent()
+        .args(["detect", "--model"])
+        .arg(m.path("yolo-conv"))
+        .arg("--image")
+        .arg(&whole)
+        .arg("--onnxruntime")
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert!(stderr(&o).contains("file too short"), "{}", stderr(&o));
+    // A model whose input is not float: the error names the file.
+    let o = detect(&m.path("int-input"), &whole, true);
+    assert_eq!(o.status.code(), Some(65), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("int-input.onnx") && stderr(&o).contains("not float32 or float16"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn out_of_range_options_are_refused_with_their_range() {
+    let m = Models::new();
+    let img = image(m.dir.path(), 64, 48, 1);
+    for (args, want) in [
+        (&["--conf", "-1"][..], "--conf -1: must be between 0 and 1"),
+        (&["--iou", "5"], "--iou 5: must be between 0 and 1"),
+        (
+            &["--max-det", "0"],
+            "--max-det 0: must be between 1 and 100000",
+        ),
+        (
+            &["--threads", "10000"],
+            "--threads 10000: must be between 0",
+        ),
+    ] {
+        let o = support::ota::agent()
+            .args(["detect", "--model"])
+            .arg(m.path("yolo-conv"))
+            .arg("--image")
+            .arg(&img)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(64), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
 }
 
 #[cfg(feature = "demo")]

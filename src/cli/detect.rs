@@ -19,12 +19,13 @@ pub struct DetectArgs {
     #[arg(long)]
     pub image: PathBuf,
     /// Confidence threshold.
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = 0.25, allow_negative_numbers = true)]
     pub conf: f32,
     /// IoU threshold of the non-maximum suppression.
-    #[arg(long, default_value_t = 0.45)]
+    #[arg(long, default_value_t = 0.45, allow_negative_numbers = true)]
     pub iou: f32,
-    #[arg(long, default_value_t = 300)]
+    /// Most detections kept.
+    #[arg(long, default_value_t = crate::detect::yolo::DEFAULT_MAX_DET)]
     pub max_det: usize,
     /// Threads per inference (0: one per core).
     #[arg(long, default_value_t = 0)]
@@ -48,6 +49,20 @@ pub fn run(a: DetectArgs) -> Result<(), Failure> {
         crate::logging::Scrubber::new(&[]),
         None,
     );
+    let p = PostParams {
+        conf: a.conf,
+        iou: a.iou,
+        max_det: a.max_det,
+    };
+    if let Some((name, value, why)) = p.out_of_range() {
+        return Err(Failure::usage(format!(
+            "--{} {value}: {why}",
+            name.replace('_', "-")
+        )));
+    }
+    if let Some(why) = crate::onnx::threads_out_of_range(a.threads) {
+        return Err(Failure::usage(format!("--threads {}: {why}", a.threads)));
+    }
     let rt = runtime(&OnnxConfig {
         library: a.onnxruntime.clone(),
         threads: a.threads,
@@ -56,11 +71,10 @@ pub fn run(a: DetectArgs) -> Result<(), Failure> {
     let mut model = LocalModel::load(rt, &a.model).map_err(Failure::data)?;
     let bytes = std::fs::read(&a.image)
         .map_err(|e| Failure::usage(format!("cannot read {}: {e}", a.image.display())))?;
-    let p = PostParams {
-        conf: a.conf,
-        iou: a.iou,
-        max_det: a.max_det,
-    };
+    if bytes.starts_with(&[0xff, 0xd8]) && crate::detect::local::jpeg_is_truncated(&bytes) {
+        tracing::warn!(image = %a.image.display(),
+            "The JPEG is cut short (no end marker): its missing rows are grey and nothing is found there.");
+    }
     let detect_once = |model: &mut LocalModel| {
         let t0 = Instant::now();
         let img = decode_image(&bytes)

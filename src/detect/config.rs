@@ -177,7 +177,7 @@ const fn d_iou() -> f32 {
     0.45
 }
 const fn d_max_det() -> usize {
-    100
+    super::yolo::DEFAULT_MAX_DET
 }
 
 /// `[detect.v4l2]`: the camera device and the mode asked of it.
@@ -338,11 +338,13 @@ impl DetectConfig {
                 ));
             }
         }
-        if !(0.0..=1.0).contains(&self.conf) {
-            return Err(invalid("detect.conf", self.conf, "must be between 0 and 1"));
-        }
-        if !(0.0..=1.0).contains(&self.iou) {
-            return Err(invalid("detect.iou", self.iou, "must be between 0 and 1"));
+        let post = super::yolo::PostParams {
+            conf: self.conf,
+            iou: self.iou,
+            max_det: self.max_det,
+        };
+        if let Some((name, value, why)) = post.out_of_range() {
+            return Err(invalid(&format!("detect.{name}"), value, why));
         }
         if !(1..=100).contains(&self.jpeg_quality) {
             return Err(invalid(
@@ -449,7 +451,7 @@ impl DetectConfig {
             post: super::yolo::PostParams {
                 conf: self.conf,
                 iou: self.iou,
-                max_det: self.max_det.max(1),
+                max_det: self.max_det,
             },
         }))
     }
@@ -532,6 +534,10 @@ mod tests {
         assert!(e.contains("unknown variant `fastest`"), "{e}");
         let e = check("policy = \"cloud-only\"\nconf = 2.0\n").unwrap_err();
         assert!(e.starts_with("detect.conf = 2 is not valid"), "{e}");
+        let e = check("policy = \"cloud-only\"\nmax_det = 0\n").unwrap_err();
+        assert!(e.starts_with("detect.max_det = 0 is not valid"), "{e}");
+        let e = check("policy = \"cloud-only\"\n[onnx]\nthreads = 10000\n").unwrap_err();
+        assert!(e.starts_with("onnx.threads = 10000 is not valid"), "{e}");
         assert!(AgentConfig::parse(BASE, "t")
             .unwrap()
             .validate()

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use half::slice::HalfFloatSliceExt;
 use ort::session::Session;
+use ort::value::TensorElementType;
 use ort::value::TensorRef;
 
 use super::yolo::{self, Detection, Letterbox, OutputLayout, PostParams, Rgb};
@@ -22,6 +24,8 @@ pub struct LocalModel {
     /// Metadata `version` (Ultralytics writes its own version there), if any.
     pub version: Option<String>,
     buf: Vec<f32>,
+    /// A half-precision model's input, converted from `buf`; empty for float32 models.
+    buf16: Vec<half::f16>,
 }
 
 /// Time spent in each stage of one detection.
@@ -65,6 +69,17 @@ impl LocalModel {
             .first()
             .ok_or_else(|| format!("{} has no input", path.display()))?;
         let input_name = input.name().to_owned();
+        let half_input = match input.dtype().tensor_type() {
+            Some(TensorElementType::Float32) => false,
+            Some(TensorElementType::Float16) => true,
+            other => {
+                return Err(format!(
+                    "{}: input '{input_name}' is {}, not float32 or float16 (export the model with Ultralytics' defaults)",
+                    path.display(),
+                    other.map_or_else(|| "not a tensor".to_owned(), |t| format!("a tensor of {t:?}"))
+                ))
+            }
+        };
         let in_shape: Vec<i64> = input
             .dtype()
             .tensor_shape()
@@ -106,6 +121,11 @@ impl LocalModel {
             input_name,
             version: get("version").map(str::to_owned),
             buf: vec![0.0; 3 * input_size.0 * input_size.1],
+            buf16: if half_input {
+                vec![half::f16::ZERO; 3 * input_size.0 * input_size.1]
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -119,17 +139,33 @@ impl LocalModel {
         let (h, w) = self.input_size;
         let lb = Letterbox::new(img.width, img.height, w, h);
         yolo::preprocess(img, &lb, &mut self.buf);
+        let model = self.path.display();
+        let shape = [1usize, 3, h, w];
+        let input = if self.buf16.is_empty() {
+            TensorRef::from_array_view((shape, self.buf.as_slice())).map(|t| t.into_dyn())
+        } else {
+            // Rounded to nearest, ties to even: what `tensor.half()` does in Ultralytics.
+            self.buf16.convert_from_f32_slice(&self.buf);
+            TensorRef::from_array_view((shape, self.buf16.as_slice())).map(|t| t.into_dyn())
+        }
+        .map_err(|e| format!("{model}: {e}"))?;
         let t1 = Instant::now();
-        let input = TensorRef::from_array_view(([1usize, 3, h, w], self.buf.as_slice()))
-            .map_err(|e| e.to_string())?;
         let outputs = self
             .session
             .run(ort::inputs![self.input_name.as_str() => input])
-            .map_err(|e| format!("inference failed: {e}"))?;
+            .map_err(|e| format!("{model}: inference failed: {e}"))?;
         let t2 = Instant::now();
-        let (_, data) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| format!("the model's output is not float32: {e}"))?;
+        let widened: Vec<f32>;
+        let data: &[f32] = match outputs[0].try_extract_tensor::<f32>() {
+            Ok((_, data)) => data,
+            Err(_) => {
+                let (_, data) = outputs[0].try_extract_tensor::<half::f16>().map_err(|e| {
+                    format!("{model}: the output is neither float32 nor float16: {e}")
+                })?;
+                widened = data.to_f32_vec();
+                &widened
+            }
+        };
         let dets: Vec<Detection> = yolo::postprocess(data, self.layout, p);
         let found = dets
             .into_iter()
@@ -159,16 +195,7 @@ impl LocalModel {
 /// Decodes a JPEG or PNG file's bytes to RGB.
 pub fn decode_image(bytes: &[u8]) -> Result<Rgb, String> {
     if bytes.starts_with(&[0xff, 0xd8]) {
-        let opts = zune_jpeg::zune_core::options::DecoderOptions::default()
-            .jpeg_set_out_colorspace(zune_jpeg::zune_core::colorspace::ColorSpace::RGB);
-        let mut d = zune_jpeg::JpegDecoder::new_with_options(bytes, opts);
-        let data = d.decode().map_err(|e| format!("bad JPEG: {e:?}"))?;
-        let (w, h) = d.dimensions().ok_or("bad JPEG: no size")?;
-        return Ok(Rgb {
-            width: w,
-            height: h,
-            data,
-        });
+        return decode_jpeg(bytes);
     }
     if bytes.starts_with(b"\x89PNG") {
         let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
@@ -200,6 +227,46 @@ pub fn decode_image(bytes: &[u8]) -> Result<Rgb, String> {
         });
     }
     Err("not a JPEG or PNG image".into())
+}
+
+/// JPEG through libjpeg-turbo's decoder (integer IDCT, fancy upsampling: cv2.imread's
+/// defaults). libjpeg reports a fatal error by unwinding out of the call, which ends
+/// here as an error naming libjpeg's reason.
+fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut d = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
+        let (width, height) = (d.width(), d.height());
+        let data = d.read_scanlines::<u8>()?;
+        d.finish()?;
+        Ok::<_, std::io::Error>(Rgb {
+            width,
+            height,
+            data,
+        })
+    }));
+    match decoded {
+        Ok(Ok(rgb)) if rgb.data.len() == rgb.width * rgb.height * 3 => Ok(rgb),
+        Ok(Ok(_)) => Err("bad JPEG: fewer rows than its size".into()),
+        Ok(Err(e)) => Err(format!("bad JPEG: {e}")),
+        Err(payload) => {
+            let reason = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("libjpeg failed");
+            Err(format!(
+                "bad JPEG: {}",
+                reason.trim_start_matches("libjpeg fatal error: ")
+            ))
+        }
+    }
+}
+
+/// Whether a JPEG stream ends without its end-of-image marker: a frame cut short on
+/// the way, whose missing rows the decoder fills with grey.
+pub fn jpeg_is_truncated(bytes: &[u8]) -> bool {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    !bytes[..end].ends_with(&[0xff, 0xd9])
 }
 
 /// The model's `metadata_props` (ModelProto field 14: key 1, value 2), read straight

@@ -653,6 +653,12 @@ impl Service {
             ImageKind::Raw => frame::from_image(cdr),
             ImageKind::Compressed => frame::from_compressed(cdr),
         };
+        if let Ok(Frame { jpeg: Some(j), .. }) = &result {
+            if super::local::jpeg_is_truncated(j) {
+                tracing::warn!(request = %svc.req.id, bytes = j.len(),
+                    "The camera frame is cut short (its JPEG has no end marker): its missing rows are grey and nothing is found there. Check the camera's cable or driver.");
+            }
+        }
         self.latest_frame = None;
         let input = match result {
             Ok(f) => {

@@ -72,40 +72,85 @@ impl Letterbox {
     }
 }
 
-/// Source index and weight for each destination coordinate (cv2 INTER_LINEAR).
-fn table(dst: usize, src: usize) -> Vec<(usize, usize, f32)> {
-    let scale = (src as f64 / dst as f64) as f32;
+/// OpenCV's fixed-point bilinear resize of 8-bit images (`cv::resize`, `INTER_LINEAR`,
+/// which Ultralytics' letterbox calls), written from its documented algorithm so the
+/// model sees the very bytes it sees in the training notebook:
+/// - source coordinate `f = float((d + 0.5) * scale - 0.5)` with `scale = 1 / (dst/src)`
+///   in double, taps `floor(f)` and the next, weights `1 - frac` and `frac` scaled by
+///   2048 (11 bits) and rounded half to even into 16 bits;
+/// - horizontally, a tap left of the first or right of the last column is clamped with
+///   its weight (the edge pixel weighs 2048); vertically only the rows are clamped and
+///   the weights are kept, as OpenCV does;
+/// - the horizontal pass sums in 32 bits; the vertical one rounds as OpenCV's 8-bit
+///   path does: `((b0 * (r0 >> 4)) >> 16) + ((b1 * (r1 >> 4)) >> 16) + 2) >> 2`.
+///
+/// An exact halving is the 2x2 average OpenCV's area shortcut takes for it; the formula
+/// above gives the same bytes.
+const COEF_SCALE: f32 = 2048.0;
+
+/// One destination coordinate: two source indices and their fixed-point weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Tap {
+    i0: usize,
+    i1: usize,
+    w0: i32,
+    w1: i32,
+}
+
+fn taps(dst: usize, src: usize, clamp_weights: bool) -> Vec<Tap> {
+    let scale = 1.0 / (dst as f64 / src as f64);
+    let last = src as i64 - 1;
     (0..dst)
         .map(|d| {
-            let s = (d as f32 + 0.5) * scale - 0.5;
-            let mut i0 = s.floor();
-            let mut f = s - i0;
-            if s < 0.0 {
-                i0 = 0.0;
-                f = 0.0;
+            let mut f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+            let mut s = f.floor() as i64;
+            f -= s as f32;
+            if clamp_weights {
+                if s < 0 {
+                    s = 0;
+                    f = 0.0;
+                }
+                if s >= last {
+                    s = last;
+                    f = 0.0;
+                }
             }
-            if i0 >= (src - 1) as f32 {
-                i0 = (src - 1) as f32;
-                f = 0.0;
+            Tap {
+                i0: s.clamp(0, last) as usize,
+                i1: (s + 1).clamp(0, last) as usize,
+                w0: ((1.0 - f) * COEF_SCALE).round_ties_even() as i32,
+                w1: (f * COEF_SCALE).round_ties_even() as i32,
             }
-            let i0 = i0 as usize;
-            (i0, (i0 + 1).min(src - 1), f)
         })
         .collect()
+}
+
+/// The horizontal pass of one source row into three planes of `new_w` sums.
+fn horizontal(row: &[u8], xs: &[Tap], out: &mut [i32]) {
+    let n = xs.len();
+    let (r, rest) = out.split_at_mut(n);
+    let (g, b) = rest.split_at_mut(n);
+    for (x, t) in xs.iter().enumerate() {
+        let (p0, p1) = (&row[t.i0 * 3..t.i0 * 3 + 3], &row[t.i1 * 3..t.i1 * 3 + 3]);
+        r[x] = i32::from(p0[0]) * t.w0 + i32::from(p1[0]) * t.w1;
+        g[x] = i32::from(p0[1]) * t.w0 + i32::from(p1[1]) * t.w1;
+        b[x] = i32::from(p0[2]) * t.w0 + i32::from(p1[2]) * t.w1;
+    }
+}
+
+/// The vertical pass of one channel into the model's input, as float /255.
+fn vertical(top: &[i32], bottom: &[i32], w0: i32, w1: i32, out: &mut [f32]) {
+    for ((o, &a), &b) in out.iter_mut().zip(top).zip(bottom) {
+        let v = (((w0 * (a >> 4)) >> 16) + ((w1 * (b >> 4)) >> 16) + 2) >> 2;
+        *o = v as f32 / 255.0;
+    }
 }
 
 /// Letterboxes `img` into `out` (NCHW float, `3 * dst_h * dst_w`, values /255).
 pub fn preprocess(img: &Rgb, lb: &Letterbox, out: &mut [f32]) {
     let plane = lb.dst_w * lb.dst_h;
     assert_eq!(out.len(), 3 * plane, "input tensor size");
-    const PAD: f32 = 114.0 / 255.0;
-    out.fill(PAD);
-    let (r, rest) = out.split_at_mut(plane);
-    let (g, b) = rest.split_at_mut(plane);
-    let mut lut = [0f32; 256];
-    for (i, v) in lut.iter_mut().enumerate() {
-        *v = i as f32 / 255.0;
-    }
+    out.fill(114.0 / 255.0);
     let src = &img.data;
     let sw = img.width;
     if lb.new_w == img.width && lb.new_h == img.height {
@@ -113,62 +158,45 @@ pub fn preprocess(img: &Rgb, lb: &Letterbox, out: &mut [f32]) {
             let row = &src[y * sw * 3..(y + 1) * sw * 3];
             let o = (y + lb.top) * lb.dst_w + lb.left;
             for (x, px) in row.chunks_exact(3).enumerate() {
-                r[o + x] = lut[px[0] as usize];
-                g[o + x] = lut[px[1] as usize];
-                b[o + x] = lut[px[2] as usize];
+                for (c, &v) in px.iter().enumerate() {
+                    out[c * plane + o + x] = f32::from(v) / 255.0;
+                }
             }
         }
         return;
     }
-    let xs = table(lb.new_w, img.width);
-    let ys = table(lb.new_h, img.height);
-    // Horizontal pass per source row (cached for the two rows a destination row needs).
-    let mut rows: [(usize, Vec<f32>); 2] = [
-        (usize::MAX, vec![0.0; lb.new_w * 3]),
-        (usize::MAX, vec![0.0; lb.new_w * 3]),
-    ];
-    let hpass = |sy: usize, buf: &mut Vec<f32>| {
-        let row = &src[sy * sw * 3..(sy + 1) * sw * 3];
-        for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
-            let (p0, p1) = (&row[x0 * 3..x0 * 3 + 3], &row[x1 * 3..x1 * 3 + 3]);
-            for c in 0..3 {
-                buf[x * 3 + c] = p0[c] as f32 * (1.0 - fx) + p1[c] as f32 * fx;
-            }
-        }
-    };
-    for (y, &(y0, y1, fy)) in ys.iter().enumerate() {
-        for sy in [y0, y1] {
+    let xs = taps(lb.new_w, img.width, true);
+    let ys = taps(lb.new_h, img.height, false);
+    let n = lb.new_w;
+    // The horizontal sums of the two source rows the current destination row needs.
+    let mut rows: [(usize, Vec<i32>); 2] =
+        [(usize::MAX, vec![0; n * 3]), (usize::MAX, vec![0; n * 3])];
+    for (y, t) in ys.iter().enumerate() {
+        for sy in [t.i0, t.i1] {
             if rows[0].0 != sy && rows[1].0 != sy {
-                // Replace the row not needed now.
-                let slot = if rows[0].0 == y0 || rows[0].0 == y1 {
-                    1
-                } else {
-                    0
-                };
-                hpass(sy, &mut rows[slot].1);
+                // Replace the row the current one does not need.
+                let slot = usize::from(rows[0].0 == t.i0 || rows[0].0 == t.i1);
+                horizontal(&src[sy * sw * 3..(sy + 1) * sw * 3], &xs, &mut rows[slot].1);
                 rows[slot].0 = sy;
             }
         }
-        let top = if rows[0].0 == y0 {
-            &rows[0].1
-        } else {
-            &rows[1].1
-        };
-        let bot = if rows[0].0 == y1 {
-            &rows[0].1
-        } else {
-            &rows[1].1
-        };
-        let o = (y + lb.top) * lb.dst_w + lb.left;
-        for x in 0..lb.new_w {
-            let mut px = [0f32; 3];
-            for (c, p) in px.iter_mut().enumerate() {
-                let v = top[x * 3 + c] * (1.0 - fy) + bot[x * 3 + c] * fy;
-                *p = lut[(v + 0.5).floor().clamp(0.0, 255.0) as usize];
+        let pick = |i: usize| {
+            if rows[0].0 == i {
+                &rows[0].1
+            } else {
+                &rows[1].1
             }
-            r[o + x] = px[0];
-            g[o + x] = px[1];
-            b[o + x] = px[2];
+        };
+        let (top, bottom) = (pick(t.i0), pick(t.i1));
+        let o = (y + lb.top) * lb.dst_w + lb.left;
+        for c in 0..3 {
+            vertical(
+                &top[c * n..(c + 1) * n],
+                &bottom[c * n..(c + 1) * n],
+                t.w0,
+                t.w1,
+                &mut out[c * plane + o..c * plane + o + n],
+            );
         }
     }
 }
@@ -189,13 +217,37 @@ pub struct PostParams {
     pub max_det: usize,
 }
 
+/// The most detections kept by default: Ultralytics' `max_det`, for the service and the
+/// command alike.
+pub const DEFAULT_MAX_DET: usize = 300;
+
 impl Default for PostParams {
     fn default() -> Self {
         PostParams {
             conf: 0.25,
             iou: 0.45,
-            max_det: 300,
+            max_det: DEFAULT_MAX_DET,
         }
+    }
+}
+
+impl PostParams {
+    /// The first value out of range, as `(name, value, what it must be)`.
+    pub fn out_of_range(&self) -> Option<(&'static str, String, &'static str)> {
+        if !(0.0..=1.0).contains(&self.conf) {
+            return Some(("conf", self.conf.to_string(), "must be between 0 and 1"));
+        }
+        if !(0.0..=1.0).contains(&self.iou) {
+            return Some(("iou", self.iou.to_string(), "must be between 0 and 1"));
+        }
+        if !(1..=100_000).contains(&self.max_det) {
+            return Some((
+                "max_det",
+                self.max_det.to_string(),
+                "must be between 1 and 100000",
+            ));
+        }
+        None
     }
 }
 

@@ -56,6 +56,14 @@ FIXED = [
 ]
 
 
+def int_input():
+    """A model whose input is uint8 (not a float image tensor)."""
+    x = helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 3, 64, 64])
+    y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 3, 64, 64])
+    return helper.make_graph([helper.make_node("Cast", ["images"], ["output0"], to=TensorProto.FLOAT)],
+                             "int_input", [x], [y])
+
+
 def names_meta(model, names, imgsz):
     for k, v in {"names": str(names), "imgsz": str(list(imgsz)), "stride": "32",
                  "task": "detect"}.items():
@@ -202,14 +210,21 @@ def main():
     kind, out = sys.argv[1], sys.argv[2]
     yolo = {"yolo-fixed": yolo_fixed, "yolo-e2e": yolo_e2e, "yolo-conv": yolo_conv,
             "yolo-bench": yolo_bench, "demo": demo}
+    # "-fp16": the model converted to half precision, inputs and outputs too, by ONNX's
+    # float16 converter (as an Ultralytics `half=True` export for a Jetson has them).
+    fp16 = kind.endswith("-fp16")
+    kind = kind.removesuffix("-fp16")
     if kind in yolo:
         graph, names, imgsz = yolo[kind]()
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         names_meta(model, names, imgsz)
     else:
-        graph = {"conv": conv, "nan": nan}[kind]()
+        graph = {"conv": conv, "nan": nan, "int-input": int_input}[kind]()
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    if fp16:
+        from onnxconverter_common import float16
+        model = float16.convert_float_to_float16(model, keep_io_types=False)
     onnx.checker.check_model(model)
     onnx.save(model, out)
 

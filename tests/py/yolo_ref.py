@@ -1,4 +1,5 @@
-"""Reference for the local detector: the Ultralytics YOLO pre- and post-processing written
+"""Reference for the local detector: the Ultralytics YOLO pre- and post-processing as
+Ultralytics runs it (OpenCV reads and letterboxes the image), the post-processing written
 out with numpy, run with onnxruntime. The tests compare edge-agent's boxes to these.
 
 usage: yolo_ref.py MODEL IMAGE [--conf C] [--iou I] [--max-det N] [--threads T]
@@ -7,10 +8,10 @@ usage: yolo_ref.py MODEL IMAGE [--conf C] [--iou I] [--max-det N] [--threads T]
 Prints JSON: {"detections": [{"class_id","class_name","score","box":[x1,y1,x2,y2]}...]},
 or with --bench the median time of each stage in ms.
 
-Pre-processing (Ultralytics LetterBox, auto=False, center=True): r = min(H/h, W/w);
-new size (round(w*r), round(h*r)); bilinear resize with half-pixel centres (as
-cv2.INTER_LINEAR), rounded to uint8; pad left/top round(d/2 - 0.1), right/bottom
-round(d/2 + 0.1) with 114; RGB; /255; NCHW float32.
+Pre-processing (Ultralytics LetterBox, auto=False, center=True): cv2.imread (BGR);
+r = min(H/h, W/w); new size (round(w*r), round(h*r)); cv2.resize INTER_LINEAR;
+cv2.copyMakeBorder left/top round(d/2 - 0.1), right/bottom round(d/2 + 0.1) with 114;
+BGR -> RGB; /255; NCHW float32.
 Post-processing (non_max_suppression): [1,4+nc,N] -> candidates with best class score
 > conf, xywh -> xyxy, class-wise NMS (boxes offset by class * 7680, IoU > iou
 suppressed), at most max_det; [1,N,6] end-to-end outputs are only filtered. Boxes are
@@ -23,67 +24,42 @@ import json
 import statistics
 import time
 
+import cv2
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 
 def load_image(path):
-    """HWC uint8 RGB."""
+    """HWC uint8 BGR, as cv2.imread gives it."""
     if path.endswith(".rgb"):
-        # Raw: first line "W H", then W*H*3 bytes.
+        # Raw: first line "W H", then W*H*3 bytes of RGB.
         with open(path, "rb") as f:
             w, h = map(int, f.readline().split())
-            return np.frombuffer(f.read(), np.uint8).reshape(h, w, 3)
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
-def resize_bilinear(img, new_w, new_h):
-    h, w = img.shape[:2]
-    if (w, h) == (new_w, new_h):
-        return img
-
-    def table(dst, src):
-        scale = np.float32(src / dst)
-        s = (np.arange(dst, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-        i0 = np.floor(s).astype(np.int64)
-        f = (s - i0).astype(np.float32)
-        low = s < 0
-        i0[low], f[low] = 0, 0
-        high = i0 >= src - 1
-        i0[high], f[high] = src - 1, 0
-        i1 = np.minimum(i0 + 1, src - 1)
-        return i0, i1, f
-
-    x0, x1, fx = table(new_w, w)
-    y0, y1, fy = table(new_h, h)
-    src = img.astype(np.float32)
-    fx = fx[None, :, None]
-    fy = fy[:, None, None]
-    one = np.float32(1)
-    top = src[y0][:, x0] * (one - fx) + src[y0][:, x1] * fx
-    bottom = src[y1][:, x0] * (one - fx) + src[y1][:, x1] * fx
-    v = top * (one - fy) + bottom * fy
-    return np.floor(v + np.float32(0.5)).clip(0, 255).astype(np.uint8)
+            rgb = np.frombuffer(f.read(), np.uint8).reshape(h, w, 3)
+            return np.ascontiguousarray(rgb[..., ::-1])
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise SystemExit(f"cv2 cannot read {path}")
+    return img
 
 
 def letterbox(img, size):
+    """Ultralytics' LetterBox (auto=False, scaleup=True, center=True)."""
     H, W = size
     h, w = img.shape[:2]
     r = min(H / h, W / w)
     new_w, new_h = int(round(w * r)), int(round(h * r))
     dw, dh = (W - new_w) / 2, (H - new_h) / 2
-    img = resize_bilinear(img, new_w, new_h)
+    if (w, h) != (new_w, new_h):
+        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
     left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
-    out = np.full((H, W, 3), 114, np.uint8)
-    out[top:top + new_h, left:left + new_w] = img
-    assert top + new_h + bottom == H and left + new_w + right == W
-    return out
+    return cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT,
+                              value=(114, 114, 114))
 
 
 def preprocess(img, size):
-    x = letterbox(img, size)
+    x = letterbox(img, size)[..., ::-1]  # BGR -> RGB
     x = x.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255)
     return np.ascontiguousarray(x)
 
@@ -160,6 +136,8 @@ class Model:
         else:
             self.size = (640, 640)
         self.input = inp.name
+        # Half-precision exports take and give float16.
+        self.half = inp.type == "tensor(float16)"
         shape = self.sess.get_outputs()[0].shape
         self.end2end = meta.get("end2end") == "True" or (
             shape[-1] == 6 and shape[1] != 4 + len(self.names))
@@ -167,8 +145,10 @@ class Model:
     def detect(self, img, conf, iou, max_det, times=None):
         t0 = time.perf_counter()
         x = preprocess(img, self.size)
+        if self.half:
+            x = x.astype(np.float16)
         t1 = time.perf_counter()
-        out = self.sess.run(None, {self.input: x})[0]
+        out = self.sess.run(None, {self.input: x})[0].astype(np.float32)
         t2 = time.perf_counter()
         boxes, scores, cls = postprocess(out, len(self.names), conf, iou, max_det, self.end2end)
         boxes = scale_boxes(boxes, self.size, img.shape[:2])
