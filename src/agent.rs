@@ -125,8 +125,9 @@ pub async fn start(
         tasks.push(task);
     }
 
+    let mut detect_stats = None;
     if let (Some(d), Some(t)) = (&settings.detect, &transport) {
-        let task = crate::detect::service::start(
+        let (task, stats) = crate::detect::service::start(
             d.clone(),
             settings.ota.onnx.clone(),
             t.clone(),
@@ -139,6 +140,7 @@ pub async fn start(
         .await
         .context("cannot start the detection service")?;
         tasks.push(task);
+        detect_stats = Some(stats);
     }
 
     // The ROS 2 side can stop underneath the agent (see `Transport::stopped`); running on
@@ -171,6 +173,7 @@ pub async fn start(
         status_file: settings.file.state_dir.join("status.json"),
         node: transport.as_ref().map(|t| t.node_name()),
         started_ms: now_ms(),
+        detect: detect_stats,
     };
     tasks.push(tokio::spawn(health.run(shutdown.clone())));
     tasks.push(tokio::spawn(crate::memory::release_periodically(

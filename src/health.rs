@@ -23,6 +23,8 @@ pub struct Health {
     pub status_file: PathBuf,
     pub node: Option<String>,
     pub started_ms: u64,
+    /// The detection service's answers, late answers and local estimates, when it runs.
+    pub detect: Option<Arc<crate::detect::service::DetectStats>>,
 }
 
 impl Health {
@@ -39,6 +41,7 @@ impl Health {
             "ros_node": self.node,
             "link": self.link.stats().snapshot(),
             "rules": self.rules.iter().map(|r| r.snapshot()).collect::<Vec<_>>(),
+            "detect": self.detect.as_ref().map(|d| d.snapshot()),
         })
     }
 

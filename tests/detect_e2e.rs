@@ -137,9 +137,19 @@ fn start_agent(
     domain: u16,
     config: impl Fn(&str) -> String,
 ) -> (tempfile::TempDir, AgentDir, Agent) {
+    start_agent_with("yolo-fixed", port, domain, config)
+}
+
+/// As [`start_agent`], with a model of `kind` (tests/py/make_models.py).
+fn start_agent_with(
+    kind: &str,
+    port: u16,
+    domain: u16,
+    config: impl Fn(&str) -> String,
+) -> (tempfile::TempDir, AgentDir, Agent) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("fruit.onnx");
-    support::make_model("yolo-fixed", &model);
+    support::make_model(kind, &model);
     let a = AgentDir::new(port, domain, "", &config(model.to_str().unwrap()));
     let agent = Agent::start(&a.config());
     (dir, a, agent)
@@ -164,6 +174,15 @@ impl Robot {
         // The agent's transient-local status reaches a matched reader: the graph is ready.
         peer.wait_received("status", 1, Duration::from_secs(20));
         Robot { peer }
+    }
+
+    /// Publishes a frame stamped `sec`, then a request with its own deadline.
+    fn ask_within(&mut self, id: &str, sec: i64, deadline_ms: u64) {
+        self.peer.write("img", image(320, 240, sec, sec as u8));
+        self.peer.write(
+            "req",
+            json!({"request_id": id, "scene": "day", "deadline_ms": deadline_ms}),
+        );
     }
 
     /// Publishes a frame stamped `sec`, then the request.
@@ -478,6 +497,98 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
     let log = agent.stop();
     assert!(log.contains("Cloud detector not answering"), "{log}");
     assert!(log.contains("Cloud detector answering again"), "{log}");
+}
+
+/// The status file's `detect` section, once the agent has written one.
+fn detect_status(a: &AgentDir) -> Value {
+    let file = a.path().join("state/status.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(d) = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|v| v["detect"].clone())
+            .filter(|d| !d.is_null())
+        {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "no detect section in {file:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_slow_model_is_handed_over_by_its_measured_time_and_late_answers_are_reported() {
+    let dom = support::domain();
+    let domain = dom.id;
+    let broker = Mosquitto::start(Options::default());
+    let cloud = TestCloud::start(broker.port);
+    cloud.set(Mode::Never);
+    let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);
+    // A real model made heavy (eight full-resolution convolutions), a cloud that never
+    // answers, and a configured `expected_local` far below what the model needs.
+    let (_dir, a, agent) = start_agent_with("yolo-slow", broker.port, domain, |model| {
+        detect_config(model, "cloud-first", "")
+            .replace("expected_local = \"400ms\"", "expected_local = \"10ms\"")
+    });
+    let mut robot = Robot::start(domain);
+    // The warm-up at load measured the model; the estimate is in the status.
+    let loaded = agent
+        .log()
+        .wait_for("the model loaded", Duration::from_secs(60), |l| {
+            l.contains("Detection model loaded.")
+        });
+    assert!(loaded.contains("warm_up_ms="), "{loaded}");
+    let status = detect_status(&a);
+    let expected = status["local_expected_ms"][""].as_u64().unwrap();
+    assert!(
+        expected > 50,
+        "a heavy model measured at {expected} ms: {status}"
+    );
+
+    // A deadline the model can meet: the hand-over leaves it its measured time, so the
+    // answer comes in time, where the configured 10 ms would have made it late.
+    let deadline = 3 * expected;
+    robot.ask_within("slow-1", 201, deadline);
+    let rep = wait_report(&sub, "slow-1");
+    assert_eq!(rep["source"], "local", "{rep}");
+    assert_eq!(rep["deadline_ms"], deadline, "{rep}");
+    let total = rep["latency_ms"]["total"].as_f64().unwrap();
+    let infer = rep["latency_ms"]["local"]["infer"].as_f64().unwrap();
+    assert!(
+        infer > 10.0 * 2.0,
+        "the model is slower than expected_local: {rep}"
+    );
+    assert!(rep["late_ms"].is_null(), "{rep}");
+    assert!(total <= deadline as f64, "{rep}");
+
+    // A deadline no run of this model can meet: answered late, said so.
+    robot.ask_within("slow-2", 202, 5);
+    let rep = wait_report(&sub, "slow-2");
+    assert_eq!(rep["source"], "local", "{rep}");
+    let late = rep["late_ms"].as_u64().unwrap_or(0);
+    assert!(late > 0, "{rep}");
+    agent
+        .log()
+        .wait_for("the late answer's warning", Duration::from_secs(10), |l| {
+            l.contains("WARN") && l.contains("after its deadline") && l.contains("slow-2")
+        });
+    // The status counts it, and the estimate now includes the requests' own runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let s = detect_status(&a);
+        if s["late"] == 1 && s["answered"] == 2 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["last_late_ms"], late, "{status}");
+    assert!(
+        status["local_expected_ms"][""].as_u64().unwrap() > 50,
+        "{status}"
+    );
+    agent.stop();
 }
 
 #[test]

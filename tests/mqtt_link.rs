@@ -354,7 +354,9 @@ policy = "refuse"
         accepted > 100 && refused > 100,
         "{accepted} accepted, {refused} refused"
     );
-    // The link takes what was queued into the outbox; wait until all 3000 are counted.
+    // The link takes what was queued into the outbox; wait until all 3000 are counted
+    // (the counters are a snapshot taken at each sync, so one may show a moment when
+    // the held messages were all in but not yet every refusal).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let snap = loop {
         let snap = r.handle.stats().snapshot();
@@ -365,6 +367,7 @@ policy = "refuse"
         if small.counters.dropped_full + small.held == 1000
             && latest.held + latest.counters.superseded == 1000
             && must.held == accepted
+            && must.counters.refused == refused
             || std::time::Instant::now() > deadline
         {
             break snap;

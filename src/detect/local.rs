@@ -1,6 +1,7 @@
 //! The local detector: a YOLO ONNX export run with the process's ONNX runtime, with the
 //! Ultralytics pre- and post-processing of `yolo.rs`. Built once per model and reused.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,12 @@ pub struct LocalModel {
     buf: Vec<f32>,
     /// A half-precision model's input, converted from `buf`; empty for float32 models.
     buf16: Vec<half::f16>,
+    /// The local leg's latest times (hand-over to answer), in ms, newest last.
+    recent_ms: VecDeque<f64>,
 }
+
+/// How many of the local leg's latest times the estimate looks at.
+const RECENT_RUNS: usize = 20;
 
 /// Time spent in each stage of one detection.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -126,7 +132,43 @@ impl LocalModel {
             } else {
                 Vec::new()
             },
+            recent_ms: VecDeque::new(),
         })
+    }
+
+    /// One detection on a grey image the size of the input, so the first request does
+    /// not pay the runtime's first-run costs; its time is the first estimate.
+    pub fn warm_up(&mut self) -> Result<f64, String> {
+        let (h, w) = self.input_size;
+        let grey = Rgb {
+            width: w,
+            height: h,
+            data: vec![114; 3 * w * h],
+        };
+        let t0 = Instant::now();
+        self.detect(&grey, &PostParams::default())?;
+        let took = ms(t0.elapsed());
+        self.observe(took);
+        Ok(took)
+    }
+
+    /// Records how long the local leg took, from hand-over to answer.
+    pub fn observe(&mut self, ms: f64) {
+        if self.recent_ms.len() == RECENT_RUNS {
+            self.recent_ms.pop_front();
+        }
+        self.recent_ms.push_back(ms);
+    }
+
+    /// What the local leg is expected to need, in ms: the slowest of its latest runs and
+    /// a quarter more, for the load the robot is under; `None` before any run.
+    pub fn expected_ms(&self) -> Option<u64> {
+        let slowest = self
+            .recent_ms
+            .iter()
+            .copied()
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))?;
+        Some((slowest * 1.25).ceil() as u64)
     }
 
     /// Detects in `img`; boxes in the image's pixels, best first.

@@ -23,7 +23,7 @@
 //! the local inference time); a cloud-only request with no answer by its deadline
 //! ends in the error state.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -80,8 +80,8 @@ pub struct Timing {
     pub default_deadline_ms: u64,
     /// No frame this long after the sensor was asked for one: error.
     pub frame_timeout_ms: u64,
-    /// What the local model is expected to take (cloud-first starts it this long
-    /// before the deadline).
+    /// The least time cloud-first leaves the local model before the deadline; it leaves
+    /// more when the model's measured time needs it (see [`Machine::set_local_estimate`]).
     pub expected_local_ms: u64,
     /// How long past the deadline a running local inference is waited for.
     pub local_timeout_ms: u64,
@@ -286,6 +286,8 @@ pub struct Machine {
     /// The breaker's probe in flight: request id and when it counts as failed. Its
     /// answer may come after the request was answered locally.
     probe: Option<(String, u64)>,
+    /// What each scene's local model is measured to need, in ms ("" the default model).
+    local_estimates: HashMap<String, u64>,
 }
 
 /// How many served request ids are remembered.
@@ -306,6 +308,7 @@ impl Machine {
             sensor_on: false,
             recent: VecDeque::new(),
             probe: None,
+            local_estimates: HashMap::new(),
         }
     }
 
@@ -467,6 +470,22 @@ impl Machine {
         }
     }
 
+    /// What the local model of `scene` is measured to need from hand-over to answer.
+    pub fn set_local_estimate(&mut self, scene: &str, ms: u64) {
+        self.local_estimates.insert(scene.to_owned(), ms);
+    }
+
+    /// How long before the deadline cloud-first hands a request of `scene` over to the
+    /// local model: its measured time, and at least `expected_local_ms`.
+    pub fn local_lead(&self, scene: &str) -> u64 {
+        self.local_estimates
+            .get(scene)
+            .or_else(|| self.local_estimates.get(""))
+            .copied()
+            .unwrap_or(0)
+            .max(self.timing.expected_local_ms)
+    }
+
     fn on_frame(&mut self, r: Result<(), String>, now: u64, out: &mut Vec<Action>) {
         let Some(a) = self.current.as_ref() else {
             return;
@@ -479,6 +498,7 @@ impl Machine {
             return;
         }
         let id = a.req.id.clone();
+        let lead = self.local_lead(&a.req.scene);
         self.set_state(State::FrameCaptured, out);
         let local_only = || vec![Action::RunLocal { id: id.clone() }];
         let mut acts = Vec::new();
@@ -530,11 +550,7 @@ impl Machine {
                     a.local = Leg::Running;
                     acts.extend(local_only());
                 } else {
-                    a.local_at = Some(
-                        a.deadline_at
-                            .saturating_sub(self.timing.expected_local_ms)
-                            .max(now),
-                    );
+                    a.local_at = Some(a.deadline_at.saturating_sub(lead).max(now));
                 }
             }
         }
@@ -820,6 +836,26 @@ mod tests {
         assert_eq!(s.request_id, "r1");
         assert_eq!(s.last_source, Some(Source::Cloud));
         assert_eq!(m.next_deadline(), None);
+    }
+
+    #[test]
+    fn the_hand_over_follows_the_models_measured_time_never_less_than_expected_local() {
+        let mut m = machine(Policy::CloudFirst);
+        // Measured 450 ms for the default model: handed over 450 ms before the deadline.
+        m.set_local_estimate("", 450);
+        to_frame(&mut m, "r1", 0);
+        assert!(others(&m.handle(Input::Tick, 549)).is_empty());
+        assert_eq!(
+            others(&m.handle(Input::Tick, 550)),
+            [Action::RunLocal { id: "r1".into() }]
+        );
+        // A fast model still gets the configured 200 ms; another scene without its own
+        // model goes by the default model's time.
+        m.set_local_estimate("", 50);
+        assert_eq!(m.local_lead(""), 200);
+        m.set_local_estimate("orchard", 900);
+        assert_eq!(m.local_lead("orchard"), 900);
+        assert_eq!(m.local_lead("greenhouse"), 200);
     }
 
     #[test]

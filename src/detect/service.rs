@@ -65,8 +65,17 @@ fn load_models(
             continue;
         }
         match LocalModel::load(rt, &path) {
-            Ok(model) => {
-                tracing::info!(scene = %scene_name(scene), model = %path.display(), classes = model.names.len(), "Detection model loaded.");
+            Ok(mut model) => {
+                match model.warm_up() {
+                    Ok(took) => {
+                        tracing::info!(scene = %scene_name(scene), model = %path.display(), classes = model.names.len(), warm_up_ms = took.round(), expected_ms = model.expected_ms(), "Detection model loaded.");
+                    }
+                    Err(e) => {
+                        tracing::error!(scene = %scene_name(scene), model = %path.display(), error = %e, "Detection model cannot run; this scene has no local fallback.");
+                        m.errors.insert(scene.clone(), e);
+                        continue;
+                    }
+                }
                 let model = Arc::new(Mutex::new(model));
                 loaded.insert(path, model.clone());
                 m.by_scene.insert(scene.clone(), model);
@@ -89,6 +98,21 @@ fn scene_name(s: &str) -> &str {
 }
 
 impl Models {
+    /// Each scene's measured local time in ms, with its model's path.
+    fn estimates(&self) -> Vec<(String, u64, String)> {
+        self.by_scene
+            .iter()
+            .filter_map(|(scene, m)| {
+                let m = m.lock().ok()?;
+                Some((
+                    scene.clone(),
+                    m.expected_ms()?,
+                    m.path.display().to_string(),
+                ))
+            })
+            .collect()
+    }
+
     fn for_scene(&self, scene: &str) -> Result<Arc<Mutex<LocalModel>>, String> {
         if let Some(m) = self.by_scene.get(scene).or_else(|| self.by_scene.get("")) {
             return Ok(m.clone());
@@ -165,6 +189,35 @@ struct LocalDone {
     result: Result<(Vec<Found>, StageTimes, String), String>,
 }
 
+/// What the detection service shows in the agent's health and `edge-agent status`.
+#[derive(Debug, Default)]
+pub struct DetectStats(Mutex<StatsInner>);
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct StatsInner {
+    answered: u64,
+    /// Answers later than their deadline, and the latest such lateness.
+    late: u64,
+    last_late_ms: Option<u64>,
+    /// What each scene's local model is expected to need ("" the default), in ms.
+    local_expected_ms: std::collections::BTreeMap<String, u64>,
+}
+
+impl DetectStats {
+    pub fn snapshot(&self) -> Value {
+        self.0
+            .lock()
+            .map(|s| serde_json::to_value(&*s).unwrap_or(Value::Null))
+            .unwrap_or(Value::Null)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut StatsInner)) {
+        if let Ok(mut s) = self.0.lock() {
+            f(&mut s);
+        }
+    }
+}
+
 /// Starts the service. `busy` is true while a request is served (the OTA installer
 /// waits with a switch until it is false).
 #[allow(clippy::too_many_arguments)]
@@ -177,7 +230,7 @@ pub async fn start(
     slot: Option<watch::Receiver<Option<PathBuf>>>,
     busy: watch::Sender<bool>,
     shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, Arc<DetectStats>)> {
     let schema = |n: &str| {
         registry
             .schema(n)
@@ -309,7 +362,7 @@ pub async fn start(
         }
         (None, None) => (None, None),
     };
-    let svc = Service {
+    let mut svc = Service {
         camera_tx,
         machine: Machine::new(settings.policy, settings.timing, settings.breaker()),
         settings,
@@ -331,18 +384,25 @@ pub async fn start(
         probe: None,
         pose_schema,
         pose: None,
+        stats: Arc::default(),
+        log: crate::loglimit::LogLimiter::default(),
     };
-    Ok(tokio::spawn(svc.run(
-        req_rx,
-        img_rx,
-        depth_rx,
-        info_rx,
-        pose_rx,
-        cloud_rx,
-        camera_done,
-        slot,
-        shutdown,
-    )))
+    svc.refresh_estimates();
+    let stats = svc.stats.clone();
+    Ok((
+        tokio::spawn(svc.run(
+            req_rx,
+            img_rx,
+            depth_rx,
+            info_rx,
+            pose_rx,
+            cloud_rx,
+            camera_done,
+            slot,
+            shutdown,
+        )),
+        stats,
+    ))
 }
 
 struct Service {
@@ -372,6 +432,9 @@ struct Service {
     pose_schema: Option<Arc<MsgSchema>>,
     /// The robot's latest pose, for cloud requests.
     pose: Option<Value>,
+    stats: Arc<DetectStats>,
+    /// Late answers: the first, then a line a minute with a count.
+    log: crate::loglimit::LogLimiter,
 }
 
 /// The next message on an optional channel; never, when there is no channel.
@@ -479,6 +542,7 @@ impl Service {
                         *cur = m;
                     }
                     tracing::info!("Detection models swapped.");
+                    self.refresh_estimates();
                 }
                 _ = tokio::time::sleep_until(wake) => {
                     let now = self.now();
@@ -731,6 +795,20 @@ impl Service {
         vec![]
     }
 
+    /// Gives the machine each model's measured time, so cloud-first hands over in time.
+    fn refresh_estimates(&mut self) {
+        let estimates = match self.models.read() {
+            Ok(m) => m.estimates(),
+            Err(_) => return,
+        };
+        for (scene, ms, _) in &estimates {
+            self.machine.set_local_estimate(scene, *ms);
+        }
+        self.stats.update(|s| {
+            s.local_expected_ms = estimates.into_iter().map(|(sc, ms, _)| (sc, ms)).collect();
+        });
+    }
+
     fn run_local(&mut self, id: &str, local_tx: &mpsc::Sender<LocalDone>) {
         let Some(svc) = self.serving(id) else {
             return;
@@ -746,10 +824,13 @@ impl Service {
         let post = self.settings.post;
         let tx = local_tx.clone();
         let id = id.to_owned();
+        let handed_over = std::time::Instant::now();
         tokio::task::spawn_blocking(move || {
             let result = model.and_then(|m| {
                 let mut m = m.lock().map_err(|_| "model lock poisoned".to_owned())?;
                 let (found, times) = m.detect(&f.rgb, &post)?;
+                // From hand-over to answer: what the schedule must leave it.
+                m.observe(handed_over.elapsed().as_secs_f64() * 1e3);
                 let name = m.path.display().to_string();
                 let version = m
                     .version
@@ -763,6 +844,7 @@ impl Service {
     }
 
     fn on_local(&mut self, done: LocalDone, local_tx: &mpsc::Sender<LocalDone>) {
+        self.refresh_estimates();
         let ok = match done.result {
             Ok(r) => {
                 if let Some(s) = self.serving_mut(&done.id) {
@@ -930,6 +1012,23 @@ impl Service {
             latency["local"] = json!({"pre": t.pre_ms, "infer": t.infer_ms, "post": t.post_ms});
         }
         tracing::info!(request = %id, source = ?source, detections = found.len(), ms = total.round(), "Detection answered.");
+        let deadline = self.machine.timing.deadline_of(&svc.req);
+        let late_ms = (total > deadline as f64).then(|| (total - deadline as f64).ceil() as u64);
+        self.stats.update(|s| {
+            s.answered += 1;
+            if late_ms.is_some() {
+                s.late += 1;
+                s.last_late_ms = late_ms;
+            }
+        });
+        if let Some(late) = late_ms {
+            if let crate::loglimit::Verdict::Log { left_out } = self.log.note("late", "") {
+                let lead = self.machine.local_lead(&svc.req.scene);
+                tracing::warn!(request = %id, source = ?source, deadline_ms = deadline, late_ms = late, local_lead_ms = lead,
+                    "Detection answered after its deadline{}. The local model needs about {lead} ms; give requests a longer deadline or use a faster model.",
+                    crate::loglimit::more(left_out));
+            }
+        }
         self.report(json!({
             "id": id,
             "scene": svc.req.scene,
@@ -939,6 +1038,8 @@ impl Service {
             "positioned": positioned,
             "model": model,
             "latency_ms": latency,
+            "deadline_ms": deadline,
+            "late_ms": late_ms,
         }));
     }
 

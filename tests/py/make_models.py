@@ -92,6 +92,26 @@ def yolo_fixed():
         {0: "apple", 1: "pear", 2: "leaf"}, (640, 640)
 
 
+def yolo_slow():
+    """yolo-fixed's output, read from a heavy branch: eight 3x3 convolutions of 32
+    channels at 640x640 (about 12 GFLOP), all computed, whose mean is multiplied by
+    zero. A detector as slow as a large model, with known outputs."""
+    out = np.array(FIXED, np.float32).T[None]  # 1, 7, 8
+    rng = np.random.default_rng(5)
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 640, 640])
+    y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(out.shape))
+    nodes, inits, t, cin = [], [], "images", 3
+    for i in range(8):
+        w = (rng.standard_normal((32, cin, 3, 3)) * 0.1).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("Conv", [t, f"w{i}"], [f"h{i}"], kernel_shape=[3, 3],
+                                      pads=[1, 1, 1, 1]))
+        t, cin = f"h{i}", 32
+    tail, tail_inits = const_from_input(t, out, out.shape)
+    return helper.make_graph(nodes + tail, "yolo_slow", [x], [y], inits + tail_inits), \
+        {0: "apple", 1: "pear", 2: "leaf"}, (640, 640)
+
+
 def yolo_e2e():
     out = np.array([[[10, 20, 50, 80, 0.9, 1], [100, 100, 300, 200, 0.5, 0],
                      [0, 0, 5, 5, 0.1, 0], [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]]], np.float32)
@@ -209,6 +229,7 @@ def demo():
 def main():
     kind, out = sys.argv[1], sys.argv[2]
     yolo = {"yolo-fixed": yolo_fixed, "yolo-e2e": yolo_e2e, "yolo-conv": yolo_conv,
+            "yolo-slow": yolo_slow,
             "yolo-bench": yolo_bench, "demo": demo}
     # "-fp16": the model converted to half precision, inputs and outputs too, by ONNX's
     # float16 converter (as an Ultralytics `half=True` export for a Jetson has them).
