@@ -146,28 +146,45 @@ fn vertical(top: &[i32], bottom: &[i32], w0: i32, w1: i32, out: &mut [f32]) {
     }
 }
 
-/// Letterboxes `img` into `out` (NCHW float, `3 * dst_h * dst_w`, values /255).
+/// Letterboxes `img` into `out` (NCHW float, `3 * dst_h * dst_w`, values /255): the
+/// resize, the padding and the conversion to planes of floats in one pass over the
+/// output (each output value written once).
 pub fn preprocess(img: &Rgb, lb: &Letterbox, out: &mut [f32]) {
     let plane = lb.dst_w * lb.dst_h;
     assert_eq!(out.len(), 3 * plane, "input tensor size");
-    out.fill(114.0 / 255.0);
+    const PAD: f32 = 114.0 / 255.0;
+    let (n, m, stride) = (lb.new_w, lb.new_h, lb.dst_w);
+    // The image's place in each plane: row y's pixels are `y * stride + left ..+ n`.
+    let at = |y: usize| (lb.top + y) * stride + lb.left;
+    for p in out.chunks_exact_mut(plane) {
+        // Rows are contiguous: the padding between the image's rows is one run each
+        // (the right edge of one row and the left edge of the next), and the first and
+        // last runs take the rows above and below.
+        p[..at(0)].fill(PAD);
+        for y in 0..m {
+            let next = if y + 1 < m { at(y + 1) } else { plane };
+            p[at(y) + n..next].fill(PAD);
+        }
+    }
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
     let src = &img.data;
     let sw = img.width;
-    if lb.new_w == img.width && lb.new_h == img.height {
-        for y in 0..lb.new_h {
+    if n == img.width && m == img.height {
+        for y in 0..m {
             let row = &src[y * sw * 3..(y + 1) * sw * 3];
-            let o = (y + lb.top) * lb.dst_w + lb.left;
-            for (x, px) in row.chunks_exact(3).enumerate() {
-                for (c, &v) in px.iter().enumerate() {
-                    out[c * plane + o + x] = f32::from(v) / 255.0;
-                }
+            let o = at(y);
+            let (r, g, b) = (&mut r[o..o + n], &mut g[o..o + n], &mut b[o..o + n]);
+            for (((px, r), g), b) in row.chunks_exact(3).zip(r).zip(g).zip(b) {
+                *r = f32::from(px[0]) / 255.0;
+                *g = f32::from(px[1]) / 255.0;
+                *b = f32::from(px[2]) / 255.0;
             }
         }
         return;
     }
-    let xs = taps(lb.new_w, img.width, true);
-    let ys = taps(lb.new_h, img.height, false);
-    let n = lb.new_w;
+    let xs = taps(n, img.width, true);
+    let ys = taps(m, img.height, false);
     // The horizontal sums of the two source rows the current destination row needs.
     let mut rows: [(usize, Vec<i32>); 2] =
         [(usize::MAX, vec![0; n * 3]), (usize::MAX, vec![0; n * 3])];
@@ -188,14 +205,14 @@ pub fn preprocess(img: &Rgb, lb: &Letterbox, out: &mut [f32]) {
             }
         };
         let (top, bottom) = (pick(t.i0), pick(t.i1));
-        let o = (y + lb.top) * lb.dst_w + lb.left;
-        for c in 0..3 {
+        let o = at(y);
+        for (c, p) in [&mut *r, &mut *g, &mut *b].into_iter().enumerate() {
             vertical(
                 &top[c * n..(c + 1) * n],
                 &bottom[c * n..(c + 1) * n],
                 t.w0,
                 t.w1,
-                &mut out[c * plane + o..c * plane + o + n],
+                &mut p[o..o + n],
             );
         }
     }
@@ -468,6 +485,66 @@ mod tests {
         assert_eq!(out[4 + 1], 191.0 / 255.0); // 255 * 0.75 = 191.25
         assert_eq!(out[32 + 4 + 3], 1.0); // blue plane
         assert_eq!(out[12], pad);
+    }
+
+    /// Every output value from the formula directly, without the row cache or the
+    /// padding runs: what `preprocess` must give, bit for bit.
+    fn naive(img: &Rgb, lb: &Letterbox) -> Vec<f32> {
+        let plane = lb.dst_w * lb.dst_h;
+        let mut out = vec![114.0 / 255.0; 3 * plane];
+        let xs = taps(lb.new_w, img.width, true);
+        let ys = taps(lb.new_h, img.height, false);
+        let px = |x: usize, y: usize, c: usize| i32::from(img.data[(y * img.width + x) * 3 + c]);
+        for (y, ty) in ys.iter().enumerate() {
+            for (x, tx) in xs.iter().enumerate() {
+                for c in 0..3 {
+                    let h = |sy| px(tx.i0, sy, c) * tx.w0 + px(tx.i1, sy, c) * tx.w1;
+                    let v = if lb.new_w == img.width && lb.new_h == img.height {
+                        px(x, y, c)
+                    } else {
+                        (((ty.w0 * (h(ty.i0) >> 4)) >> 16) + ((ty.w1 * (h(ty.i1) >> 4)) >> 16) + 2)
+                            >> 2
+                    };
+                    out[c * plane + (y + lb.top) * lb.dst_w + x + lb.left] = v as f32 / 255.0;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn preprocess_gives_the_formula_bit_for_bit_with_any_padding() {
+        let mut seed = 7u32;
+        for (w, h, dw, dh) in [
+            (1280, 720, 640, 640),
+            (17, 9, 64, 64),
+            (333, 517, 96, 64),
+            (64, 64, 64, 64),
+            (30, 64, 64, 64),
+            (100, 3, 32, 48),
+            (1, 1, 8, 8),
+        ] {
+            let data = (0..w * h * 3)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (seed >> 16) as u8
+                })
+                .collect();
+            let img = Rgb {
+                width: w,
+                height: h,
+                data,
+            };
+            let lb = Letterbox::new(w, h, dw, dh);
+            let mut out = vec![f32::NAN; 3 * dw * dh];
+            preprocess(&img, &lb, &mut out);
+            let want = naive(&img, &lb);
+            let first_bad = out
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(first_bad, None, "{w}x{h} into {dw}x{dh}");
+        }
     }
 
     #[test]
