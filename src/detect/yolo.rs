@@ -138,11 +138,18 @@ fn horizontal(row: &[u8], xs: &[Tap], out: &mut [i32]) {
     }
 }
 
+/// `v / 255` as float for every byte value: a table look-up instead of a division per
+/// value (the same floats: each entry is that division).
+fn unit_table() -> [f32; 256] {
+    std::array::from_fn(|v| v as f32 / 255.0)
+}
+
 /// The vertical pass of one channel into the model's input, as float /255.
-fn vertical(top: &[i32], bottom: &[i32], w0: i32, w1: i32, out: &mut [f32]) {
+fn vertical(top: &[i32], bottom: &[i32], w0: i32, w1: i32, unit: &[f32; 256], out: &mut [f32]) {
     for ((o, &a), &b) in out.iter_mut().zip(top).zip(bottom) {
         let v = (((w0 * (a >> 4)) >> 16) + ((w1 * (b >> 4)) >> 16) + 2) >> 2;
-        *o = v as f32 / 255.0;
+        // 0..=255 by construction: weights sum to at most 2048 + 1 per pass.
+        *o = unit[usize::from(v as u8)];
     }
 }
 
@@ -170,15 +177,16 @@ pub fn preprocess(img: &Rgb, lb: &Letterbox, out: &mut [f32]) {
     let (g, b) = rest.split_at_mut(plane);
     let src = &img.data;
     let sw = img.width;
+    let unit = unit_table();
     if n == img.width && m == img.height {
         for y in 0..m {
             let row = &src[y * sw * 3..(y + 1) * sw * 3];
             let o = at(y);
             let (r, g, b) = (&mut r[o..o + n], &mut g[o..o + n], &mut b[o..o + n]);
             for (((px, r), g), b) in row.chunks_exact(3).zip(r).zip(g).zip(b) {
-                *r = f32::from(px[0]) / 255.0;
-                *g = f32::from(px[1]) / 255.0;
-                *b = f32::from(px[2]) / 255.0;
+                *r = unit[usize::from(px[0])];
+                *g = unit[usize::from(px[1])];
+                *b = unit[usize::from(px[2])];
             }
         }
         return;
@@ -212,6 +220,7 @@ pub fn preprocess(img: &Rgb, lb: &Letterbox, out: &mut [f32]) {
                 &bottom[c * n..(c + 1) * n],
                 t.w0,
                 t.w1,
+                &unit,
                 &mut p[o..o + n],
             );
         }
