@@ -546,21 +546,25 @@ fn a_slow_model_is_handed_over_by_its_measured_time_and_late_answers_are_reporte
         "a heavy model measured at {expected} ms: {status}"
     );
 
-    // A deadline the model can meet: the hand-over leaves it its measured time, so the
-    // answer comes in time, where the configured 10 ms would have made it late.
+    // The hand-over leaves the model its measured time before the deadline, where the
+    // configured 10 ms would have started it at the deadline itself. (Whether the answer
+    // then comes in time depends on this run being no slower than the recent ones plus
+    // a quarter; a loaded test machine can break that, the lateness is reported below.)
     let deadline = 3 * expected;
     robot.ask_within("slow-1", 201, deadline);
     let rep = wait_report(&sub, "slow-1");
     assert_eq!(rep["source"], "local", "{rep}");
     assert_eq!(rep["deadline_ms"], deadline, "{rep}");
-    let total = rep["latency_ms"]["total"].as_f64().unwrap();
+    let start = rep["latency_ms"]["local"]["start"].as_f64().unwrap();
     let infer = rep["latency_ms"]["local"]["infer"].as_f64().unwrap();
     assert!(
         infer > 10.0 * 2.0,
         "the model is slower than expected_local: {rep}"
     );
-    assert!(rep["late_ms"].is_null(), "{rep}");
-    assert!(total <= deadline as f64, "{rep}");
+    assert!(
+        start <= (deadline - expected / 2) as f64,
+        "handed over {start} ms after the request, deadline {deadline} ms, estimate {expected} ms: {rep}"
+    );
 
     // A deadline no run of this model can meet: answered late, said so.
     robot.ask_within("slow-2", 202, 5);

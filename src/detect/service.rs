@@ -141,6 +141,8 @@ struct InService {
     accepted: Instant,
     frame: Option<Arc<Frame>>,
     frame_at: Option<Instant>,
+    /// When the local model was handed the request.
+    local_at: Option<Instant>,
     cloud_sent: Option<(Instant, usize, usize)>,
     cloud: Option<(CloudAnswer, Instant)>,
     local: Option<(Vec<Found>, StageTimes, String)>,
@@ -655,6 +657,7 @@ impl Service {
             accepted: at,
             frame: None,
             frame_at: None,
+            local_at: None,
             cloud_sent: None,
             cloud: None,
             local: None,
@@ -810,17 +813,19 @@ impl Service {
     }
 
     fn run_local(&mut self, id: &str, local_tx: &mpsc::Sender<LocalDone>) {
-        let Some(svc) = self.serving(id) else {
+        let Some(svc) = self.serving_mut(id) else {
             return;
         };
         let Some(f) = svc.frame.clone() else {
             return;
         };
+        svc.local_at = Some(Instant::now());
+        let scene = svc.req.scene.clone();
         let model = self
             .models
             .read()
             .map_err(|_| "model lock poisoned".to_owned())
-            .and_then(|m| m.for_scene(&svc.req.scene));
+            .and_then(|m| m.for_scene(&scene));
         let post = self.settings.post;
         let tx = local_tx.clone();
         let id = id.to_owned();
@@ -1009,7 +1014,7 @@ impl Service {
             latency["cloud"] = json!(got.saturating_duration_since(sent).as_secs_f64() * 1e3);
         }
         if let (Source::Local, Some((_, t, _))) = (source, svc.local.as_ref()) {
-            latency["local"] = json!({"pre": t.pre_ms, "infer": t.infer_ms, "post": t.post_ms});
+            latency["local"] = json!({"start": svc.local_at.map(since), "pre": t.pre_ms, "infer": t.infer_ms, "post": t.post_ms});
         }
         tracing::info!(request = %id, source = ?source, detections = found.len(), ms = total.round(), "Detection answered.");
         let deadline = self.machine.timing.deadline_of(&svc.req);
