@@ -163,11 +163,7 @@ impl LocalModel {
     /// What the local leg is expected to need, in ms: the slowest of its latest runs and
     /// a quarter more, for the load the robot is under; `None` before any run.
     pub fn expected_ms(&self) -> Option<u64> {
-        let slowest = self
-            .recent_ms
-            .iter()
-            .copied()
-            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))?;
+        let slowest = self.recent_ms.iter().copied().reduce(f64::max)?;
         Some((slowest * 1.25).ceil() as u64)
     }
 

@@ -98,18 +98,11 @@ fn scene_name(s: &str) -> &str {
 }
 
 impl Models {
-    /// Each scene's measured local time in ms, with its model's path.
-    fn estimates(&self) -> Vec<(String, u64, String)> {
+    /// Each scene's measured local time in ms.
+    fn estimates(&self) -> Vec<(String, u64)> {
         self.by_scene
             .iter()
-            .filter_map(|(scene, m)| {
-                let m = m.lock().ok()?;
-                Some((
-                    scene.clone(),
-                    m.expected_ms()?,
-                    m.path.display().to_string(),
-                ))
-            })
+            .filter_map(|(scene, m)| Some((scene.clone(), m.lock().ok()?.expected_ms()?)))
             .collect()
     }
 
@@ -804,12 +797,11 @@ impl Service {
             Ok(m) => m.estimates(),
             Err(_) => return,
         };
-        for (scene, ms, _) in &estimates {
+        for (scene, ms) in &estimates {
             self.machine.set_local_estimate(scene, *ms);
         }
-        self.stats.update(|s| {
-            s.local_expected_ms = estimates.into_iter().map(|(sc, ms, _)| (sc, ms)).collect();
-        });
+        self.stats
+            .update(|s| s.local_expected_ms = estimates.into_iter().collect());
     }
 
     fn run_local(&mut self, id: &str, local_tx: &mpsc::Sender<LocalDone>) {
@@ -819,7 +811,8 @@ impl Service {
         let Some(f) = svc.frame.clone() else {
             return;
         };
-        svc.local_at = Some(Instant::now());
+        let handed_over = Instant::now();
+        svc.local_at = Some(handed_over);
         let scene = svc.req.scene.clone();
         let model = self
             .models
@@ -829,7 +822,6 @@ impl Service {
         let post = self.settings.post;
         let tx = local_tx.clone();
         let id = id.to_owned();
-        let handed_over = std::time::Instant::now();
         tokio::task::spawn_blocking(move || {
             let result = model.and_then(|m| {
                 let mut m = m.lock().map_err(|_| "model lock poisoned".to_owned())?;
