@@ -12,8 +12,6 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use sha2::{Digest as _, Sha256};
-
 use super::crash_point;
 use super::package::{is_safe_relative, Manifest, PackageError};
 
@@ -178,9 +176,14 @@ pub fn rebuild(
         if copy && size > left {
             return Err(too_big());
         }
-        let actual = hash_and_copy(&from, copy.then_some(&mut out)).map_err(|e| {
-            PackageError::Io(format!("{} or {}", from.display(), target.display()), e)
-        })?;
+        let actual = super::package::digests_each(&from, false, &mut |b, _| {
+            if copy {
+                out.write_all(b)
+                    .map_err(|e| PackageError::Io(target.display().to_string(), e))?;
+            }
+            Ok(())
+        })?
+        .sha256_hex();
         if !actual.eq_ignore_ascii_case(&d.base_sha256) {
             return Err(base_err(&format!(
                 "has sha256 {actual}, not the base's {}",
@@ -230,25 +233,6 @@ pub fn rebuild(
     }
     let _ = std::fs::remove_dir_all(dest.join(PATCH_DIR));
     Ok(done)
-}
-
-/// The SHA-256 of the file at `path`, read once in blocks, each also written to `out`
-/// when given.
-fn hash_and_copy(path: &Path, mut out: Option<&mut std::fs::File>) -> io::Result<String> {
-    use std::io::Read as _;
-    let mut f = std::fs::File::open(path)?;
-    let mut sha = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex::encode(sha.finalize()));
-        }
-        sha.update(&buf[..n]);
-        if let Some(o) = out.as_mut() {
-            o.write_all(&buf[..n])?;
-        }
-    }
 }
 
 fn mode_of(path: &Path) -> u32 {

@@ -286,6 +286,22 @@ pub fn digests(
     md5: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Digests, PackageError> {
+    digests_each(path, md5, &mut |_, done| {
+        progress(done);
+        Ok(())
+    })
+}
+
+/// What [`digests_each`] hands each block read to.
+pub type OnBlock<'a> = dyn FnMut(&[u8], u64) -> Result<(), PackageError> + 'a;
+
+/// As [`digests`], handing each block read, and the bytes read so far, to `block` (which
+/// may copy it elsewhere in the same pass).
+pub fn digests_each(
+    path: &Path,
+    md5: bool,
+    block: &mut OnBlock<'_>,
+) -> Result<Digests, PackageError> {
     use md5::Digest as _;
     let mut f = std::fs::File::open(path).map_err(|e| io(path, e))?;
     let mut sha = Sha256::new();
@@ -302,7 +318,7 @@ pub fn digests(
             m.update(&buf[..n]);
         }
         done += n as u64;
-        progress(done);
+        block(&buf[..n], done)?;
     }
     Ok(Digests {
         sha256: sha.finalize().into(),
