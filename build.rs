@@ -1,4 +1,4 @@
-//! Embeds the `.msg`/`.srv` files under `interfaces/` into the binary, so the agent
+//! Embeds the `.msg`/`.srv`/`.action` files under `interfaces/` into the binary, so the agent
 //! knows the standard types on a robot whose ROS install lacks them.
 
 use std::fmt::Write as _;
@@ -18,7 +18,7 @@ fn main() {
             else {
                 continue;
             };
-            for kind in ["msg", "srv"] {
+            for kind in ["msg", "srv", "action"] {
                 let Ok(files) = std::fs::read_dir(pkg_path.join(kind)) else {
                     continue;
                 };
@@ -37,7 +37,7 @@ fn main() {
     }
     entries.sort();
     let mut out = String::from(
-        "/// (package, \"msg\" | \"srv\", type name, definition text)\n\
+        "/// (package, \"msg\" | \"srv\" | \"action\", type name, definition text)\n\
          pub static BUNDLED: &[(&str, &str, &str, &str)] = &[\n",
     );
     for (pkg, kind, name, path) in &entries {

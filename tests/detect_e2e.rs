@@ -800,3 +800,157 @@ fn compressed_camera_frames_go_to_the_cloud_as_they_are() {
     );
     agent.stop();
 }
+
+/// The peer's event `id` (a service reply or an action's outcome), once it has come.
+fn event(robot: &Robot, id: &str, timeout: Duration) -> Value {
+    let e = robot.peer.wait_received(id, 1, timeout).remove(0);
+    assert!(e.get("error").is_none(), "{id}: {e}");
+    e
+}
+
+#[test]
+fn the_detect_objects_service_and_action_answer_with_stages_and_cancel() {
+    let dom = support::domain();
+    let domain = dom.id;
+    let broker = Mosquitto::start(Options::default());
+    let cloud = TestCloud::start(broker.port);
+    let sub = ready_sub(broker.port, REPORT_TOPIC, REPORT_TOPIC, &["-q", "1"]);
+    let (_dir, _a, agent) = start_agent(broker.port, domain, |model| {
+        detect_config(model, "cloud-first", "")
+    });
+    let mut robot = Robot::start(domain);
+    agent.log().wait_for(
+        "the service and the action served",
+        Duration::from_secs(20),
+        |l| l.contains("Detection action ready"),
+    );
+    const SRV: &str = "edge_agent_msgs/srv/DetectObjects";
+    const ACTION: &str = "edge_agent_msgs/action/DetectObjects";
+    const NAME: &str = "/edge_agent/detect_objects";
+
+    // The service: the cloud answers, and the reply carries the answer.
+    robot.peer.write("img", image(320, 240, 401, 1));
+    robot.peer.call(
+        "svc-1",
+        NAME,
+        SRV,
+        json!({"request_id": "svc-1", "scene": "day"}),
+    );
+    let reply = event(&robot, "svc-1", Duration::from_secs(30))["value"].clone();
+    assert_eq!(reply["success"], true, "{reply}");
+    assert_eq!(reply["request_id"], "svc-1", "{reply}");
+    assert_eq!(reply["source"], 1, "{reply}");
+    assert_eq!(reply["model"], "cloud-9", "{reply}");
+    let arr = &reply["detections"];
+    assert_eq!(classes(arr), ["cloud-apple"], "{reply}");
+    assert_eq!(arr["header"]["stamp"]["sec"], 401, "{reply}");
+    assert_eq!(arr["header"]["frame_id"], "camera_color_optical_frame");
+    assert_eq!(
+        arr["detections"][0]["bbox"]["center"]["position"]["x"],
+        120.0
+    );
+    assert!(reply["latency_ms"].as_f64().unwrap() > 0.0, "{reply}");
+    assert_eq!(reply["late_ms"], 0, "{reply}");
+    // It is a request like any other: reported to the cloud, and on the result topic.
+    assert_eq!(wait_report(&sub, "svc-1")["source"], "cloud");
+    let dets = robot.peer.wait_received("det", 1, Duration::from_secs(10));
+    assert_eq!(dets[0]["value"]["header"]["stamp"]["sec"], 401);
+
+    // No request id: the agent chooses one. The same id again: refused with the reason.
+    robot.peer.write("img", image(320, 240, 402, 2));
+    robot.peer.call("svc-2", NAME, SRV, json!({"scene": "day"}));
+    let reply = event(&robot, "svc-2", Duration::from_secs(30))["value"].clone();
+    assert_eq!(reply["success"], true, "{reply}");
+    let chosen = reply["request_id"].as_str().unwrap().to_owned();
+    assert!(chosen.starts_with("call-"), "{reply}");
+    robot
+        .peer
+        .call("svc-3", NAME, SRV, json!({"request_id": "svc-1"}));
+    let reply = event(&robot, "svc-3", Duration::from_secs(30))["value"].clone();
+    assert_eq!(reply["success"], false, "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("request_id"),
+        "{reply}"
+    );
+
+    // The action, with a cloud that never answers: feedback for the camera, the cloud
+    // and the local model, in that order, then the local model's answer as the result.
+    cloud.set(Mode::Never);
+    robot.peer.write("img", image(320, 240, 403, 3));
+    robot.peer.send_goal(
+        "goal-1",
+        NAME,
+        ACTION,
+        json!({"request_id": "goal-1", "scene": "day", "deadline_ms": 1500}),
+        None,
+    );
+    let out = event(&robot, "goal-1", Duration::from_secs(40));
+    assert_eq!(out["accepted"], true, "{out}");
+    let stages: Vec<&str> = out["feedback"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["camera", "cloud", "local"], "{out}");
+    let elapsed: Vec<f64> = out["feedback"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["elapsed_ms"].as_f64().unwrap())
+        .collect();
+    assert!(elapsed.windows(2).all(|w| w[0] <= w[1]), "{out}");
+    assert_eq!(out["status"], 4, "succeeded: {out}");
+    let result = &out["result"];
+    assert_eq!(result["success"], true, "{out}");
+    assert_eq!(result["source"], 2, "{out}");
+    assert_eq!(
+        &classes(&result["detections"])[..2],
+        ["apple", "pear"],
+        "{out}"
+    );
+    assert_eq!(result["detections"]["header"]["stamp"]["sec"], 403);
+    // The status topic showed the goal executing, then succeeded.
+    let statuses = out["statuses"].as_array().unwrap();
+    assert_eq!(statuses.last(), Some(&json!(4)), "{out}");
+    assert!(statuses.contains(&json!(2)), "{out}");
+
+    // A goal cancelled while the cloud is asked: cancelled at once (long before its
+    // deadline), the goal ends CANCELED and the request is not answered.
+    robot.peer.write("img", image(320, 240, 404, 4));
+    let asked = Instant::now();
+    robot.peer.send_goal(
+        "goal-2",
+        NAME,
+        ACTION,
+        json!({"request_id": "goal-2", "scene": "day", "deadline_ms": 30000}),
+        Some("cloud"),
+    );
+    let out = event(&robot, "goal-2", Duration::from_secs(40));
+    assert!(asked.elapsed() < Duration::from_secs(25), "{out}");
+    assert_eq!(out["cancel"]["return_code"], 0, "{out}");
+    assert_eq!(out["cancel"]["canceling"], 1, "{out}");
+    assert_eq!(out["status"], 5, "canceled: {out}");
+    assert_eq!(out["result"]["success"], false, "{out}");
+    assert_eq!(out["result"]["message"], "cancelled", "{out}");
+    let statuses = out["statuses"].as_array().unwrap();
+    assert!(statuses.contains(&json!(3)), "canceling: {out}");
+    assert_eq!(statuses.last(), Some(&json!(5)), "{out}");
+    let rep = wait_report(&sub, "goal-2");
+    assert_eq!(rep["error"], "cancelled", "{rep}");
+
+    // A goal without a request id is known by its goal id.
+    cloud.set(Mode::InTime);
+    robot.peer.write("img", image(320, 240, 405, 5));
+    robot
+        .peer
+        .send_goal("goal-3", NAME, ACTION, json!({"scene": "day"}), None);
+    let out = event(&robot, "goal-3", Duration::from_secs(40));
+    assert_eq!(out["status"], 4, "{out}");
+    let id = out["result"]["request_id"].as_str().unwrap();
+    assert!(
+        id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{out}"
+    );
+    agent.stop();
+}

@@ -368,3 +368,80 @@ fn the_shipped_demo_detector_finds_each_apple_of_the_demo_scene_once() {
         }
     }
 }
+
+#[test]
+fn detections_are_drawn_on_the_image_for_a_technician() {
+    let m = Models::new();
+    let img = image(m.dir.path(), 1280, 960, 1);
+    let png = m.dir.path().join("drawn.png");
+    let jpg = m.dir.path().join("drawn.jpg");
+    for out in [&png, &jpg] {
+        let mut cmd = support::ota::agent();
+        cmd.args(["detect", "--model"])
+            .arg(m.path("yolo-fixed"))
+            .arg("--image")
+            .arg(&img)
+            .arg("--draw")
+            .arg(out)
+            .env("ORT_DYLIB_PATH", support::onnxruntime_lib());
+        let o = cmd.output().unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+        assert_eq!(v["drawn"], out.display().to_string(), "{v}");
+        assert_eq!(summary(&detections(&o))[0].2, [160.0, 180.0, 240.0, 300.0]);
+    }
+    // Read back by OpenCV, as any image viewer would: the apple box (class 0) at
+    // [160, 180, 240, 300] and the pear box (class 1) at [168, 186, 248, 306] outlined in
+    // their colours (RGB 255,56,56 and 56,140,255), inside untouched, the label band
+    // (white ink) above the apple box.
+    let code = format!(
+        "import cv2, json\n\
+         src, png, jpg = (cv2.imread(p) for p in ('{}', '{}', '{}'))\n\
+         rgb = lambda im, x, y: [int(v) for v in im[y, x][::-1]]\n\
+         print(json.dumps({{'shape': [list(png.shape), list(jpg.shape)],\n\
+           'apple_left': rgb(png, 160, 240), 'apple_top': rgb(png, 163, 181),\n\
+           'pear_right': rgb(png, 248, 250), 'pear_bottom': rgb(png, 210, 306),\n\
+           'inside': [rgb(png, 200, 240), rgb(src, 200, 240)],\n\
+           'outside': [rgb(png, 100, 400), rgb(src, 100, 400)],\n\
+           'band': sorted(set(tuple(int(v) for v in png[y, x][::-1]) for y in range(170, 176) for x in range(160, 240))),\n\
+           'jpg_band': rgb(jpg, 162, 171)}}))",
+        img.display(),
+        png.display(),
+        jpg.display()
+    );
+    let o = std::process::Command::new(support::python())
+        .args(["-c", &code])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (red, blue) = (
+        serde_json::json!([255, 56, 56]),
+        serde_json::json!([56, 140, 255]),
+    );
+    assert_eq!(
+        v["shape"],
+        serde_json::json!([[960, 1280, 3], [960, 1280, 3]])
+    );
+    assert_eq!(v["apple_left"], red, "{v}");
+    assert_eq!(v["apple_top"], red, "{v}");
+    assert_eq!(v["pear_right"], blue, "{v}");
+    assert_eq!(v["pear_bottom"], blue, "{v}");
+    assert_eq!(v["inside"][0], v["inside"][1], "{v}");
+    assert_eq!(v["outside"][0], v["outside"][1], "{v}");
+    // The band is the box's colour with the label's ink on it (rows above the pear's
+    // label, which is drawn later and overlaps the apple's box).
+    let band = v["band"].as_array().unwrap();
+    assert!(
+        band.contains(&red)
+            && band.contains(&serde_json::json!([255, 255, 255]))
+            && band.len() == 2,
+        "{v}"
+    );
+    // The JPEG is the same picture, within JPEG's loss.
+    let j: Vec<i64> = serde_json::from_value(v["jpg_band"].clone()).unwrap();
+    assert!(
+        j.iter().zip([255, 56, 56]).all(|(a, b)| (a - b).abs() < 48),
+        "{v}"
+    );
+}

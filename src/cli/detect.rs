@@ -1,5 +1,6 @@
 //! `edge-agent detect`: the local detection path on an image file, for technicians
-//! checking a model on the robot (and for the benchmark, with `--runs`).
+//! checking a model on the robot (`--draw` writes what it found onto the image), and
+//! for the benchmark (`--runs`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -36,6 +37,9 @@ pub struct DetectArgs {
     /// Run this many times and print the median time of each stage instead.
     #[arg(long)]
     pub runs: Option<usize>,
+    /// Also write the image with its boxes and labels here (.png, else JPEG).
+    #[arg(long, value_name = "OUT", conflicts_with = "runs")]
+    pub draw: Option<PathBuf>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -91,13 +95,18 @@ pub fn run(a: DetectArgs) -> Result<(), Failure> {
     };
     match a.runs {
         None => {
-            let (found, times, decode_ms, total_ms, img) = detect_once(&mut model)?;
+            let (found, times, decode_ms, total_ms, mut img) = detect_once(&mut model)?;
+            if let Some(out) = &a.draw {
+                crate::detect::draw::draw(&mut img, &found);
+                crate::detect::draw::save(&img, out).map_err(Failure::usage)?;
+            }
             let out = serde_json::json!({
                 "backend": rt.backend.to_string(),
                 "model": a.model.display().to_string(),
                 "input_size": [model.input_size.0, model.input_size.1],
                 "image_size": [img.width, img.height],
                 "detections": found,
+                "drawn": a.draw.as_ref().map(|p| p.display().to_string()),
                 "times_ms": {"decode": decode_ms, "pre": times.pre_ms, "infer": times.infer_ms,
                              "post": times.post_ms, "total": total_ms},
             });

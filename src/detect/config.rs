@@ -32,6 +32,12 @@ pub struct DetectConfig {
     /// edge_agent_msgs/msg/DetectionRequest from the robot.
     #[serde(default = "d_request_topic")]
     pub request_topic: String,
+    /// The edge_agent_msgs/srv/DetectObjects service; "" serves none.
+    #[serde(default = "d_entry_name")]
+    pub service: String,
+    /// The edge_agent_msgs/action/DetectObjects action; "" serves none.
+    #[serde(default = "d_entry_name")]
+    pub action: String,
     /// edge_agent_msgs/msg/DetectionStatus (transient local, so late joiners see it).
     #[serde(default = "d_status_topic")]
     pub status_topic: String,
@@ -125,6 +131,9 @@ fn d_image_topic() -> String {
 fn d_request_topic() -> String {
     "/edge_agent/detect/request".into()
 }
+fn d_entry_name() -> String {
+    "/edge_agent/detect_objects".into()
+}
 fn d_status_topic() -> String {
     "/edge_agent/detect/status".into()
 }
@@ -216,6 +225,9 @@ pub struct DetectSettings {
     pub breaker_failures: u32,
     pub breaker_probe_ms: u64,
     pub request_topic: String,
+    /// The DetectObjects service and action, when served.
+    pub service: Option<String>,
+    pub action: Option<String>,
     pub status_topic: String,
     pub result_topic: String,
     pub result_3d_topic: String,
@@ -416,6 +428,12 @@ impl DetectConfig {
             breaker_failures: self.breaker_failures.max(1),
             breaker_probe_ms: ms(self.breaker_probe),
             request_topic: ros_topic("detect.request_topic", &self.request_topic)?,
+            service: (!self.service.is_empty())
+                .then(|| ros_topic("detect.service", &self.service))
+                .transpose()?,
+            action: (!self.action.is_empty())
+                .then(|| ros_topic("detect.action", &self.action))
+                .transpose()?,
             status_topic: ros_topic("detect.status_topic", &self.status_topic)?,
             result_topic: ros_topic("detect.result_topic", &self.result_topic)?,
             result_3d_topic: ros_topic("detect.result_3d_topic", &self.result_3d_topic)?,

@@ -3,6 +3,8 @@
 
 pub mod cloud;
 pub mod config;
+pub mod draw;
+pub mod entry;
 pub mod frame;
 pub mod local;
 pub mod machine;

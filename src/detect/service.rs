@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cloud::{self, CloudAnswer};
 use super::config::{DetectSettings, ImageKind};
+use super::entry::{self, Entry};
 use super::frame::{self, Depth, Frame, Intrinsics};
 use super::local::{Found, LocalModel, StageTimes};
 use super::machine::{Action, Input, Machine, Request, Source, Status};
@@ -139,6 +140,15 @@ struct InService {
     cloud_sent: Option<(Instant, usize, usize)>,
     cloud: Option<(CloudAnswer, Instant)>,
     local: Option<(Vec<Found>, StageTimes, String)>,
+}
+
+/// A request from the DetectObjects service or action, waiting for its answer.
+struct Caller {
+    reply: tokio::sync::oneshot::Sender<Value>,
+    feedback: Option<entry::Feedback>,
+    accepted: Instant,
+    /// The last stage told.
+    stage: &'static str,
 }
 
 /// Switches the camera through its SetBool service, one call at a time and in order
@@ -283,6 +293,17 @@ pub async fn start(
             info_tx,
         )?;
     }
+    let (entry_tx, entry_rx) = mpsc::channel(16);
+    // The request topic serves on without them (a transport that cannot serve).
+    if let Err(e) = entry::start(
+        &transport,
+        &registry,
+        settings.service.as_deref(),
+        settings.action.as_deref(),
+        entry_tx,
+    ) {
+        tracing::warn!(error = %e, "The DetectObjects service and action are not available; requests on the topic still work.");
+    }
     let (pose_tx, pose_rx) = mpsc::channel(4);
     let pose_schema = match &settings.pose {
         Some((topic, ty)) => {
@@ -375,6 +396,7 @@ pub async fn start(
         intrinsics: None,
         in_service: None,
         pending: HashMap::new(),
+        callers: HashMap::new(),
         warned_depth: false,
         probe: None,
         pose_schema,
@@ -387,6 +409,7 @@ pub async fn start(
     Ok((
         tokio::spawn(svc.run(
             req_rx,
+            entry_rx,
             img_rx,
             depth_rx,
             info_rx,
@@ -420,6 +443,8 @@ struct Service {
     in_service: Option<InService>,
     /// Requests queued in the machine, with when they arrived.
     pending: HashMap<String, (Request, Instant)>,
+    /// Requests from the service or action, by id, until answered.
+    callers: HashMap<String, Caller>,
     warned_depth: bool,
     /// The breaker's probe in flight: request id, size sent, source size. Its answer
     /// may come after the request was answered by the local model.
@@ -461,6 +486,7 @@ impl Service {
     async fn run(
         mut self,
         mut req_rx: mpsc::Receiver<Sample>,
+        mut entry_rx: mpsc::Receiver<Entry>,
         mut img_rx: mpsc::Receiver<Sample>,
         mut depth_rx: mpsc::Receiver<Sample>,
         mut info_rx: mpsc::Receiver<Sample>,
@@ -487,6 +513,7 @@ impl Service {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(s) = req_rx.recv() => self.on_request(&s.cdr, &local_tx),
+                Some(e) = entry_rx.recv() => self.on_entry(e, &local_tx),
                 Some(s) = img_rx.recv() => {
                     self.latest_frame = Some((s.cdr, Instant::now()));
                     self.maybe_capture(&local_tx);
@@ -565,6 +592,13 @@ impl Service {
                 self.begin_if_new(&s);
                 let _ = self.busy.send(s.request_flag);
                 self.publish_status(&s);
+                match s.state {
+                    super::machine::State::SensorActivating => {
+                        self.tell(&s.request_id, "camera", 0)
+                    }
+                    super::machine::State::CloudPending => self.tell(&s.request_id, "cloud", 0),
+                    _ => {}
+                }
                 vec![]
             }
             Action::ActivateSensor { .. } => match &self.camera_tx {
@@ -589,6 +623,7 @@ impl Service {
             }
             Action::AskCloud { id, probe } => self.ask_cloud(&id, probe),
             Action::RunLocal { id } => {
+                self.tell(&id, "local", 0);
                 self.run_local(&id, local_tx);
                 vec![]
             }
@@ -602,6 +637,7 @@ impl Service {
                     .serving(&id)
                     .map(|s| s.accepted.elapsed().as_secs_f64() * 1e3);
                 self.report(json!({"id": id, "error": error, "latency_ms": {"total": latency}}));
+                self.answer_caller(&id, entry::failure(&id, &error));
                 self.in_service = None;
                 vec![]
             }
@@ -609,6 +645,7 @@ impl Service {
                 tracing::warn!(request = %id, error = %error, "Detection request rejected.");
                 self.pending.remove(&id);
                 self.report(json!({"id": id, "error": error}));
+                self.answer_caller(&id, entry::failure(&id, &error));
                 let mut s = self.machine.status();
                 s.request_id = id;
                 s.state = super::machine::State::Error;
@@ -689,6 +726,70 @@ impl Service {
         }
         self.pending.insert(id, (req.clone(), Instant::now()));
         self.feed(Input::Request(req), now, local_tx);
+    }
+
+    /// A request or a cancel from the DetectObjects service or action.
+    fn on_entry(&mut self, e: Entry, local_tx: &mpsc::Sender<LocalDone>) {
+        let call = match e {
+            Entry::Cancel(id) => {
+                tracing::info!(request = %id, "Detection request cancelled by its caller.");
+                let now = self.now();
+                self.feed(Input::Cancel(id.clone()), now, local_tx);
+                // Neither queued nor in service: it had ended already.
+                self.answer_caller(&id, entry::failure(&id, "cancelled"));
+                return;
+            }
+            Entry::Call(c) => c,
+        };
+        let id = call.req.id.clone();
+        if self.machine.knows(&id) || self.callers.contains_key(&id) {
+            tracing::debug!(request = %id, "A detection call repeating a recent request id was refused.");
+            let _ = call.reply.send(entry::failure(
+                &id,
+                "a request with this request_id is in service, queued or was served lately",
+            ));
+            return;
+        }
+        tracing::debug!(request = %id, scene = %call.req.scene, "Detection called.");
+        self.callers.insert(
+            id.clone(),
+            Caller {
+                reply: call.reply,
+                feedback: call.feedback,
+                accepted: Instant::now(),
+                stage: "",
+            },
+        );
+        self.pending
+            .insert(id.clone(), (call.req.clone(), Instant::now()));
+        let now = self.now();
+        self.feed(Input::Request(call.req), now, local_tx);
+        if self.pending.contains_key(&id) && self.serving(&id).is_none() {
+            // The request in service and those queued before this one.
+            let ahead = self.machine.queued() as u32;
+            self.tell(&id, "queued", ahead);
+        }
+    }
+
+    /// Tells a caller its request reached `stage` (once per stage).
+    fn tell(&mut self, id: &str, stage: &'static str, ahead: u32) {
+        let Some(c) = self.callers.get_mut(id) else {
+            return;
+        };
+        if c.stage == stage {
+            return;
+        }
+        c.stage = stage;
+        if let Some(f) = &c.feedback {
+            f(stage, c.accepted.elapsed().as_secs_f64() * 1e3, ahead);
+        }
+    }
+
+    /// Gives a caller its answer.
+    fn answer_caller(&mut self, id: &str, answer: Value) {
+        if let Some(c) = self.callers.remove(id) {
+            let _ = c.reply.send(answer);
+        }
     }
 
     /// Takes a frame for the request waiting for one: the latest if recent enough.
@@ -982,15 +1083,14 @@ impl Service {
                 })
             })
             .collect();
-        self.publish_ros(
-            &self.det2d_pub,
-            &self.schemas.det2d,
-            &json!({"header": header, "detections": dets}),
-            "result",
-        );
+        let det2d = json!({"header": header, "detections": dets});
+        self.publish_ros(&self.det2d_pub, &self.schemas.det2d, &det2d, "result");
         let mut positioned = None;
+        let mut det3d = json!({"header": header, "detections": []});
         if svc.req.depth {
-            positioned = Some(self.publish_3d(id, &f, &found, &header));
+            let (n, v) = self.publish_3d(id, &f, &found, &header);
+            positioned = Some(n);
+            det3d = v;
         }
         let total = svc.accepted.elapsed().as_secs_f64() * 1e3;
         let mut counts = serde_json::Map::new();
@@ -1026,6 +1126,19 @@ impl Service {
                     crate::loglimit::more(left_out));
             }
         }
+        self.answer_caller(
+            id,
+            json!({
+                "success": true,
+                "request_id": id,
+                "source": source as u8,
+                "model": model,
+                "detections": det2d,
+                "detections_3d": det3d,
+                "latency_ms": total,
+                "late_ms": late_ms.unwrap_or(0).min(u64::from(u32::MAX)),
+            }),
+        );
         self.report(json!({
             "id": id,
             "scene": svc.req.scene,
@@ -1040,8 +1153,15 @@ impl Service {
         }));
     }
 
-    /// Publishes the Detection3DArray; returns how many detections got a position.
-    fn publish_3d(&mut self, id: &str, f: &Frame, found: &[Found], header: &Value) -> usize {
+    /// Publishes the Detection3DArray; returns how many detections got a position, and
+    /// the array.
+    fn publish_3d(
+        &mut self,
+        id: &str,
+        f: &Frame,
+        found: &[Found],
+        header: &Value,
+    ) -> (usize, Value) {
         let depth: Option<Depth> =
             self.depth
                 .as_ref()
@@ -1060,7 +1180,7 @@ impl Service {
                 self.warned_depth = true;
                 tracing::warn!(request = %id, "Depth positioning asked for, but no depth image or CameraInfo has arrived; publishing no positions.");
             }
-            return 0;
+            return (0, json!({"header": header, "detections": []}));
         };
         let dets: Vec<Value> = found
             .iter()
@@ -1078,13 +1198,9 @@ impl Service {
             })
             .collect();
         let n = dets.len();
-        self.publish_ros(
-            &self.det3d_pub,
-            &self.schemas.det3d,
-            &json!({"header": header, "detections": dets}),
-            "3D result",
-        );
-        n
+        let v = json!({"header": header, "detections": dets});
+        self.publish_ros(&self.det3d_pub, &self.schemas.det3d, &v, "3D result");
+        (n, v)
     }
 
     fn report(&self, mut v: Value) {

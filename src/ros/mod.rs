@@ -2,6 +2,7 @@
 //! the dynamic CDR <-> JSON codec, and the fixed message types the agent reads itself
 //! (`cdr`, `image`). Nothing outside this module knows how ROS 2 lays out bytes.
 
+pub mod action;
 pub mod cdr;
 pub mod codec;
 pub mod config;

@@ -36,6 +36,17 @@ It is driven over stdin/stdout, one JSON object per line. Commands:
       sends N feedback messages ({"progress": k/N, "stage": "step k"}) M ms apart, then
       succeeds with "result"; a cancel ends it with status CANCELED. get_result is
       answered when the goal ends (status 0 for a goal it does not know).
+  {"op":"call","id":ID,"service":"/s","type":"pkg/srv/T","request":{...},"timeout_ms":T} -> {"ok":ID}
+      calls any service once as an rmw_cyclonedds client (once its server is matched);
+      the reply comes as an event {"event":"reply","id":ID,"value":{response}} (or
+      "error" instead of "value")
+  {"op":"send_goal","id":ID,"action":"/a","type":"pkg/action/T","goal":{...},
+   "cancel_on_stage":S,"timeout_ms":T}                               -> {"ok":ID}
+      sends a goal as an action client does (send_goal, then get_result; feedback and
+      the status topic read meanwhile; with S, cancel_goal once a feedback's "stage" is
+      S; one goal at a time per action); the outcome comes as one event {"event":"action","id":ID,"accepted":B,
+      "feedback":[...],"statuses":[codes seen for the goal],"status":N,"result":{...},
+      "cancel":{"return_code":N,"canceling":K}} (or "error")
   {"op":"quit"}
 Events: {"event":"msg","id":ID,"value":{...},"cdr":"<hex of Cyclone's serialization>"}
 qos: {"reliability":"reliable"|"best-effort","durability":"volatile"|"transient-local","depth":N}
@@ -312,26 +323,49 @@ def serve_any(dp, types, cmd):
     emit({"ok": cmd["id"]})
 
 
+_action_types = {}
+
+
+def action_types(types, action_type):
+    """The ActionTypes of `action_type`, made once (a DDS type is defined once)."""
+    if action_type not in _action_types:
+        _action_types[action_type] = ActionTypes(types, action_type)
+    return _action_types[action_type]
+
+
+class ActionTypes:
+    """The DDS types of an action's services and feedback, as rmw_cyclonedds sends them
+    (service samples start with the client's id and a sequence number)."""
+
+    def __init__(self, types, action_type):
+        pkg, _, base = action_type.split("/")
+        uuid_t = types.idl("unique_identifier_msgs/msg/UUID")
+        time_t = types.idl("builtin_interfaces/msg/Time")
+        self.goal_name, self.result_name, self.fb_name = (f"{pkg}/action/{base}_{p}" for p in ("Goal", "Result", "Feedback"))
+        goal_t, result_t, fb_t = types.idl(self.goal_name), types.idl(self.result_name), types.idl(self.fb_name)
+        self.info_t = info_t = types.idl("action_msgs/msg/GoalInfo")
+        hdr = {"client": T.uint64, "seq": T.uint64}
+        dds = lambda n: f"{pkg}::action::dds_::{base}_{n}_"
+        self.uuid_t, self.time_t = uuid_t, time_t
+        self.sg_rq = make_idl_struct("SGRq", dds("SendGoal_Request"), {**hdr, "goal_id": uuid_t, "goal": goal_t})
+        self.sg_rp = make_idl_struct("SGRp", dds("SendGoal_Response"), {**hdr, "accepted": bool, "stamp": time_t})
+        self.gr_rq = make_idl_struct("GRRq", dds("GetResult_Request"), {**hdr, "goal_id": uuid_t})
+        self.gr_rp = make_idl_struct("GRRp", dds("GetResult_Response"), {**hdr, "status": T.int8, "result": result_t})
+        self.cg_rq = make_idl_struct("CGRq", "action_msgs::srv::dds_::CancelGoal_Request_", {**hdr, "goal_info": info_t})
+        self.cg_rp = make_idl_struct("CGRp", "action_msgs::srv::dds_::CancelGoal_Response_",
+                                     {**hdr, "return_code": T.int8, "goals_canceling": T.sequence[info_t]})
+        self.fb_msg = make_idl_struct("FBMsg", dds("FeedbackMessage"), {"goal_id": uuid_t, "feedback": fb_t})
+
+
 def serve_action(dp, types, cmd):
     qos = Qos(Policy.Reliability.Reliable(max_blocking_time=100_000_000), Policy.Durability.Volatile,
               Policy.History.KeepLast(100))
     pkg, _, base = cmd["type"].split("/")
     name = cmd["action"].lstrip("/") + "/_action/"
-    uuid_t = types.idl("unique_identifier_msgs/msg/UUID")
-    time_t = types.idl("builtin_interfaces/msg/Time")
-    goal_name, result_name, fb_name = (f"{pkg}/action/{base}_{p}" for p in ("Goal", "Result", "Feedback"))
-    goal_t, result_t, fb_t = types.idl(goal_name), types.idl(result_name), types.idl(fb_name)
-    info_t = types.idl("action_msgs/msg/GoalInfo")
-    hdr = {"client": T.uint64, "seq": T.uint64}
-    dds = lambda n: f"{pkg}::action::dds_::{base}_{n}_"
-    sg_rq = make_idl_struct("SGRq", dds("SendGoal_Request"), {**hdr, "goal_id": uuid_t, "goal": goal_t})
-    sg_rp = make_idl_struct("SGRp", dds("SendGoal_Response"), {**hdr, "accepted": bool, "stamp": time_t})
-    gr_rq = make_idl_struct("GRRq", dds("GetResult_Request"), {**hdr, "goal_id": uuid_t})
-    gr_rp = make_idl_struct("GRRp", dds("GetResult_Response"), {**hdr, "status": T.int8, "result": result_t})
-    cg_rq = make_idl_struct("CGRq", "action_msgs::srv::dds_::CancelGoal_Request_", {**hdr, "goal_info": info_t})
-    cg_rp = make_idl_struct("CGRp", "action_msgs::srv::dds_::CancelGoal_Response_",
-                            {**hdr, "return_code": T.int8, "goals_canceling": T.sequence[info_t]})
-    fb_msg = make_idl_struct("FBMsg", dds("FeedbackMessage"), {"goal_id": uuid_t, "feedback": fb_t})
+    at = action_types(types, cmd["type"])
+    uuid_t, time_t, info_t = at.uuid_t, at.time_t, at.info_t
+    goal_name, result_name, fb_name = at.goal_name, at.result_name, at.fb_name
+    sg_rq, sg_rp, gr_rq, gr_rp, cg_rq, cg_rp, fb_msg = at.sg_rq, at.sg_rp, at.gr_rq, at.gr_rp, at.cg_rq, at.cg_rp, at.fb_msg
 
     def endpoint(what, rq_t, rp_t):
         r = DataReader(dp, Topic(dp, f"rq/{name}{what}Request", rq_t, qos=qos), qos=qos)
@@ -409,6 +443,177 @@ def serve_action(dp, types, cmd):
 
 
 RELIABLE = Policy.Reliability.Reliable(max_blocking_time=100_000_000)
+
+
+class Client:
+    """A service client as rmw_cyclonedds makes one: each request starts with the
+    client's 8-byte id and a sequence number, and its reply echoes them."""
+
+    def __init__(self, dp, service, rq_t, rp_t):
+        qos = Qos(RELIABLE, Policy.Durability.Volatile, Policy.History.KeepLast(100))
+        name = service.lstrip("/")
+        self.matched_w, self.matched_r = Matched(), Matched()
+        self.w = DataWriter(dp, Topic(dp, f"rq/{name}Request", rq_t, qos=qos), qos=qos, listener=self.matched_w)
+        self.r = DataReader(dp, Topic(dp, f"rr/{name}Reply", rp_t, qos=qos), qos=qos, listener=self.matched_r)
+        self.client = int.from_bytes(os.urandom(8), "little") >> 1
+        self.seq = 0
+        self.service = service
+
+    def wait_server(self, end):
+        while time.time() < end:
+            if self.matched_w.count > 0 and self.matched_r.count > 0:
+                return
+            time.sleep(0.01)
+        raise TimeoutError(f"no server of {self.service}")
+
+    def send(self, make):
+        """Writes one request (`make(client, seq)` builds it); its sequence number."""
+        self.seq += 1
+        self.w.write(make(self.client, self.seq))
+        return self.seq
+
+    def poll(self, seq):
+        for rep in self.r.take(16):
+            if not is_invalid(rep) and rep.client == self.client and rep.seq == seq:
+                return rep
+        return None
+
+    def call(self, make, end):
+        """Sends one request once the server is matched and waits for its reply."""
+        self.wait_server(end)
+        seq = self.send(make)
+        while time.time() < end:
+            rep = self.poll(seq)
+            if rep is not None:
+                return rep
+            time.sleep(0.005)
+        raise TimeoutError(f"{self.service}: no reply")
+
+
+def call_service(dp, types, cmd):
+    """Calls any service once, in the background; the reply is an event."""
+    rq, rp = cmd["type"] + "_Request", cmd["type"] + "_Response"
+    c = Client(dp, cmd["service"], types.idl(rq, header=True), types.idl(rp, header=True))
+
+    def run():
+        end = time.time() + cmd.get("timeout_ms", 30000) / 1000
+        try:
+            rep = c.call(lambda client, seq: types.make(rq, cmd.get("request", {}),
+                                                       head={"client": client, "seq": seq}), end)
+            emit({"event": "reply", "id": cmd["id"], "value": types.to_json((Nodetype.NAME, rp), rep)})
+        except Exception as e:
+            emit({"event": "reply", "id": cmd["id"], "error": f"{type(e).__name__}: {e}"})
+
+    threading.Thread(target=run, daemon=True).start()
+    emit({"ok": cmd["id"]})
+
+
+action_clients = {}
+
+
+class ActionClient:
+    """An action client, made once per action and kept, as a robot node keeps its own."""
+
+    def __init__(self, dp, types, action, action_type):
+        self.at = at = action_types(types, action_type)
+        name = action.lstrip("/") + "/_action/"
+        self.send_goal = Client(dp, name + "send_goal", at.sg_rq, at.sg_rp)
+        self.get_result = Client(dp, name + "get_result", at.gr_rq, at.gr_rp)
+        self.cancel_goal = Client(dp, name + "cancel_goal", at.cg_rq, at.cg_rp)
+        qos = Qos(RELIABLE, Policy.Durability.Volatile, Policy.History.KeepLast(100))
+        self.fb_reader = DataReader(dp, Topic(dp, f"rt/{name}feedback", at.fb_msg, qos=qos), qos=qos)
+        st_t = types.idl("action_msgs/msg/GoalStatusArray")
+        st_qos = Qos(RELIABLE, Policy.Durability.TransientLocal, Policy.History.KeepLast(100))
+        self.st_reader = DataReader(dp, Topic(dp, f"rt/{name}status", st_t, qos=st_qos), qos=st_qos)
+        self.status_seen = False
+        self.lock = threading.Lock()
+
+    def wait_server(self, end):
+        """Waits for the server's services and its status (transient local): once the
+        status has come, its writers have matched this client's readers."""
+        for c in (self.send_goal, self.get_result, self.cancel_goal):
+            c.wait_server(end)
+        while not self.status_seen and time.time() < end:
+            if any(not is_invalid(a) for a in self.st_reader.read(16)):
+                self.status_seen = True
+            time.sleep(0.01)
+        if not self.status_seen:
+            raise TimeoutError("no status from the action server")
+
+
+def call_action(dp, types, cmd):
+    """Sends a goal as an rclpy/rclcpp action client does, in the background: send_goal,
+    then get_result, reading feedback and the status topic meanwhile; with
+    "cancel_on_stage", cancels the goal once a feedback message names that stage. The
+    outcome is one event: accepted, feedback, the goal's statuses seen, the result's
+    status and result, the cancel's return code."""
+    key = (cmd["action"], cmd["type"])
+    if key not in action_clients:
+        action_clients[key] = ActionClient(dp, types, cmd["action"], cmd["type"])
+    ac = action_clients[key]
+    at, send_goal, get_result, cancel_goal = ac.at, ac.send_goal, ac.get_result, ac.cancel_goal
+    fb_reader, st_reader = ac.fb_reader, ac.st_reader
+    uid = list(os.urandom(16))
+
+    def run():
+        out = {"event": "action", "id": cmd["id"], "feedback": [], "statuses": []}
+        end = time.time() + cmd.get("timeout_ms", 30000) / 1000
+        try:
+            with ac.lock:
+                ac.wait_server(end)
+            goal = types.make(at.goal_name, cmd.get("goal", {}))
+            rep = send_goal.call(lambda c, s: at.sg_rq(client=c, seq=s, goal_id=at.uuid_t(uuid=uid), goal=goal), end)
+            out["accepted"] = bool(rep.accepted)
+            if not rep.accepted:
+                return emit(out)
+            get_result.wait_server(end)
+            rseq = get_result.send(lambda c, s: at.gr_rq(client=c, seq=s, goal_id=at.uuid_t(uuid=uid)))
+            cseq = None
+            while time.time() < end:
+                for f in fb_reader.take(16):
+                    if not is_invalid(f) and list(f.goal_id.uuid) == uid:
+                        out["feedback"].append(types.to_json((Nodetype.NAME, at.fb_name), f.feedback))
+                for a in st_reader.take(16):
+                    if is_invalid(a):
+                        continue
+                    for st in a.status_list:
+                        if list(st.goal_info.goal_id.uuid) == uid and \
+                                (not out["statuses"] or out["statuses"][-1] != st.status):
+                            out["statuses"].append(st.status)
+                stage = cmd.get("cancel_on_stage")
+                if stage and cseq is None and any(f.get("stage") == stage for f in out["feedback"]):
+                    cancel_goal.wait_server(end)
+                    cseq = cancel_goal.send(lambda c, s: at.cg_rq(client=c, seq=s, goal_info=at.info_t(
+                        goal_id=at.uuid_t(uuid=uid), stamp=at.time_t(sec=0, nanosec=0))))
+                if cseq is not None and "cancel" not in out:
+                    crep = cancel_goal.poll(cseq)
+                    if crep is not None:
+                        out["cancel"] = {"return_code": crep.return_code, "canceling": len(crep.goals_canceling)}
+                rrep = get_result.poll(rseq)
+                if rrep is not None:
+                    out["status"] = rrep.status
+                    out["result"] = types.to_json((Nodetype.NAME, at.result_name), rrep.result)
+                    # The status topic's last word on the goal comes with or just after it.
+                    settle = time.time() + 1.0
+                    while time.time() < settle and (not out["statuses"] or out["statuses"][-1] != rrep.status):
+                        for a in st_reader.take(16):
+                            for st in [] if is_invalid(a) else a.status_list:
+                                if list(st.goal_info.goal_id.uuid) == uid and out["statuses"][-1:] != [st.status]:
+                                    out["statuses"].append(st.status)
+                        time.sleep(0.01)
+                    for f in fb_reader.take(16):
+                        if not is_invalid(f) and list(f.goal_id.uuid) == uid:
+                            out["feedback"].append(types.to_json((Nodetype.NAME, at.fb_name), f.feedback))
+                    return emit(out)
+                time.sleep(0.005)
+            raise TimeoutError("no result")
+        except Exception as e:
+            out["error"] = f"{type(e).__name__}: {e}"
+            emit(out)
+
+    threading.Thread(target=run, daemon=True).start()
+    emit({"ok": cmd["id"]})
+
 
 PV = make_idl_struct("PV", "rcl_interfaces::msg::dds_::ParameterValue_", {
     "type": T.uint8, "bool_value": bool, "integer_value": T.int64, "double_value": T.float64,
@@ -607,6 +812,10 @@ def main():
                 serve_any(dp, types, cmd)
             elif op == "action_server":
                 serve_action(dp, types, cmd)
+            elif op == "call":
+                call_service(dp, types, cmd)
+            elif op == "send_goal":
+                call_action(dp, types, cmd)
             elif op == "nodes":
                 emit({"ok": cmd["id"], "nodes": [n for v in nodes.values() for n in v],
                       "errors": list(graph_errors)})

@@ -186,6 +186,29 @@ impl RosPeer {
         (nodes, errors)
     }
 
+    /// Calls service `service` of type `ty` once, as an rmw_cyclonedds client, in the
+    /// background; its reply is the event `id` (`{"value": reply}` or `{"error": ...}`).
+    pub fn call(&mut self, id: &str, service: &str, ty: &str, request: Value) {
+        self.cmd(json!({"op":"call","id":id,"service":service,"type":ty,"request":request,"timeout_ms":30000}));
+    }
+
+    /// Sends a goal to action `action` of type `ty` in the background, cancelling it
+    /// once a feedback message's `stage` is `cancel_on_stage`; the outcome is the event
+    /// `id` (see `send_goal` in tests/py/ros_peer.py).
+    pub fn send_goal(
+        &mut self,
+        id: &str,
+        action: &str,
+        ty: &str,
+        goal: Value,
+        cancel_on_stage: Option<&str>,
+    ) {
+        self.cmd(
+            json!({"op":"send_goal","id":id,"action":action,"type":ty,"goal":goal,
+                        "cancel_on_stage":cancel_on_stage,"timeout_ms":40000}),
+        );
+    }
+
     /// Calls a parameter service (`service`: "list", "get" or "set") of `node` as an
     /// rmw_cyclonedds client does; the reply as JSON.
     pub fn param(&mut self, node: &str, service: &str, args: Value) -> Value {

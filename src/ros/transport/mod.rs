@@ -147,6 +147,12 @@ pub struct SetBoolReply {
     pub message: String,
 }
 
+/// Answers one request of a served service: the request message (encapsulation header
+/// included) in, the response message out; `Err` sends no reply (the client times out),
+/// so it is for requests that cannot be read at all.
+pub type ServeFn =
+    Arc<dyn Fn(Bytes) -> futures::future::BoxFuture<'static, Result<Bytes, String>> + Send + Sync>;
+
 /// The ROS 2 side of the agent.
 pub trait Transport: Send + Sync {
     /// Samples of `topic` are sent to `sink` until the transport stops. When `sink` is
@@ -217,6 +223,18 @@ pub trait Transport: Send + Sync {
         Err(TransportError::Call {
             service: service.to_owned(),
             reason: "this transport does not call services of any type".into(),
+        })
+    }
+
+    /// Serves service `service` of type `srv` (`pkg/srv/Name`, or an action's part such as
+    /// `pkg/action/Name_SendGoal`) to clients of either rmw: each request is handed to
+    /// `handler` on its own task, so a slow answer holds up no other request.
+    fn serve(&self, service: &str, srv: &TypeName, handler: ServeFn) -> Result<(), TransportError> {
+        let _ = (srv, handler);
+        Err(TransportError::Create {
+            what: "a service",
+            topic: service.to_owned(),
+            reason: "this transport does not serve services".into(),
         })
     }
 

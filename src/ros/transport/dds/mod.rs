@@ -384,6 +384,12 @@ impl DdsTransport {
         Ok(())
     }
 
+    /// The DDS type names of a service's request and response.
+    fn service_types(ty: &TypeName) -> (String, String) {
+        let dds = |half: &str| format!("{}::{}::dds_::{}_{half}_", ty.package, ty.kind, ty.name);
+        (dds("Request"), dds("Response"))
+    }
+
     /// The client of a service, made on first use and kept.
     fn client(
         &self,
@@ -400,9 +406,8 @@ impl DdsTransport {
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let dds = |half: &str| format!("{}::{}::dds_::{}_{half}_", ty.package, ty.kind, ty.name);
-        let (reader, writer) =
-            self.service_endpoints(&fq, &dds("Request"), &dds("Response"), false)?;
+        let (rq, rp) = Self::service_types(ty);
+        let (reader, writer) = self.service_endpoints(&fq, &rq, &rp, false)?;
         let client = Arc::new(service::Client::new(writer, reader, rmw));
         clients.insert(key, client.clone());
         Ok(client)
@@ -661,6 +666,50 @@ impl Transport for DdsTransport {
                 .await
                 .map_err(|reason| TransportError::Call { service, reason })
         })
+    }
+
+    fn serve(
+        &self,
+        service: &str,
+        srv: &TypeName,
+        handler: super::ServeFn,
+    ) -> Result<(), TransportError> {
+        let fq = self.resolve(service)?;
+        let (rq, rp) = Self::service_types(srv);
+        let (reader, writer) = self.service_endpoints(&fq, &rq, &rp, true)?;
+        let writer = Arc::new(writer);
+        let dp = self.dp.clone();
+        let reply_topic = format!("rr{fq}Reply");
+        tracing::debug!(service = %fq, "Serving.");
+        self.spawn(async move {
+            let stream = reader.as_async_stream();
+            futures::pin_mut!(stream);
+            while let Some(r) = stream.next().await {
+                let Ok(dcc) = r else { continue };
+                let Some(req) = service::unwrap_request(&dcc) else {
+                    tracing::debug!(service = %fq, "A request without its id; ignored.");
+                    continue;
+                };
+                let (handler, writer, dp) = (handler.clone(), writer.clone(), dp.clone());
+                let (fq, reply_topic) = (fq.clone(), reply_topic.clone());
+                tokio::spawn(async move {
+                    let reply = match handler(req.cdr).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(service = %fq, error = %e, "A service request could not be read; not answered.");
+                            return;
+                        }
+                    };
+                    if !service::wait_for_reader(&dp, &reply_topic, req.reader).await {
+                        tracing::debug!(service = %fq, "The client's reply reader is not discovered; replying anyway.");
+                    }
+                    if let Err(e) = service::send_reply(&writer, &req.reply_to, &reply) {
+                        tracing::warn!(service = %fq, error = %e, "A service reply could not be sent.");
+                    }
+                });
+            }
+        });
+        Ok(())
     }
 
     fn service_ready(

@@ -1,0 +1,545 @@
+//! A ROS 2 action server for an action type named at run time, made of what any
+//! transport offers: three services (`send_goal`, `cancel_goal`, `get_result` under
+//! `<action>/_action/`) and two topics (`feedback`, and `status`: every goal the server
+//! knows with its state, transient local). `ros2 action send_goal` and rclcpp/rclpy
+//! action clients use it as they use any action server.
+//!
+//! The server accepts every goal it can read and hands it on as a [`Goal`]; whoever
+//! takes it sends feedback, learns of a cancel, and ends it. Results are kept for
+//! [`RESULT_KEPT`] after a goal ends (ROS 2's default `result_timeout`), for clients that
+//! ask late.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use super::codec::{decode_to_value, encode_value, DecodeOptions, EncodeOptions};
+use super::registry::{Registry, TypeName};
+use super::schema::MsgSchema;
+use super::transport::{Durability, Qos, RawPublisher, Reliability, Transport, TransportError};
+
+/// How long a finished goal's result can still be asked for.
+pub const RESULT_KEPT: Duration = Duration::from_secs(900);
+/// At most this many finished goals are kept; the oldest go first.
+pub const FINISHED_KEPT: usize = 256;
+
+/// action_msgs/msg/GoalStatus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i8)]
+pub enum Status {
+    Unknown = 0,
+    Accepted = 1,
+    Executing = 2,
+    Canceling = 3,
+    Succeeded = 4,
+    Canceled = 5,
+    Aborted = 6,
+}
+
+impl Status {
+    fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Canceled | Status::Aborted)
+    }
+}
+
+/// action_msgs/srv/CancelGoal's return codes.
+const CANCEL_OK: i8 = 0;
+const CANCEL_UNKNOWN_GOAL: i8 = 2;
+const CANCEL_TERMINATED: i8 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("the action type {0} is not usable: {1}")]
+    Type(String, String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+struct Schemas {
+    send_goal_rq: Arc<MsgSchema>,
+    send_goal_rp: Arc<MsgSchema>,
+    get_result_rq: Arc<MsgSchema>,
+    get_result_rp: Arc<MsgSchema>,
+    cancel_rq: Arc<MsgSchema>,
+    cancel_rp: Arc<MsgSchema>,
+    feedback: Arc<MsgSchema>,
+    status: Arc<MsgSchema>,
+}
+
+struct Known {
+    /// `goal_info` as JSON: the goal id and when it was accepted.
+    info: Value,
+    accepted: Instant,
+    status: Status,
+    /// Set when the goal ends.
+    result: Option<Value>,
+    ended: Option<Instant>,
+    cancel: watch::Sender<bool>,
+    done: watch::Sender<bool>,
+}
+
+struct Inner {
+    name: String,
+    schemas: Schemas,
+    goals: Mutex<HashMap<String, Known>>,
+    feedback: Arc<dyn RawPublisher>,
+    status: Arc<dyn RawPublisher>,
+}
+
+/// One accepted goal, for whoever carries it out. Dropped without [`Goal::finish`], it
+/// ends as aborted.
+pub struct Goal {
+    inner: Arc<Inner>,
+    key: String,
+    id: Value,
+    /// The goal message, as JSON.
+    pub goal: Value,
+    cancel: watch::Receiver<bool>,
+    finished: bool,
+}
+
+impl Goal {
+    /// Publishes one feedback message (the action's `_Feedback` type, as JSON).
+    pub fn feedback(&self, feedback: Value) {
+        self.feedback_sender().send(feedback);
+    }
+
+    /// A handle that publishes this goal's feedback, for whoever reports progress.
+    pub fn feedback_sender(&self) -> FeedbackSender {
+        FeedbackSender {
+            inner: self.inner.clone(),
+            id: self.id.clone(),
+        }
+    }
+
+    /// The goal id in hex (32 digits), as `ros2 action` shows it without dashes.
+    pub fn id_hex(&self) -> String {
+        use base64::Engine as _;
+        let bytes = self.id["uuid"]
+            .as_str()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .unwrap_or_default();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Marks the goal as being carried out.
+    pub fn executing(&self) {
+        self.inner.set_status(&self.key, Status::Executing, None);
+    }
+
+    /// Resolves when a client asks to cancel the goal.
+    pub async fn cancel_requested(&mut self) {
+        let _ = self.cancel.wait_for(|c| *c).await;
+    }
+
+    /// Whether a client has asked to cancel the goal.
+    pub fn is_cancel_requested(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    /// Ends the goal: `status` is succeeded, canceled or aborted; `result` is the
+    /// action's `_Result` type as JSON.
+    pub fn finish(mut self, status: Status, result: Value) {
+        self.finished = true;
+        self.inner.set_status(&self.key, status, Some(result));
+    }
+}
+
+impl Drop for Goal {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.inner
+                .set_status(&self.key, Status::Aborted, Some(json!({})));
+        }
+    }
+}
+
+/// Publishes the feedback of one goal.
+pub struct FeedbackSender {
+    inner: Arc<Inner>,
+    id: Value,
+}
+
+impl FeedbackSender {
+    /// Publishes one feedback message (the action's `_Feedback` type, as JSON).
+    pub fn send(&self, feedback: Value) {
+        let msg = json!({"goal_id": self.id, "feedback": feedback});
+        match encode_value(
+            &self.inner.schemas.feedback,
+            &msg,
+            &EncodeOptions::default(),
+        ) {
+            Ok(cdr) => {
+                if let Err(e) = self.inner.feedback.publish(&Bytes::from(cdr)) {
+                    tracing::debug!(action = %self.inner.name, error = %e, "Action feedback not published.");
+                }
+            }
+            Err(e) => {
+                tracing::error!(action = %self.inner.name, error = %e, "Action feedback cannot be encoded.")
+            }
+        }
+    }
+}
+
+/// The key of a goal id (its JSON form: the 16 bytes as base64).
+fn key_of(goal_id: &Value) -> String {
+    goal_id["uuid"].to_string()
+}
+
+fn is_zero_uuid(goal_id: &Value) -> bool {
+    use base64::Engine as _;
+    match goal_id["uuid"].as_str() {
+        Some(s) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .is_ok_and(|b| b.iter().all(|x| *x == 0)),
+        None => goal_id["uuid"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x.as_u64() == Some(0))),
+    }
+}
+
+fn stamp_ns(stamp: &Value) -> i128 {
+    i128::from(stamp["sec"].as_i64().unwrap_or(0)) * 1_000_000_000
+        + i128::from(stamp["nanosec"].as_u64().unwrap_or(0))
+}
+
+impl Inner {
+    fn set_status(&self, key: &str, status: Status, result: Option<Value>) {
+        let Ok(mut goals) = self.goals.lock() else {
+            return;
+        };
+        let Some(g) = goals.get_mut(key) else {
+            return;
+        };
+        if g.status.is_terminal() {
+            return;
+        }
+        g.status = status;
+        if status.is_terminal() {
+            g.result = Some(result.unwrap_or_else(|| json!({})));
+            g.ended = Some(Instant::now());
+            g.done.send_replace(true);
+        }
+        Self::expire(&mut goals);
+        self.publish_status(&goals);
+    }
+
+    /// Forgets finished goals past [`RESULT_KEPT`], and the oldest beyond
+    /// [`FINISHED_KEPT`].
+    fn expire(goals: &mut HashMap<String, Known>) {
+        goals.retain(|_, g| g.ended.is_none_or(|t| t.elapsed() < RESULT_KEPT));
+        let mut ended: Vec<(Instant, String)> = goals
+            .iter()
+            .filter_map(|(k, g)| g.ended.map(|t| (t, k.clone())))
+            .collect();
+        if ended.len() > FINISHED_KEPT {
+            ended.sort();
+            for (_, k) in &ended[..ended.len() - FINISHED_KEPT] {
+                goals.remove(k);
+            }
+        }
+    }
+
+    fn publish_status(&self, goals: &HashMap<String, Known>) {
+        let mut list: Vec<&Known> = goals.values().collect();
+        list.sort_by_key(|g| g.accepted);
+        let v = json!({"status_list": list.iter().map(|g| json!({"goal_info": g.info, "status": g.status as i8})).collect::<Vec<_>>()});
+        match encode_value(&self.schemas.status, &v, &EncodeOptions::default()) {
+            Ok(cdr) => {
+                if let Err(e) = self.status.publish(&Bytes::from(cdr)) {
+                    tracing::debug!(action = %self.name, error = %e, "Action status not published.");
+                }
+            }
+            Err(e) => {
+                tracing::error!(action = %self.name, error = %e, "Action status cannot be encoded.")
+            }
+        }
+    }
+
+    fn send_goal(self: &Arc<Self>, rq: &Value, goals_tx: &mpsc::Sender<Goal>) -> Value {
+        let id = rq["goal_id"].clone();
+        let key = key_of(&id);
+        let stamp = crate::clock::ros_stamp_now();
+        let Ok(mut goals) = self.goals.lock() else {
+            return json!({"accepted": false, "stamp": stamp});
+        };
+        if goals.contains_key(&key) {
+            tracing::debug!(action = %self.name, "A goal id already known was sent again; refused.");
+            return json!({"accepted": false, "stamp": stamp});
+        }
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let goal = Goal {
+            inner: self.clone(),
+            key: key.clone(),
+            id: id.clone(),
+            goal: rq["goal"].clone(),
+            cancel: cancel_rx,
+            finished: false,
+        };
+        // The goals lock is held: whoever takes the goal cannot report on it before
+        // it is known.
+        if let Err(e) = goals_tx.try_send(goal) {
+            let mut goal = match e {
+                mpsc::error::TrySendError::Full(g) | mpsc::error::TrySendError::Closed(g) => g,
+            };
+            goal.finished = true;
+            tracing::warn!(action = %self.name, "An action goal was refused: too many goals are waiting.");
+            return json!({"accepted": false, "stamp": stamp});
+        }
+        goals.insert(
+            key,
+            Known {
+                info: json!({"goal_id": id, "stamp": stamp}),
+                accepted: Instant::now(),
+                status: Status::Accepted,
+                result: None,
+                ended: None,
+                cancel: cancel_tx,
+                done: watch::channel(false).0,
+            },
+        );
+        Self::expire(&mut goals);
+        self.publish_status(&goals);
+        json!({"accepted": true, "stamp": stamp})
+    }
+
+    fn cancel(&self, rq: &Value) -> Value {
+        let info = &rq["goal_info"];
+        let (all, before) = (is_zero_uuid(&info["goal_id"]), stamp_ns(&info["stamp"]));
+        let key = key_of(&info["goal_id"]);
+        let Ok(mut goals) = self.goals.lock() else {
+            return json!({"return_code": 1, "goals_canceling": []});
+        };
+        let mut canceling = Vec::new();
+        let mut terminated = false;
+        for (k, g) in goals.iter_mut() {
+            let chosen = (all && before == 0)
+                || (!all && *k == key)
+                || (before != 0 && stamp_ns(&g.info["stamp"]) <= before);
+            if !chosen {
+                continue;
+            }
+            if g.status.is_terminal() {
+                terminated = true;
+                continue;
+            }
+            g.status = Status::Canceling;
+            g.cancel.send_replace(true);
+            canceling.push(g.info.clone());
+        }
+        let code = if !canceling.is_empty() {
+            CANCEL_OK
+        } else if !all && !goals.contains_key(&key) {
+            CANCEL_UNKNOWN_GOAL
+        } else if terminated {
+            CANCEL_TERMINATED
+        } else {
+            CANCEL_OK
+        };
+        if !canceling.is_empty() {
+            self.publish_status(&goals);
+        }
+        json!({"return_code": code, "goals_canceling": canceling})
+    }
+
+    async fn result(&self, rq: &Value) -> Value {
+        let key = key_of(&rq["goal_id"]);
+        let mut done = {
+            let Ok(goals) = self.goals.lock() else {
+                return json!({"status": Status::Unknown as i8});
+            };
+            match goals.get(&key) {
+                Some(g) => g.done.subscribe(),
+                None => return json!({"status": Status::Unknown as i8}),
+            }
+        };
+        let _ = done.wait_for(|d| *d).await;
+        let Ok(goals) = self.goals.lock() else {
+            return json!({"status": Status::Unknown as i8});
+        };
+        match goals.get(&key) {
+            Some(g) => {
+                json!({"status": g.status as i8, "result": g.result.clone().unwrap_or_default()})
+            }
+            None => json!({"status": Status::Unknown as i8}),
+        }
+    }
+}
+
+/// Serves action `name` of type `action` (`pkg/action/Name`); accepted goals come on the
+/// returned channel, which holds `queue` goals (more are refused).
+pub fn serve(
+    transport: &Arc<dyn Transport>,
+    registry: &Registry,
+    name: &str,
+    action: &str,
+    queue: usize,
+) -> Result<mpsc::Receiver<Goal>, ActionError> {
+    let part = |p: &str| -> Result<(TypeName, Arc<MsgSchema>), ActionError> {
+        let n = if p.contains('/') {
+            p.to_owned()
+        } else {
+            format!("{action}_{p}")
+        };
+        let t = TypeName::parse(&n).map_err(|e| ActionError::Type(action.into(), e.to_string()))?;
+        let s = registry
+            .schema(&n)
+            .map_err(|e| ActionError::Type(action.into(), e.to_string()))?;
+        Ok((t, s))
+    };
+    let action_type =
+        TypeName::parse(action).map_err(|e| ActionError::Type(action.into(), e.to_string()))?;
+    // The services' types: an action's own (`X_SendGoal`), or a service type.
+    let srv_type = |p: &str| -> Result<TypeName, ActionError> {
+        if p.contains('/') {
+            return TypeName::parse(p).map_err(|e| ActionError::Type(action.into(), e.to_string()));
+        }
+        Ok(TypeName {
+            package: action_type.package.clone(),
+            kind: "action",
+            name: format!("{}_{p}", action_type.name),
+        })
+    };
+    let (fb_type, feedback) = part("FeedbackMessage")?;
+    let (status_type, status) = part("action_msgs/msg/GoalStatusArray")?;
+    let schemas = Schemas {
+        send_goal_rq: part("SendGoal_Request")?.1,
+        send_goal_rp: part("SendGoal_Response")?.1,
+        get_result_rq: part("GetResult_Request")?.1,
+        get_result_rp: part("GetResult_Response")?.1,
+        cancel_rq: part("action_msgs/srv/CancelGoal_Request")?.1,
+        cancel_rp: part("action_msgs/srv/CancelGoal_Response")?.1,
+        feedback: feedback.clone(),
+        status: status.clone(),
+    };
+    let base = format!("{}/_action", name.trim_end_matches('/'));
+    let feedback_pub = transport.publisher(
+        &format!("{base}/feedback"),
+        &fb_type,
+        feedback,
+        Qos::ros_default(),
+    )?;
+    let status_pub = transport.publisher(
+        &format!("{base}/status"),
+        &status_type,
+        status,
+        Qos {
+            reliability: Reliability::Reliable,
+            durability: Durability::TransientLocal,
+            depth: 1,
+        },
+    )?;
+    let inner = Arc::new(Inner {
+        name: name.to_owned(),
+        schemas,
+        goals: Mutex::default(),
+        feedback: feedback_pub,
+        status: status_pub,
+    });
+    // An empty status to start with: a client that has it knows this server's
+    // writers have matched its readers (feedback sent before that is not delivered).
+    inner.publish_status(&HashMap::new());
+    let (tx, rx) = mpsc::channel(queue.max(1));
+
+    // Each service: decode the request, answer as JSON, encode the reply.
+    type Answer =
+        Box<dyn Fn(Arc<Inner>, Value) -> futures::future::BoxFuture<'static, Value> + Send + Sync>;
+    let services: [(&str, TypeName, Answer); 3] = [
+        ("send_goal", srv_type("SendGoal")?, {
+            let tx = tx.clone();
+            Box::new(move |inner, rq| {
+                let v = inner.send_goal(&rq, &tx);
+                Box::pin(async move { v })
+            })
+        }),
+        (
+            "cancel_goal",
+            srv_type("action_msgs/srv/CancelGoal")?,
+            Box::new(|inner, rq| {
+                let v = inner.cancel(&rq);
+                Box::pin(async move { v })
+            }),
+        ),
+        (
+            "get_result",
+            srv_type("GetResult")?,
+            Box::new(|inner, rq| Box::pin(async move { inner.result(&rq).await })),
+        ),
+    ];
+    for (what, ty, answer) in services {
+        let answer = Arc::new(answer);
+        let inner2 = inner.clone();
+        let handler: super::transport::ServeFn = Arc::new(move |cdr: Bytes| {
+            let (inner, answer) = (inner2.clone(), answer.clone());
+            Box::pin(async move {
+                let (rq_s, rp_s) = match what {
+                    "send_goal" => (&inner.schemas.send_goal_rq, &inner.schemas.send_goal_rp),
+                    "cancel_goal" => (&inner.schemas.cancel_rq, &inner.schemas.cancel_rp),
+                    _ => (&inner.schemas.get_result_rq, &inner.schemas.get_result_rp),
+                };
+                let rq = decode_to_value(rq_s, &cdr, &DecodeOptions::default())
+                    .map_err(|e| format!("{what} request: {e}"))?;
+                let rp_s = rp_s.clone();
+                let rp = answer(inner.clone(), rq).await;
+                encode_value(&rp_s, &rp, &EncodeOptions::default())
+                    .map(Bytes::from)
+                    .map_err(|e| format!("{what} reply: {e}"))
+            })
+        });
+        transport.serve(&format!("{base}/{what}"), &ty, handler)?;
+    }
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_goal_id_means_every_goal() {
+        assert!(is_zero_uuid(&json!({"uuid": "AAAAAAAAAAAAAAAAAAAAAA=="})));
+        assert!(!is_zero_uuid(&json!({"uuid": "AQAAAAAAAAAAAAAAAAAAAA=="})));
+        assert!(is_zero_uuid(&json!({"uuid": [0, 0, 0]})));
+    }
+
+    #[test]
+    fn finished_goals_beyond_the_limit_are_forgotten_oldest_first() {
+        let mut goals = HashMap::new();
+        let t0 = Instant::now();
+        for i in 0..FINISHED_KEPT + 3 {
+            goals.insert(
+                format!("g{i}"),
+                Known {
+                    info: json!({}),
+                    accepted: t0,
+                    status: Status::Succeeded,
+                    result: Some(json!({})),
+                    ended: Some(t0 + Duration::from_millis(i as u64)),
+                    cancel: watch::channel(false).0,
+                    done: watch::channel(true).0,
+                },
+            );
+        }
+        goals.insert(
+            "running".into(),
+            Known {
+                info: json!({}),
+                accepted: t0,
+                status: Status::Executing,
+                result: None,
+                ended: None,
+                cancel: watch::channel(false).0,
+                done: watch::channel(false).0,
+            },
+        );
+        Inner::expire(&mut goals);
+        assert_eq!(goals.len(), FINISHED_KEPT + 1);
+        assert!(goals.contains_key("running"));
+        assert!(!goals.contains_key("g0") && !goals.contains_key("g2"));
+        assert!(goals.contains_key("g3"));
+    }
+}
