@@ -553,6 +553,9 @@ fn a_slow_model_is_handed_over_by_its_measured_time_and_late_answers_are_reporte
     let deadline = 3 * expected;
     robot.ask_within("slow-1", 201, deadline);
     let rep = wait_report(&sub, "slow-1");
+    // On a loaded machine this one may be late too (see above); then its warning is the
+    // first of the minute, and the next one is counted but not logged.
+    let first_late = rep["late_ms"].as_u64().is_some();
     assert_eq!(rep["source"], "local", "{rep}");
     assert_eq!(rep["deadline_ms"], deadline, "{rep}");
     let start = rep["latency_ms"]["local"]["start"].as_f64().unwrap();
@@ -572,16 +575,17 @@ fn a_slow_model_is_handed_over_by_its_measured_time_and_late_answers_are_reporte
     assert_eq!(rep["source"], "local", "{rep}");
     let late = rep["late_ms"].as_u64().unwrap_or(0);
     assert!(late > 0, "{rep}");
+    let warned = if first_late { "slow-1" } else { "slow-2" };
     agent
         .log()
         .wait_for("the late answer's warning", Duration::from_secs(10), |l| {
-            l.contains("WARN") && l.contains("after its deadline") && l.contains("slow-2")
+            l.contains("WARN") && l.contains("after its deadline") && l.contains(warned)
         });
     // The status counts it, and the estimate now includes the requests' own runs.
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         let s = detect_status(&a);
-        if s["late"] == 1 && s["answered"] == 2 {
+        if s["late"] == 1 + u64::from(first_late) && s["answered"] == 2 {
             break s;
         }
         assert!(Instant::now() < deadline, "{s}");
