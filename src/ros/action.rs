@@ -499,6 +499,136 @@ pub fn serve(
 mod tests {
     use super::*;
 
+    /// A publisher that keeps what it is given.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<Bytes>>);
+
+    impl RawPublisher for Kept {
+        fn publish(&self, cdr: &Bytes) -> Result<(), TransportError> {
+            self.0.lock().unwrap().push(cdr.clone());
+            Ok(())
+        }
+        fn subscription_count(&self) -> usize {
+            1
+        }
+    }
+
+    fn server() -> (Arc<Inner>, Arc<Kept>, Arc<Kept>) {
+        let mut reg = Registry::default();
+        reg.add_bundled();
+        let s = |n: &str| reg.schema(n).unwrap();
+        let a = "edge_agent_msgs/action/DetectObjects";
+        let (feedback, status) = (Arc::new(Kept::default()), Arc::new(Kept::default()));
+        let inner = Arc::new(Inner {
+            name: "/detect".into(),
+            schemas: Schemas {
+                send_goal_rq: s(&format!("{a}_SendGoal_Request")),
+                send_goal_rp: s(&format!("{a}_SendGoal_Response")),
+                get_result_rq: s(&format!("{a}_GetResult_Request")),
+                get_result_rp: s(&format!("{a}_GetResult_Response")),
+                cancel_rq: s("action_msgs/srv/CancelGoal_Request"),
+                cancel_rp: s("action_msgs/srv/CancelGoal_Response"),
+                feedback: s(&format!("{a}_FeedbackMessage")),
+                status: s("action_msgs/msg/GoalStatusArray"),
+            },
+            goals: Mutex::default(),
+            feedback: feedback.clone(),
+            status: status.clone(),
+        });
+        (inner, feedback, status)
+    }
+
+    fn uuid(n: u8) -> Value {
+        use base64::Engine as _;
+        let mut b = [0u8; 16];
+        b[15] = n;
+        json!({"uuid": base64::engine::general_purpose::STANDARD.encode(b)})
+    }
+
+    fn cancel_one(inner: &Inner, n: u8) -> Value {
+        inner.cancel(&json!({"goal_info": {"goal_id": uuid(n), "stamp": {"sec": 0, "nanosec": 0}}}))
+    }
+
+    #[tokio::test]
+    async fn goals_are_accepted_once_cancelled_and_their_results_kept() {
+        let (inner, feedback, status) = server();
+        let (tx, mut rx) = mpsc::channel(4);
+        let rp = inner.send_goal(&json!({"goal_id": uuid(1), "goal": {"scene": "day"}}), &tx);
+        assert_eq!(rp["accepted"], true);
+        // The same goal id again is refused.
+        let again = inner.send_goal(&json!({"goal_id": uuid(1), "goal": {}}), &tx);
+        assert_eq!(again["accepted"], false);
+        let mut goal = rx.recv().await.unwrap();
+        assert_eq!(goal.goal["scene"], "day");
+        assert_eq!(goal.id_hex(), format!("{}01", "0".repeat(30)));
+        goal.executing();
+        goal.feedback(json!({"stage": "camera"}));
+        assert_eq!(feedback.0.lock().unwrap().len(), 1);
+
+        // Unknown goals: UNKNOWN_GOAL_ID, and a result of status UNKNOWN at once.
+        assert_eq!(cancel_one(&inner, 9)["return_code"], CANCEL_UNKNOWN_GOAL);
+        let unknown = inner.result(&json!({"goal_id": uuid(9)})).await;
+        assert_eq!(unknown["status"], Status::Unknown as i8);
+
+        // A result asked for while the goal runs comes when it ends.
+        let waiting = {
+            let inner = inner.clone();
+            tokio::spawn(async move { inner.result(&json!({"goal_id": uuid(1)})).await })
+        };
+        let c = cancel_one(&inner, 1);
+        assert_eq!(c["return_code"], CANCEL_OK);
+        assert_eq!(c["goals_canceling"].as_array().unwrap().len(), 1);
+        assert!(goal.is_cancel_requested());
+        goal.cancel_requested().await;
+        assert!(!waiting.is_finished());
+        goal.finish(
+            Status::Canceled,
+            json!({"success": false, "message": "cancelled"}),
+        );
+        let r = waiting.await.unwrap();
+        assert_eq!(r["status"], Status::Canceled as i8);
+        assert_eq!(r["result"]["message"], "cancelled");
+        // Ended: a second cancel says so; the result is still there.
+        assert_eq!(cancel_one(&inner, 1)["return_code"], CANCEL_TERMINATED);
+        let r = inner.result(&json!({"goal_id": uuid(1)})).await;
+        assert_eq!(r["status"], Status::Canceled as i8);
+        // Every change was published on the status topic, each encodable.
+        assert!(status.0.lock().unwrap().len() >= 4);
+    }
+
+    #[tokio::test]
+    async fn a_goal_dropped_unfinished_ends_aborted_and_a_zero_id_cancels_all() {
+        let (inner, _, _) = server();
+        let (tx, mut rx) = mpsc::channel(4);
+        for n in [1, 2] {
+            inner.send_goal(&json!({"goal_id": uuid(n), "goal": {}}), &tx);
+        }
+        let (g1, g2) = (rx.recv().await.unwrap(), rx.recv().await.unwrap());
+        drop(g1);
+        let r = inner.result(&json!({"goal_id": uuid(1)})).await;
+        assert_eq!(r["status"], Status::Aborted as i8);
+        let c = cancel_one(&inner, 0);
+        assert_eq!(c["return_code"], CANCEL_OK);
+        assert_eq!(c["goals_canceling"].as_array().unwrap().len(), 1);
+        assert!(g2.is_cancel_requested());
+    }
+
+    #[test]
+    fn a_goal_beyond_the_queue_is_refused() {
+        let (inner, _, _) = server();
+        let (tx, _rx) = mpsc::channel(1);
+        assert_eq!(
+            inner.send_goal(&json!({"goal_id": uuid(1), "goal": {}}), &tx)["accepted"],
+            true
+        );
+        assert_eq!(
+            inner.send_goal(&json!({"goal_id": uuid(2), "goal": {}}), &tx)["accepted"],
+            false
+        );
+        // The refused goal is not remembered as running.
+        assert_eq!(cancel_one(&inner, 2)["return_code"], CANCEL_UNKNOWN_GOAL);
+    }
+
     #[test]
     fn a_zero_goal_id_means_every_goal() {
         assert!(is_zero_uuid(&json!({"uuid": "AAAAAAAAAAAAAAAAAAAAAA=="})));
