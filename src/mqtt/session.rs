@@ -872,3 +872,334 @@ mod tests {
         }
     }
 }
+
+/// The connection's protocol state, packet by packet, and the keep-alive against a
+/// broker that stops answering.
+#[cfg(test)]
+mod conn_tests {
+    use super::*;
+
+    fn conn(version: Version, receive_max: usize) -> Conn {
+        Conn {
+            version,
+            ids: Ids::new(),
+            in_flight: 0,
+            receive_max,
+            subscriptions: HashMap::new(),
+            server_max_packet: usize::MAX,
+            qos1_allowed: true,
+            ping_out: false,
+            disconnecting: false,
+            last_refusal_log: None,
+            last_too_large_log: None,
+            skip: 0,
+            max_packet_size: 1024,
+        }
+    }
+
+    fn publish(c: &mut Conn, qos: QoS) -> (Vec<SessionEvent>, BytesMut) {
+        let (mut out, mut evs) = (BytesMut::new(), Vec::new());
+        c.on_request(
+            Request::Publish(Message::new("t/a", "payload", qos)),
+            &mut out,
+            &mut evs,
+        )
+        .unwrap();
+        (evs, out)
+    }
+
+    fn packet(c: &mut Conn, p: Packet) -> Result<(Vec<SessionEvent>, BytesMut), Failure> {
+        let (mut out, mut evs) = (BytesMut::new(), Vec::new());
+        c.on_packet(p, &mut out, &mut evs)?;
+        Ok((evs, out))
+    }
+
+    fn puback(pkid: u16, code: u8) -> Packet {
+        Packet::PubAck { pkid, code }
+    }
+
+    fn sent_id(evs: &[SessionEvent]) -> u16 {
+        match evs {
+            [SessionEvent::Sent(id)] => *id,
+            other => panic!("expected one Sent, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_puback_frees_its_id_once_and_unknown_or_repeated_ones_are_ignored() {
+        let mut c = conn(Version::V311, usize::MAX);
+        let id = sent_id(&publish(&mut c, QoS::AtLeastOnce).0);
+        assert_eq!(id, 1);
+        assert_eq!(c.in_flight, 1);
+        let (evs, _) = packet(&mut c, puback(id, 0)).unwrap();
+        assert!(matches!(evs[..], [SessionEvent::PubAck(1)]));
+        assert_eq!(c.in_flight, 0);
+        // The broker repeats it: nothing happens, the count stays right.
+        let (evs, _) = packet(&mut c, puback(id, 0)).unwrap();
+        assert!(evs.is_empty());
+        assert_eq!(c.in_flight, 0);
+        // An id never used.
+        let (evs, _) = packet(&mut c, puback(777, 0)).unwrap();
+        assert!(evs.is_empty());
+        assert_eq!(c.in_flight, 0);
+        // A freed id is used again only after going round: the next is 2.
+        assert_eq!(sent_id(&publish(&mut c, QoS::AtLeastOnce).0), 2);
+    }
+
+    #[test]
+    fn qos_0_takes_no_id_and_no_place_in_flight() {
+        let mut c = conn(Version::V311, 1);
+        for _ in 0..3 {
+            assert_eq!(sent_id(&publish(&mut c, QoS::AtMostOnce).0), 0);
+        }
+        assert_eq!(c.in_flight, 0);
+        assert!(c.can_take());
+    }
+
+    #[test]
+    fn receive_maximum_stops_requests_until_an_ack_comes() {
+        let mut c = conn(Version::V5, 2);
+        let a = sent_id(&publish(&mut c, QoS::AtLeastOnce).0);
+        assert!(c.can_take());
+        sent_id(&publish(&mut c, QoS::AtLeastOnce).0);
+        assert!(!c.can_take(), "two in flight, the broker allows two");
+        packet(&mut c, puback(a, 0)).unwrap();
+        assert!(c.can_take());
+        // A DISCONNECT request stops everything after it.
+        let (mut out, mut evs) = (BytesMut::new(), Vec::new());
+        c.on_request(Request::Disconnect, &mut out, &mut evs)
+            .unwrap();
+        assert!(!c.can_take());
+        assert_eq!(&out[..], &[0xe0, 0x00]);
+    }
+
+    #[test]
+    fn a_refused_publish_is_released_like_a_delivered_one() {
+        let mut c = conn(Version::V5, usize::MAX);
+        let id = sent_id(&publish(&mut c, QoS::AtLeastOnce).0);
+        // 0x87 Not authorized: sending it again would be refused again.
+        let (evs, _) = packet(&mut c, puback(id, 0x87)).unwrap();
+        assert!(matches!(evs[..], [SessionEvent::PubAck(i)] if i == id));
+        assert_eq!(c.in_flight, 0);
+    }
+
+    #[test]
+    fn what_the_broker_cannot_take_is_settled_without_it() {
+        let mut c = conn(Version::V5, usize::MAX);
+        c.server_max_packet = 10;
+        let (evs, out) = publish(&mut c, QoS::AtLeastOnce);
+        assert!(out.is_empty(), "nothing is written");
+        assert!(
+            matches!(evs[..], [SessionEvent::Sent(i), SessionEvent::PubAck(j)] if i == j && i != 0)
+        );
+        assert_eq!(c.in_flight, 0);
+        // The id went back: nothing waits for an ack that will never come.
+        assert!(!c.ids.free(1));
+
+        let mut c = conn(Version::V5, usize::MAX);
+        c.qos1_allowed = false;
+        let (evs, out) = publish(&mut c, QoS::AtLeastOnce);
+        assert_eq!(out[0], 0x30, "written at QoS 0: {out:?}");
+        assert!(matches!(
+            evs[..],
+            [SessionEvent::Sent(_), SessionEvent::PubAck(_)]
+        ));
+        assert_eq!(c.in_flight, 0);
+    }
+
+    #[test]
+    fn incoming_messages_are_acked_by_the_agent_at_qos_1_and_completed_at_qos_2() {
+        let mut c = conn(Version::V311, usize::MAX);
+        let incoming = |qos: u8, pkid: u16| Packet::Publish {
+            qos,
+            pkid,
+            topic: "cmd".into(),
+            payload: bytes::Bytes::from_static(b"{}"),
+            props: None,
+        };
+        // QoS 1: no PUBACK until the agent has handed it on (Session::ack).
+        let (evs, out) = packet(&mut c, incoming(1, 9)).unwrap();
+        assert!(out.is_empty());
+        assert!(matches!(&evs[..], [SessionEvent::Message(m, Some(9))] if m.topic == "cmd"));
+        // QoS 0: no id.
+        let (evs, _) = packet(&mut c, incoming(0, 0)).unwrap();
+        assert!(matches!(&evs[..], [SessionEvent::Message(_, None)]));
+        // QoS 2: PUBREC at once, PUBCOMP for the PUBREL.
+        let (_, out) = packet(&mut c, incoming(2, 5)).unwrap();
+        assert_eq!(&out[..], &[0x50, 0x02, 0x00, 0x05]);
+        let (_, out) = packet(&mut c, Packet::PubRel { pkid: 5 }).unwrap();
+        assert_eq!(&out[..], &[0x70, 0x02, 0x00, 0x05]);
+    }
+
+    #[test]
+    fn a_broker_disconnect_or_a_second_connack_ends_the_connection() {
+        let mut c = conn(Version::V5, usize::MAX);
+        let e = packet(
+            &mut c,
+            Packet::Disconnect {
+                code: 0x8b,
+                reason: Some("shutting down".into()),
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Failure::Network(t) if t.contains("shutting down")),
+            "{e:?}"
+        );
+        let mut rbuf = BytesMut::from(&[0x20u8, 0x03, 0x00, 0x00, 0x00][..]);
+        let (mut out, mut evs) = (BytesMut::new(), Vec::new());
+        let e = c.read_all(&mut rbuf, &mut out, &mut evs).unwrap_err();
+        assert!(matches!(e, Failure::Protocol(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_refused_subscription_frees_its_id() {
+        let mut c = conn(Version::V311, usize::MAX);
+        let (mut out, mut evs) = (BytesMut::new(), Vec::new());
+        c.on_request(
+            Request::Subscribe("cmd/#".into(), QoS::AtLeastOnce),
+            &mut out,
+            &mut evs,
+        )
+        .unwrap();
+        assert_eq!(c.subscriptions.get(&1).map(String::as_str), Some("cmd/#"));
+        packet(
+            &mut c,
+            Packet::SubAck {
+                pkid: 1,
+                codes: vec![0x80],
+            },
+        )
+        .unwrap();
+        assert!(c.subscriptions.is_empty());
+        assert!(!c.ids.free(1));
+    }
+
+    #[test]
+    fn an_oversized_publish_is_skipped_across_reads_and_acked() {
+        let mut c = conn(Version::V311, usize::MAX);
+        c.max_packet_size = 64;
+        let mut big = BytesMut::new();
+        wire::encode_publish(
+            Version::V311,
+            &Message::new("big", vec![7u8; 300], QoS::AtLeastOnce),
+            42,
+            &mut big,
+        );
+        let mut small = BytesMut::new();
+        wire::encode_publish(
+            Version::V311,
+            &Message::new("ok", "x", QoS::AtMostOnce),
+            0,
+            &mut small,
+        );
+        // The big one arrives in three reads, the small one right after it.
+        let all = [&big[..], &small[..]].concat();
+        let (mut out, mut evs, mut rbuf) = (BytesMut::new(), Vec::new(), BytesMut::new());
+        for chunk in [&all[..40], &all[40..200], &all[200..]] {
+            rbuf.extend_from_slice(chunk);
+            c.read_all(&mut rbuf, &mut out, &mut evs).unwrap();
+        }
+        assert_eq!(
+            &out[..],
+            &[0x40, 0x02, 0x00, 42],
+            "PUBACK for the skipped one"
+        );
+        assert!(
+            matches!(&evs[..], [SessionEvent::TooLarge { topic, limit: 64, .. }, SessionEvent::Message(m, None)]
+                if topic == "big" && m.topic == "ok"),
+            "{evs:?}"
+        );
+        assert!(rbuf.is_empty());
+    }
+
+    /// A broker on a local port: answers CONNECT with CONNACK, then PINGREQs with
+    /// PINGRESP while `answer_pings`; returns the port and how many pings it saw.
+    async fn broker(answer_pings: bool) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let pings = Arc::new(AtomicUsize::new(0));
+        let p2 = pings.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let mut connected = false;
+            loop {
+                let n = match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if !connected && buf[0] == 0x10 {
+                    connected = true;
+                    s.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+                    continue;
+                }
+                for _ in buf[..n].windows(2).filter(|w| w == &[0xc0, 0x00]) {
+                    p2.fetch_add(1, Ordering::Relaxed);
+                    if answer_pings {
+                        s.write_all(&[0xd0, 0x00]).await.unwrap();
+                    }
+                }
+            }
+        });
+        (port, pings)
+    }
+
+    fn settings(port: u16, dir: &std::path::Path) -> crate::config::Settings {
+        let text = format!(
+            "state_dir = {dir:?}\n[device]\nproduct_key = \"p\"\ndevice_name = \"d\"\n[mqtt]\nprofile = \"plain\"\nhost = \"127.0.0.1\"\nport = {port}\n",
+        );
+        let mut s = crate::config::AgentConfig::parse(&text, "test.toml")
+            .unwrap()
+            .validate()
+            .unwrap();
+        // Below what a configuration may set (5 s), to keep the test short.
+        s.link.keep_alive = Duration::from_secs(1);
+        s
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_stops_answering_pings_ends_the_connection_after_a_keep_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, pings) = broker(false).await;
+        let s = settings(port, dir.path());
+        let mut session = Session::new(&s.link, &s.link.auth.credentials(0), None);
+        assert!(matches!(
+            session.poll().await,
+            Ok(SessionEvent::Connected { .. })
+        ));
+        let t0 = tokio::time::Instant::now();
+        let e = tokio::time::timeout(Duration::from_secs(10), session.poll())
+            .await
+            .expect("the connection outlived an unanswered ping")
+            .unwrap_err();
+        assert!(
+            matches!(&e, Failure::Network(t) if t.contains("did not answer a ping")),
+            "{e:?}"
+        );
+        // One ping unanswered for one keep-alive: two keep-alives after connecting.
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1900) && waited < Duration::from_secs(4),
+            "{waited:?}"
+        );
+        assert_eq!(pings.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_answers_pings_keeps_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, pings) = broker(true).await;
+        let s = settings(port, dir.path());
+        let mut session = Session::new(&s.link, &s.link.auth.credentials(0), None);
+        assert!(matches!(
+            session.poll().await,
+            Ok(SessionEvent::Connected { .. })
+        ));
+        // Three keep-alives pass: pings go and are answered; the connection stays.
+        let r = tokio::time::timeout(Duration::from_millis(3500), session.poll()).await;
+        assert!(r.is_err(), "the connection ended: {r:?}");
+        assert!(pings.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    }
+}
