@@ -13,7 +13,7 @@ pub mod outbox;
 mod session;
 pub mod stats;
 pub mod tls;
-mod wire;
+pub mod wire;
 
 pub use link::{link, Link, LinkHandle, LinkState, PublishError, ShutdownPolicy};
 pub use message::{Incoming, Message, Props, QoS};

@@ -680,6 +680,8 @@ impl Transport for DdsTransport {
         let writer = Arc::new(writer);
         let dp = self.dp.clone();
         let reply_topic = format!("rr{fq}Reply");
+        // Said once per service (see service::reply_may_be_garbled).
+        let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
         tracing::debug!(service = %fq, "Serving.");
         self.spawn(async move {
             let stream = reader.as_async_stream();
@@ -690,7 +692,8 @@ impl Transport for DdsTransport {
                     tracing::debug!(service = %fq, "A request without its id; ignored.");
                     continue;
                 };
-                let (handler, writer, dp) = (handler.clone(), writer.clone(), dp.clone());
+                let (handler, writer, dp, warned) =
+                    (handler.clone(), writer.clone(), dp.clone(), warned.clone());
                 let (fq, reply_topic) = (fq.clone(), reply_topic.clone());
                 tokio::spawn(async move {
                     let reply = match handler(req.cdr).await {
@@ -702,6 +705,12 @@ impl Transport for DdsTransport {
                     };
                     if !service::wait_for_reader(&dp, &reply_topic, req.reader).await {
                         tracing::debug!(service = %fq, "The client's reply reader is not discovered; replying anyway.");
+                    }
+                    if service::reply_may_be_garbled(&dp, &reply_topic, req.reader, &req.reply_to, reply.len())
+                        && !warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        tracing::warn!(service = %fq, bytes = reply.len(),
+                            "A reply too large for one network frame goes to an rmw_fastrtps client on a network interface; the DDS library writes such fragmented replies so that Fast DDS may not read them. Call from rmw_cyclonedds, or keep caller and agent on the loopback interface (ROS_LOCALHOST_ONLY=1 and ros.only_networks = [\"127.0.0.1\"]), or use the rcl transport.");
                     }
                     if let Err(e) = service::send_reply(&writer, &req.reply_to, &reply) {
                         tracing::warn!(service = %fq, error = %e, "A service reply could not be sent.");

@@ -146,6 +146,35 @@ pub async fn wait_for_reader(
     }
 }
 
+/// Up to this many bytes, a sample goes to a reader unfragmented over any Ethernet
+/// path (RustDDS fragments what does not fit a 1,500-byte MTU).
+pub const UNFRAGMENTED: usize = 1300;
+
+/// Whether a reply of `len` bytes to an rmw_fastrtps client will be sent in fragments
+/// that the client may not read: RustDDS 0.15 writes a DATA_FRAG that carries inline
+/// QoS (the related sample identity such a reply needs) with one byte too many before
+/// the parameter list. It fragments only for a reader with an address off the
+/// loopback interface, and only what does not fit one Ethernet frame.
+pub fn reply_may_be_garbled(
+    dp: &rustdds::DomainParticipant,
+    reply_topic: &str,
+    reader: ReaderOf,
+    to: &ReplyTo,
+    len: usize,
+) -> bool {
+    if !matches!(to, ReplyTo::Metadata(_)) || len <= UNFRAGMENTED {
+        return false;
+    }
+    dp.discovered_readers().iter().any(|r| {
+        r.subscription_topic_data.topic_name() == reply_topic
+            && reader.is(r.reader_proxy.remote_reader_guid)
+            && r.reader_proxy
+                .unicast_locator_list
+                .iter()
+                .any(|l| l.is_udp() && !std::net::SocketAddr::from(*l).ip().is_loopback())
+    })
+}
+
 /// Writes a reply (`cdr`: the response message, header included).
 pub fn send_reply(
     writer: &DataWriter<RawSample, RawAdapter>,
