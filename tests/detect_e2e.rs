@@ -956,5 +956,17 @@ fn the_detect_objects_service_and_action_answer_with_stages_and_cancel() {
         id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
         "{out}"
     );
-    agent.stop();
+    // A cancel is the caller's choice, not a fault: one INFO line, no WARN.
+    let log = agent.stop();
+    assert!(
+        log.lines().any(|l| l.contains("INFO")
+            && l.contains("cancelled by its caller")
+            && l.contains("goal-2")),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("goal-2")),
+        "{log}"
+    );
 }

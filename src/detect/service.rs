@@ -632,7 +632,12 @@ impl Service {
                 vec![]
             }
             Action::Fail { id, error } => {
-                tracing::warn!(request = %id, error = %error, "Detection request failed.");
+                // A cancel was logged when it came.
+                if error == "cancelled" {
+                    tracing::debug!(request = %id, "Detection request ended: cancelled.");
+                } else {
+                    tracing::warn!(request = %id, error = %error, "Detection request failed.");
+                }
                 let latency = self
                     .serving(&id)
                     .map(|s| s.accepted.elapsed().as_secs_f64() * 1e3);
@@ -642,7 +647,11 @@ impl Service {
                 vec![]
             }
             Action::Reject { id, error } => {
-                tracing::warn!(request = %id, error = %error, "Detection request rejected.");
+                if error == "cancelled" {
+                    tracing::debug!(request = %id, "Queued detection request dropped: cancelled.");
+                } else {
+                    tracing::warn!(request = %id, error = %error, "Detection request rejected.");
+                }
                 self.pending.remove(&id);
                 self.report(json!({"id": id, "error": error}));
                 self.answer_caller(&id, entry::failure(&id, &error));
