@@ -83,6 +83,23 @@ fn the_package_passes_lintian_installs_runs_and_purges_cleanly() {
             "{want} is not in the package:\n{contents}"
         );
     }
+    // The interface package is buildable from the copy: every file its CMakeLists.txt
+    // names is there.
+    let cmake =
+        std::fs::read_to_string(support::repo().join("interfaces/edge_agent_msgs/CMakeLists.txt"))
+            .unwrap();
+    let named: Vec<&str> = cmake
+        .split('"')
+        .filter(|p| p.ends_with(".msg") || p.ends_with(".srv") || p.ends_with(".action"))
+        .collect();
+    assert!(named.len() >= 5, "{cmake}");
+    for f in named {
+        let want = format!("./usr/share/edge-agent/interfaces/edge_agent_msgs/{f}");
+        assert!(
+            contents.contains(&want),
+            "{want} is not in the package:\n{contents}"
+        );
+    }
     let conffiles = text(&run(
         "sh",
         &[
