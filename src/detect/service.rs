@@ -1055,10 +1055,14 @@ impl Service {
     }
 
     fn publish_answer(&mut self, id: &str, source: Source) {
+        // (Neither can happen: an answer needs the request in service and its frame. A
+        // caller waiting for it is told all the same, rather than left waiting.)
         let Some(svc) = self.in_service.take().filter(|s| s.req.id == id) else {
+            self.answer_caller(id, entry::failure(id, "the request was no longer in service"));
             return;
         };
         let Some(f) = svc.frame.clone() else {
+            self.answer_caller(id, entry::failure(id, "no camera frame was taken"));
             return;
         };
         let (found, model) = match source {
