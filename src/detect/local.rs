@@ -230,6 +230,24 @@ impl LocalModel {
     }
 }
 
+/// The largest image decoded, in pixels (an 8K frame has 33 million). A header that
+/// claims more is refused before anything is allocated for it.
+pub const MAX_PIXELS: usize = 64 << 20;
+
+/// Deflate expands at most 1032-fold: a PNG whose pixels cannot come from its size is
+/// refused before its buffer is allocated (a few bytes could otherwise claim gigabytes).
+const DEFLATE_MAX_RATIO: usize = 1032;
+
+fn check_size(w: usize, h: usize) -> Result<(), String> {
+    if w == 0 || h == 0 || w.saturating_mul(h) > MAX_PIXELS {
+        return Err(format!(
+            "{w}x{h} pixels (at most {} million are decoded)",
+            MAX_PIXELS >> 20
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes a JPEG or PNG file's bytes to RGB.
 pub fn decode_image(bytes: &[u8]) -> Result<Rgb, String> {
     if bytes.starts_with(&[0xff, 0xd8]) {
@@ -239,7 +257,16 @@ pub fn decode_image(bytes: &[u8]) -> Result<Rgb, String> {
         let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
         dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
         let mut r = dec.read_info().map_err(|e| format!("bad PNG: {e}"))?;
-        let mut buf = vec![0; r.output_buffer_size().ok_or("bad PNG: too large")?];
+        let (w, h) = (r.info().width as usize, r.info().height as usize);
+        check_size(w, h).map_err(|e| format!("bad PNG: {e}"))?;
+        let size = r.output_buffer_size().ok_or("bad PNG: too large")?;
+        if size / DEFLATE_MAX_RATIO > bytes.len() {
+            return Err(format!(
+                "bad PNG: {w}x{h} pixels cannot be in {} bytes",
+                bytes.len()
+            ));
+        }
+        let mut buf = vec![0; size];
         let info = r
             .next_frame(&mut buf)
             .map_err(|e| format!("bad PNG: {e}"))?;
@@ -272,7 +299,12 @@ pub fn decode_image(bytes: &[u8]) -> Result<Rgb, String> {
 /// here as an error naming libjpeg's reason.
 fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut d = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
+        let d = mozjpeg::Decompress::new_mem(bytes)?;
+        // (A truncated frame is decoded, its missing rows grey: so its claimed size is
+        // bounded only by the pixel limit.)
+        check_size(d.width(), d.height())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let mut d = d.rgb()?;
         let (width, height) = (d.width(), d.height());
         let data = d.read_scanlines::<u8>()?;
         d.finish()?;
@@ -382,5 +414,47 @@ impl<'a> ProtoReader<'a> {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `image` fuzz target: 84 bytes of PNG claiming 5 x 754,974,723
+    /// pixels made the decoder allocate 3.7 GB before reading any data. (The fuzz build
+    /// skips CRC checks; the header's CRC is made right here, as an attacker would.)
+    #[test]
+    fn a_png_claiming_more_pixels_than_it_can_hold_is_refused_at_its_header() {
+        let with_size = |w: u32, h: u32| {
+            let mut b = include_bytes!("../../tests/fixtures/fuzz/png-5x754974723.png").to_vec();
+            b[16..20].copy_from_slice(&w.to_be_bytes());
+            b[20..24].copy_from_slice(&h.to_be_bytes());
+            let crc = crc32fast::hash(&b[12..29]).to_be_bytes();
+            b[29..33].copy_from_slice(&crc);
+            b
+        };
+        let e = decode_image(&with_size(5, 754_974_723)).unwrap_err();
+        assert!(e.contains("5x754974723 pixels (at most 64 million"), "{e}");
+        // Within the pixel limit, but more than 84 bytes of deflate can make.
+        let e = decode_image(&with_size(4096, 4096)).unwrap_err();
+        assert!(e.contains("4096x4096 pixels cannot be in 84 bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_jpeg_header_claiming_a_huge_frame_is_refused_before_decoding() {
+        let mut jpeg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpeg, 80)
+            .encode(&[128u8; 16 * 16 * 3], 16, 16, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        assert!(decode_image(&jpeg).is_ok());
+        // SOF0: FF C0, length (2), precision (1), height (2), width (2).
+        let sof = jpeg.windows(2).position(|w| w == [0xff, 0xc0]).unwrap();
+        jpeg[sof + 5..sof + 9].copy_from_slice(&[0xfd, 0xe8, 0xfd, 0xe8]);
+        let e = decode_image(&jpeg).unwrap_err();
+        assert_eq!(
+            e,
+            "bad JPEG: 65000x65000 pixels (at most 64 million are decoded)"
+        );
     }
 }

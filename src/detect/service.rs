@@ -1058,7 +1058,10 @@ impl Service {
         // (Neither can happen: an answer needs the request in service and its frame. A
         // caller waiting for it is told all the same, rather than left waiting.)
         let Some(svc) = self.in_service.take().filter(|s| s.req.id == id) else {
-            self.answer_caller(id, entry::failure(id, "the request was no longer in service"));
+            self.answer_caller(
+                id,
+                entry::failure(id, "the request was no longer in service"),
+            );
             return;
         };
         let Some(f) = svc.frame.clone() else {
