@@ -59,13 +59,8 @@ pub enum ActionError {
     Transport(#[from] TransportError),
 }
 
+/// What the server encodes itself; each service's halves go with its handler.
 struct Schemas {
-    send_goal_rq: Arc<MsgSchema>,
-    send_goal_rp: Arc<MsgSchema>,
-    get_result_rq: Arc<MsgSchema>,
-    get_result_rp: Arc<MsgSchema>,
-    cancel_rq: Arc<MsgSchema>,
-    cancel_rp: Arc<MsgSchema>,
     feedback: Arc<MsgSchema>,
     status: Arc<MsgSchema>,
 }
@@ -379,54 +374,38 @@ pub fn serve(
     action: &str,
     queue: usize,
 ) -> Result<mpsc::Receiver<Goal>, ActionError> {
-    let part = |p: &str| -> Result<(TypeName, Arc<MsgSchema>), ActionError> {
-        let n = if p.contains('/') {
-            p.to_owned()
-        } else {
-            format!("{action}_{p}")
-        };
-        let t = TypeName::parse(&n).map_err(|e| ActionError::Type(action.into(), e.to_string()))?;
-        let s = registry
-            .schema(&n)
-            .map_err(|e| ActionError::Type(action.into(), e.to_string()))?;
-        Ok((t, s))
+    let bad = |e: &dyn std::fmt::Display| ActionError::Type(action.into(), e.to_string());
+    let action_type = TypeName::parse(action).map_err(|e| bad(&e))?;
+    // One of the types ROS 2 makes of the action, e.g. `X_SendGoal`.
+    let own = |part: &str| TypeName {
+        package: action_type.package.clone(),
+        kind: "action",
+        name: format!("{}_{part}", action_type.name),
     };
-    let action_type =
-        TypeName::parse(action).map_err(|e| ActionError::Type(action.into(), e.to_string()))?;
-    // The services' types: an action's own (`X_SendGoal`), or a service type.
-    let srv_type = |p: &str| -> Result<TypeName, ActionError> {
-        if p.contains('/') {
-            return TypeName::parse(p).map_err(|e| ActionError::Type(action.into(), e.to_string()));
-        }
-        Ok(TypeName {
-            package: action_type.package.clone(),
-            kind: "action",
-            name: format!("{}_{p}", action_type.name),
-        })
+    let parse = |n: &str| TypeName::parse(n).map_err(|e| bad(&e));
+    // `suffix`: "" for a message, "_Request" or "_Response" for a service's halves.
+    let schema = |t: &TypeName, suffix: &str| {
+        registry
+            .schema(&format!("{t}{suffix}"))
+            .map_err(|e| bad(&e))
     };
-    let (fb_type, feedback) = part("FeedbackMessage")?;
-    let (status_type, status) = part("action_msgs/msg/GoalStatusArray")?;
+    let fb_type = own("FeedbackMessage");
+    let status_type = parse("action_msgs/msg/GoalStatusArray")?;
     let schemas = Schemas {
-        send_goal_rq: part("SendGoal_Request")?.1,
-        send_goal_rp: part("SendGoal_Response")?.1,
-        get_result_rq: part("GetResult_Request")?.1,
-        get_result_rp: part("GetResult_Response")?.1,
-        cancel_rq: part("action_msgs/srv/CancelGoal_Request")?.1,
-        cancel_rp: part("action_msgs/srv/CancelGoal_Response")?.1,
-        feedback: feedback.clone(),
-        status: status.clone(),
+        feedback: schema(&fb_type, "")?,
+        status: schema(&status_type, "")?,
     };
     let base = format!("{}/_action", name.trim_end_matches('/'));
     let feedback_pub = transport.publisher(
         &format!("{base}/feedback"),
         &fb_type,
-        feedback,
+        schemas.feedback.clone(),
         Qos::ros_default(),
     )?;
     let status_pub = transport.publisher(
         &format!("{base}/status"),
         &status_type,
-        status,
+        schemas.status.clone(),
         Qos {
             reliability: Reliability::Reliable,
             durability: Durability::TransientLocal,
@@ -449,7 +428,7 @@ pub fn serve(
     type Answer =
         Box<dyn Fn(Arc<Inner>, Value) -> futures::future::BoxFuture<'static, Value> + Send + Sync>;
     let services: [(&str, TypeName, Answer); 3] = [
-        ("send_goal", srv_type("SendGoal")?, {
+        ("send_goal", own("SendGoal"), {
             let tx = tx.clone();
             Box::new(move |inner, rq| {
                 let v = inner.send_goal(&rq, &tx);
@@ -458,7 +437,7 @@ pub fn serve(
         }),
         (
             "cancel_goal",
-            srv_type("action_msgs/srv/CancelGoal")?,
+            parse("action_msgs/srv/CancelGoal")?,
             Box::new(|inner, rq| {
                 let v = inner.cancel(&rq);
                 Box::pin(async move { v })
@@ -466,25 +445,21 @@ pub fn serve(
         ),
         (
             "get_result",
-            srv_type("GetResult")?,
+            own("GetResult"),
             Box::new(|inner, rq| Box::pin(async move { inner.result(&rq).await })),
         ),
     ];
     for (what, ty, answer) in services {
+        let (rq_s, rp_s) = (schema(&ty, "_Request")?, schema(&ty, "_Response")?);
         let answer = Arc::new(answer);
         let inner2 = inner.clone();
         let handler: super::transport::ServeFn = Arc::new(move |cdr: Bytes| {
             let (inner, answer) = (inner2.clone(), answer.clone());
+            let (rq_s, rp_s) = (rq_s.clone(), rp_s.clone());
             Box::pin(async move {
-                let (rq_s, rp_s) = match what {
-                    "send_goal" => (&inner.schemas.send_goal_rq, &inner.schemas.send_goal_rp),
-                    "cancel_goal" => (&inner.schemas.cancel_rq, &inner.schemas.cancel_rp),
-                    _ => (&inner.schemas.get_result_rq, &inner.schemas.get_result_rp),
-                };
-                let rq = decode_to_value(rq_s, &cdr, &DecodeOptions::default())
+                let rq = decode_to_value(&rq_s, &cdr, &DecodeOptions::default())
                     .map_err(|e| format!("{what} request: {e}"))?;
-                let rp_s = rp_s.clone();
-                let rp = answer(inner.clone(), rq).await;
+                let rp = answer(inner, rq).await;
                 encode_value(&rp_s, &rp, &EncodeOptions::default())
                     .map(Bytes::from)
                     .map_err(|e| format!("{what} reply: {e}"))
@@ -522,12 +497,6 @@ mod tests {
         let inner = Arc::new(Inner {
             name: "/detect".into(),
             schemas: Schemas {
-                send_goal_rq: s(&format!("{a}_SendGoal_Request")),
-                send_goal_rp: s(&format!("{a}_SendGoal_Response")),
-                get_result_rq: s(&format!("{a}_GetResult_Request")),
-                get_result_rp: s(&format!("{a}_GetResult_Response")),
-                cancel_rq: s("action_msgs/srv/CancelGoal_Request"),
-                cancel_rp: s("action_msgs/srv/CancelGoal_Response"),
                 feedback: s(&format!("{a}_FeedbackMessage")),
                 status: s("action_msgs/msg/GoalStatusArray"),
             },
