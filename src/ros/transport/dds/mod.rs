@@ -348,38 +348,17 @@ impl DdsTransport {
     fn serve_parameters(&self, p: params::Parameters) -> Result<(), TransportError> {
         let p = Arc::new(p);
         for (short, ty) in params::SERVICES {
-            let fq = format!("{}/{short}", self.fq_name);
-            let (reader, writer) = self.service_endpoints(
-                &fq,
-                &format!("rcl_interfaces::srv::dds_::{ty}_Request_"),
-                &format!("rcl_interfaces::srv::dds_::{ty}_Response_"),
-                true,
-            )?;
             let p = p.clone();
-            let dp = self.dp.clone();
-            let reply_topic = format!("rr{fq}Reply");
-            self.spawn(async move {
-                let stream = reader.as_async_stream();
-                futures::pin_mut!(stream);
-                while let Some(r) = stream.next().await {
-                    let Ok(dcc) = r else { continue };
-                    let Some(req) = service::unwrap_request(&dcc) else {
-                        tracing::debug!(service = short, "A parameter request without its id; ignored.");
-                        continue;
-                    };
-                    match p.answer(short, &req.cdr) {
-                        Ok(reply) => {
-                            if !service::wait_for_reader(&dp, &reply_topic, req.reader).await {
-                                tracing::debug!(service = short, "The client's reply reader is not discovered; replying anyway.");
-                            }
-                            if let Err(e) = service::send_reply(&writer, &req.reply_to, &reply) {
-                                tracing::debug!(service = short, error = %e, "Cannot answer a parameter request.");
-                            }
-                        }
-                        Err(e) => tracing::debug!(service = short, error = %e, "A parameter request could not be answered."),
-                    }
-                }
+            let handler: super::ServeFn = Arc::new(move |cdr: Bytes| {
+                let reply = p.answer(short, &cdr);
+                Box::pin(async move { reply })
             });
+            let ty = TypeName {
+                package: "rcl_interfaces".into(),
+                kind: "srv",
+                name: (*ty).into(),
+            };
+            self.serve(&format!("{}/{short}", self.fq_name), &ty, handler)?;
         }
         Ok(())
     }
