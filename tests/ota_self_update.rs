@@ -12,10 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use edge_agent::ota::package::{HealthCheck, Hooks};
 use serde_json::{json, Value};
 use support::agent::{payloads, spawn_watched, stop_watched, AgentDir, LogWatch};
 use support::mosquitto::{publish, ready_sub, Mosquitto, Options, Sub};
-use support::ota::{active_slot_is_complete, install_committed, make_package, HttpServer};
+use support::ota::{
+    active_slot_is_complete, install_committed, make_package, make_package_with_hooks, HttpServer,
+};
 
 const T: Duration = Duration::from_secs(60);
 const NEXT: &str = "0.1.1-next";
@@ -118,12 +121,26 @@ impl Robot {
 
     /// Packs `version` with `agent` at bin/edge-agent and pushes it as the cloud does.
     fn push(&self, version: &str, agent: &[u8]) {
+        self.push_with_hooks(version, agent, &[], Hooks::default());
+    }
+
+    /// Pushes `version` with the agent `agent`, `extra` files (e.g. hook programs) and
+    /// `hooks` in its manifest.
+    fn push_with_hooks(&self, version: &str, agent: &[u8], extra: &[(&str, &[u8])], hooks: Hooks) {
         let mut files = vec![
             ("detect.toml", format!("# {version}\n").into_bytes()),
             ("bin/edge-agent", agent.to_vec()),
         ];
+        files.extend(extra.iter().map(|(p, d)| (*p, d.to_vec())));
         files.sort();
-        let p = make_package(&self.www.path().join(version), version, &files, None, None);
+        let p = make_package_with_hooks(
+            &self.www.path().join(version),
+            version,
+            &files,
+            None,
+            None,
+            hooks,
+        );
         let rel = p.package.strip_prefix(self.www.path()).unwrap();
         let push = json!({"code": "1000", "data": {
             "size": std::fs::metadata(&p.package).unwrap().len(), "version": version,
@@ -271,12 +288,24 @@ fn a_new_agent_that_cannot_reach_the_broker_is_rolled_back_by_its_deadline() {
     r.inform.wait_for("the first version report", T, |_| {
         !r.informed("detector").is_empty()
     });
-    r.push("2.0.0", &next);
-    // The broker goes away once the package is here: the new agent never reaches it.
+    // The broker goes away once the package is verified: the new agent never reaches it.
+    // A pre_install hook holds the install until the broker is down, so that the new
+    // agent cannot start before (on a loaded machine it could, by watching the log).
+    let gate = r.www.path().join("broker-is-down");
+    let hooks = Hooks {
+        pre_install: Some(HealthCheck {
+            command: vec!["hooks/gate.sh".into(), gate.display().to_string()],
+            timeout_s: 60,
+        }),
+        ..Hooks::default()
+    };
+    let gate_sh: &[u8] = b"#!/bin/sh\nwhile [ ! -e \"$1\" ]; do sleep 0.05; done\n";
+    r.push_with_hooks("2.0.0", &next, &[("hooks/gate.sh", gate_sh)], hooks);
     log.wait_for("the package verified", T, |l| {
         l.contains("package verified")
     });
     r.mq.stop();
+    std::fs::write(&gate, b"").unwrap();
     log.wait_for("the rollback", T, |l| {
         l.contains("Rolled back to the previous slot.")
     });

@@ -87,6 +87,18 @@ pub fn make_package(
     health: Option<&str>,
     key: Option<&[u8; 32]>,
 ) -> package::Packed {
+    make_package_with_hooks(out, version, files, health, key, package::Hooks::default())
+}
+
+/// As `make_package`, with `hooks` in its manifest (their programs among `files`).
+pub fn make_package_with_hooks(
+    out: &Path,
+    version: &str,
+    files: &[(&str, Vec<u8>)],
+    health: Option<&str>,
+    key: Option<&[u8; 32]>,
+    hooks: package::Hooks,
+) -> package::Packed {
     let src = tempfile::tempdir().unwrap();
     for (p, data) in files {
         let path = src.path().join(p);
@@ -106,6 +118,7 @@ pub fn make_package(
         name: "detector".into(),
         version: version.to_owned(),
         health_check: hc,
+        hooks,
         key: key.as_ref(),
         ..Default::default()
     };
