@@ -21,9 +21,9 @@ run and is cut somewhere in it:
           complete slot whose every file matches its manifest's SHA-256 (computed here,
           independently of the agent), the journal agrees with the slots, `ota status`
           answers, and no package is left behind unless an update awaits confirmation.
-  outbox  batches of 20 QoS 1 messages queued with `edge-agent mqtt pub --no-wait` (it
+  outbox  batches of 200 QoS 1 messages queued with `edge-agent mqtt pub --no-wait` (it
           returns once they are written and fsynced: the batch is acknowledged), and
-          every few batches `edge-agent outbox flush` to a mosquitto on this machine that
+          every second batch `edge-agent outbox flush` to a mosquitto on this machine that
           is stopped and started at random. Check after the reboot: `outbox flush`, then
           every message of every acknowledged batch has reached the subscriber.
 
@@ -123,13 +123,13 @@ ota)
 outbox)
     say "SCENARIO-START"
     for b in $(seq 1 $batches); do
-        if "$agent" mqtt pub --config "$data/agent.toml" -t "cut/$cut" --count 20 --no-wait \
+        if "$agent" mqtt pub --config "$data/agent.toml" -t "cut/$cut" --count "$batch" --no-wait \
             "c$cut-b$b-\${n}" >/dev/null 2>&1; then
             say "ACKED c$cut-b$b"
         else
             say "PUB-FAILED c$cut-b$b"
         fi
-        if [ $((b % 4)) = 0 ]; then
+        if [ $((b % 2)) = 0 ]; then
             "$agent" outbox flush --config "$data/agent.toml" --timeout 5s >/dev/null 2>&1 && say "FLUSH-OK $b"
         fi
     done
@@ -563,6 +563,7 @@ def pack(agent, vm, version, health, nfiles=200, size=10_000):
 
 
 VERSIONS = ["2.0.0", "3.0.0", "1.0.0"]
+BATCH = 200  # messages per `mqtt pub --no-wait` of the outbox scenario
 
 
 def ota_setup(vm, agent, name):
@@ -726,8 +727,9 @@ def run_outbox(args, vm, kernel, accel, agent, rng, res):
             last = k == args.cuts
             write_plan(vm, {"repo": REPO, "agent": agent, "check": "outbox" if k else "none",
                             "scenario": "none" if last else "outbox", "cut": k, "batches": 60,
+                            "batch": BATCH,
                             "url": "", "sha256": "", "version": ""})
-            delay = rng.uniform(0, 25)
+            delay = rng.uniform(0, 40)
             state = {}
             if not broker.up():
                 broker.start()
@@ -763,7 +765,7 @@ def run_outbox(args, vm, kernel, accel, agent, rng, res):
                 log(f"BAD STATE after cut {k - 1}: {lines[:6]}")
                 continue
             # every acknowledged message so far has reached the subscriber
-            want = [f"{b}-{n}" for b in acked[:state["acked_before"]] for n in range(1, 21)]
+            want = [f"{b}-{n}" for b in acked[:state["acked_before"]] for n in range(1, BATCH + 1)]
             end = time.monotonic() + 30
             missing = sub.has(want)
             while missing and time.monotonic() < end:
