@@ -21,7 +21,7 @@ duplicates, detection outcomes, ERROR and WARN lines of the agent, and the growt
 and descriptors from minute 5 to the end. With matplotlib it draws the CSV to a PNG.
 
 usage: soak.py --agent BIN --out DIR [--minutes 60] [--rate 1000] [--restart-every 10]
-               [--outage 15] [--domain 171]
+               [--outage 15] [--domain 171] [--no-detect] [--drain S] [--png FILE]
 """
 
 import argparse
@@ -325,7 +325,7 @@ def dir_bytes(path):
     return total
 
 
-def write_config(work, port, domain, model, lib):
+def write_config(work, port, domain, model, lib, detect):
     rules = os.path.join(work, "soak-rules.toml")
     with open(rules, "w", encoding="utf-8") as f:
         for name, tname, _ in TELEMETRY:
@@ -359,7 +359,7 @@ health_interval = "60s"
 library = "{lib}"
 threads = 1
 [detect]
-enabled = true
+enabled = {'true' if detect else 'false'}
 policy = "cloud-first"
 image_topic = "{CAMERA_TOPIC}"
 model = "{model}"
@@ -449,6 +449,8 @@ def main():
     ap.add_argument("--outage", type=float, default=15)
     ap.add_argument("--domain", type=int, default=171)
     ap.add_argument("--png", default=None)
+    ap.add_argument("--no-detect", action="store_true",
+                    help="detection off (the requests go unanswered): to tell its memory from the bridge's")
     ap.add_argument("--drain", type=float, default=600, help="seconds to wait for the last messages")
     args = ap.parse_args()
     if not shutil.which("mosquitto"):
@@ -461,7 +463,7 @@ def main():
     model = os.path.join(work, "detector.onnx")
     subprocess.run([sys.executable, os.path.join(REPO, "tests/py/make_models.py"), "yolo-bench", model],
                    check=True, stdout=subprocess.DEVNULL)
-    cfg = write_config(work, port, args.domain, model, onnx_library())
+    cfg = write_config(work, port, args.domain, model, onnx_library(), not args.no_detect)
     agent_log_path = os.path.join(args.out, "agent.log")
     agent_log = open(agent_log_path, "wb")
     env = dict(os.environ, NO_COLOR="1")

@@ -6,7 +6,7 @@
 # measured and README.md, "Soak", for the last figures.
 #
 # usage: scripts/soak.sh [--minutes 60] [--rate 1000] [--restart-every 10] [--outage 15]
-#                        [--out DIR] [--png FILE]
+#                        [--no-detect] [--out DIR] [--png FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-test-env.sh >/dev/null
