@@ -32,34 +32,26 @@ usage: power_cut.py --vm DIR --agent BIN --kernel VMLINUZ [--cuts N]
 """
 
 import argparse
-import getpass
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Mosquitto, free_port  # noqa: E402
+
 HOST_IP = "10.0.2.2"  # this machine, seen from QEMU's user network
 
 
 def log(msg):
     print(f"[power-cut {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("0.0.0.0", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 GUEST = r'''#!/bin/bash
@@ -245,7 +237,7 @@ def check_ota(state, after_recover, agent):
         return f"FAIL ota status is not JSON: {r.stdout[:200]}"
     phase = (st.get("journal") or {}).get("state")
     active = st.get("active")
-    if not active or os.path.basename(target) != active and not target.endswith(str(active)):
+    if os.path.basename(target) != active:
         return f"FAIL ota status says slot {active} is active, current points at {target}"
     if after_recover:
         committed = st.get("committed") or {}
@@ -369,8 +361,8 @@ def replay(logdev, onto, cow, every):
 class Subscriber:
     """mosquitto_sub on the test broker, with a persistent session: every payload it got."""
 
-    def __init__(self, port, out):
-        self.port, self.out = port, out
+    def __init__(self, port):
+        self.port = port
         self.proc = None
         self.got = set()
         self.lock = threading.Lock()
@@ -389,41 +381,6 @@ class Subscriber:
     def has(self, msgs):
         with self.lock:
             return [m for m in msgs if m not in self.got]
-
-
-class Broker:
-    def __init__(self, vm, port):
-        self.port = port
-        self.dir = os.path.join(vm, "mosquitto")
-        os.makedirs(self.dir, exist_ok=True)
-        self.conf = os.path.join(self.dir, "m.conf")
-        with open(self.conf, "w", encoding="utf-8") as f:
-            f.write(f"listener {port} 0.0.0.0\nallow_anonymous true\npersistence true\n"
-                    # as root, mosquitto would drop to its own user, which cannot write here
-                    f"user {getpass.getuser()}\n"
-                    f"persistence_location {self.dir}/\nmax_queued_messages 0\n")
-        self.proc = None
-
-    def up(self):
-        return self.proc is not None
-
-    def start(self):
-        self.proc = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit("power-cut: mosquitto did not start")
-
-    def stop(self):
-        if self.proc:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(20)
-            self.proc = None
 
 
 def boot(vm, kernel, disk, accel, on_line, timeout=300, extra=()):
@@ -533,6 +490,17 @@ def make_disk(vm, name, files):
     return disk
 
 
+def arm_cut(proc, delay, state):
+    """Cuts the power (kills QEMU) `delay` seconds from now; `state["killed"]` says
+    whether it happened, `state["timer"]` cancels it."""
+    def cut():
+        state["killed"] = True
+        proc.kill()
+    state["timer"] = threading.Timer(delay, cut)
+    state["timer"].daemon = True
+    state["timer"].start()
+
+
 def write_plan(vm, plan):
     tmp = os.path.join(vm, "plan.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -571,7 +539,7 @@ def ota_setup(vm, agent, name):
     for them, and a disk with 1.0.0 installed. Returns (packages, port, server, disk)."""
     pkgs = [pack(agent, vm, "2.0.0", None), pack(agent, vm, "3.0.0", "/bin/false"),
             pack(agent, vm, "1.0.0", None)]
-    port = free_port()
+    port = free_port("0.0.0.0")
     http = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0",
                              "--directory", os.path.join(vm, "www")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -656,13 +624,7 @@ def run_ota(args, vm, kernel, accel, agent, rng, res):
 
             def on_line(line, proc, delay=delay, state=state):
                 if line.startswith("SCENARIO-START"):
-                    def cut():
-                        state["killed"] = True
-                        proc.kill()
-                    t = threading.Timer(delay, cut)
-                    t.daemon = True
-                    t.start()
-                    state["timer"] = t
+                    arm_cut(proc, delay, state)
             lines = boot(vm, kernel, disk, accel, on_line)
             if "timer" in state:
                 state["timer"].cancel()
@@ -698,10 +660,10 @@ def judge_ota(lines, k, res, first):
 
 def run_outbox(args, vm, kernel, accel, agent, rng, res):
     log("scenario outbox")
-    port = free_port()
-    broker = Broker(vm, port)
+    port = free_port("0.0.0.0")
+    broker = Mosquitto(os.path.join(vm, "mosquitto"), port, host="0.0.0.0")
     broker.start()
-    sub = Subscriber(port, vm)
+    sub = Subscriber(port)
     sub.start()
     seed = os.path.join(vm, "seed-outbox")
     shutil.rmtree(seed, ignore_errors=True)
@@ -743,15 +705,8 @@ def run_outbox(args, vm, kernel, accel, agent, rng, res):
                     # what was acknowledged before this boot: all of it must arrive
                     state["acked_before"] = len(acked)
                 if line.startswith("SCENARIO-START") and not last:
-                    th = threading.Thread(target=flap, daemon=True)
-                    th.start()
-                    def cut():
-                        state["killed"] = True
-                        proc.kill()
-                    t = threading.Timer(delay, cut)
-                    t.daemon = True
-                    t.start()
-                    state["timer"] = t
+                    threading.Thread(target=flap, daemon=True).start()
+                    arm_cut(proc, delay, state)
             lines = boot(vm, kernel, disk, accel, on_line)
             flaps["stop"] = True
             if "timer" in state:

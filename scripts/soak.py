@@ -25,7 +25,6 @@ usage: soak.py --agent BIN --out DIR [--minutes 60] [--rate 1000] [--restart-eve
 """
 
 import argparse
-import getpass
 import csv
 import json
 import multiprocessing
@@ -33,7 +32,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "py"))
+
+from harness import Mosquitto, free_port, wait_until  # noqa: E402
 
 CYCLONE_LOOPBACK = ('<CycloneDDS><Domain><General><Interfaces><NetworkInterface name="lo" '
                     'multicast="true"/></Interfaces><AllowMulticast>true</AllowMulticast>'
@@ -65,59 +65,6 @@ SAMPLE_EVERY = 10.0
 
 def log(msg):
     print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_until(cond, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"soak: {what} within {timeout} s")
-
-
-class Broker:
-    """mosquitto on `port`, persistent, no limit on queued messages, so that a restart
-    keeps every message it acknowledged and a slow subscriber loses nothing."""
-
-    def __init__(self, work, port):
-        self.port = port
-        self.dir = os.path.join(work, "mosquitto")
-        os.makedirs(self.dir, exist_ok=True)
-        self.conf = os.path.join(self.dir, "mosquitto.conf")
-        with open(self.conf, "w", encoding="utf-8") as f:
-            f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                    # as root, mosquitto would drop to its own user, which cannot write here
-                    f"user {getpass.getuser()}\n"
-                    f"persistence_location {self.dir}/\nautosave_interval 30\n"
-                    "max_queued_messages 0\nmax_queued_bytes 0\n")
-        self.log = open(os.path.join(self.dir, "mosquitto.log"), "ab")
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=self.log, stderr=self.log)
-
-        def up():
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-        wait_until(up, 20, "mosquitto did not listen")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
-        self.proc = None
 
 
 def camera_process(domain, stop):
@@ -241,7 +188,7 @@ class Load:
 
     def wait_matched(self, timeout):
         wait_until(lambda: all(m.count > 0 for m in self.matched.values()), timeout,
-                   "the agent did not subscribe to every telemetry topic")
+                   "soak: the agent did not subscribe to every telemetry topic")
 
     def publish_loop(self):
         start = time.monotonic()
@@ -382,7 +329,7 @@ LEVEL = re.compile(r"\b(ERROR|WARN)\b")
 
 
 def agent_lines(path):
-    """(level, seconds since the agent started or None, text) of each WARN/ERROR line."""
+    """(level, text) of each WARN and ERROR line of the agent's log."""
     out = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -458,7 +405,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="edge-agent-soak-")
     port = free_port()
-    broker = Broker(work, port)
+    broker = Mosquitto(os.path.join(work, "mosquitto"), port)
     broker.start()
     model = os.path.join(work, "detector.onnx")
     subprocess.run([sys.executable, os.path.join(REPO, "tests/py/make_models.py"), "yolo-bench", model],
@@ -505,7 +452,7 @@ def main():
                "outbox_bytes": dir_bytes(os.path.join(work, "state", "outbox")),
                "cpu_pct": round(cpu, 1), "published": pub, "received": rec, "backlog": pub - rec,
                "detect_sent": load.detect_sent, "detect_answered": len(load.detect_outcome),
-               "broker_up": int(broker.proc is not None)}
+               "broker_up": int(broker.up())}
         rows.append(row)
         w.writerow(row)
         out.flush()
@@ -537,7 +484,7 @@ def main():
             broker_down_until = None
             log("broker started")
         time.sleep(0.2)
-    if broker.proc is None:
+    if not broker.up():
         broker.start()
     load.stop_flag.set()
     stop_camera.set()
