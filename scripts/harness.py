@@ -1,12 +1,15 @@
 """What the hand-run harnesses (scripts/soak.py, scripts/power_cut.py) both need: a free
-port, waiting for a condition, and a persistent mosquitto that can be stopped and
-started again on the same port."""
+port, a ROS domain of their own, waiting for a condition, and a persistent mosquitto
+that can be stopped and started again on the same port."""
 
+import fcntl
 import getpass
+import random
 import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 
@@ -16,6 +19,29 @@ def free_port(host="127.0.0.1"):
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def claim_domain():
+    """A ROS domain id no test or other harness on this machine is using, held until this
+    process ends: the same lock files over the same range as the tests' domains
+    (tests/support/mod.rs, `domain()`)."""
+    first, last = 20, 230
+    n = last - first + 1
+    start = random.randrange(n)
+    for i in range(n):
+        d = first + (start + i) % n
+        f = open(os.path.join(tempfile.gettempdir(), f"edge-agent-test-domain-{d}.lock"), "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _held.append(f)
+        return d
+    raise SystemExit(f"every ROS domain in {first}..{last} is in use")
+
+
+_held = []
 
 
 def wait_until(cond, timeout, what):

@@ -21,7 +21,7 @@ duplicates, detection outcomes, ERROR and WARN lines of the agent, and the growt
 and descriptors from minute 5 to the end. With matplotlib it draws the CSV to a PNG.
 
 usage: soak.py --agent BIN --out DIR [--minutes 60] [--rate 1000] [--restart-every 10]
-               [--outage 15] [--domain 171] [--no-detect] [--drain S] [--png FILE]
+               [--outage 15] [--domain N] [--no-detect] [--drain S] [--png FILE]
 """
 
 import argparse
@@ -41,7 +41,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "py"))
 
-from harness import Mosquitto, free_port, wait_until  # noqa: E402
+from harness import Mosquitto, claim_domain, free_port, wait_until  # noqa: E402
 
 CYCLONE_LOOPBACK = ('<CycloneDDS><Domain><General><Interfaces><NetworkInterface name="lo" '
                     'multicast="true"/></Interfaces><AllowMulticast>true</AllowMulticast>'
@@ -394,7 +394,7 @@ def main():
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--restart-every", type=float, default=10)
     ap.add_argument("--outage", type=float, default=15)
-    ap.add_argument("--domain", type=int, default=171)
+    ap.add_argument("--domain", type=int, default=None, help="default: a free one, as the tests take")
     ap.add_argument("--png", default=None)
     ap.add_argument("--no-detect", action="store_true",
                     help="detection off (the requests go unanswered): to tell its memory from the bridge's")
@@ -402,6 +402,8 @@ def main():
     args = ap.parse_args()
     if not shutil.which("mosquitto"):
         raise SystemExit("soak: mosquitto is missing: apt-get install mosquitto (scripts/setup-test-env.sh)")
+    if args.domain is None:
+        args.domain = claim_domain()
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="edge-agent-soak-")
     port = free_port()
