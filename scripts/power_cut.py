@@ -6,11 +6,12 @@ and this VM's initrd; see README.md, "Real power cuts".
 
 Scenarios:
   replay  three installs of the `ota` cycle below run uncut while the kernel's
-          dm-log-writes target records every write to the data disk; then, still in the
-          VM, every prefix of the record up to a flush or FUA (what a power cut at that
-          instant could leave) is replayed onto a copy of the disk as it was before, and
-          mounted through a throw-away dm snapshot and checked as below (the method of
-          CrashMonkey and xfstests' log-writes tests; --every N checks every Nth state).
+          dm-log-writes target records every write to the data disk; then every prefix
+          of the record up to a flush or FUA (what a power cut at that instant could
+          leave) is replayed onto a copy of the disk as it was before, mounted from a
+          throw-away copy and checked as below (the method of CrashMonkey and xfstests'
+          log-writes tests; --every N checks every Nth state). The replay runs on this
+          machine when it can loop-mount (root), else in the VM through dm snapshots.
 In the next two, each boot first checks what the previous cut left, then runs the next
 run and is cut somewhere in it:
   ota     `edge-agent ota install` of a 2 MB, 200-file package from an HTTP server on this
@@ -87,7 +88,8 @@ case "$scenario" in
 record)
     # every write to the data disk is logged (dm-log-writes) while three installs run
     # uncut; then each prefix of the log up to a flush or FUA is replayed onto a copy of
-    # the disk as it was before, and checked (through a throw-away snapshot)
+    # the disk as it was before, and checked (through a throw-away snapshot), here or,
+    # when the host can loop-mount, there
     umount $data
     size=$(blockdev --getsz /dev/vda)
     dmsetup --noudevsync create lw --table "0 $size log-writes /dev/vda /dev/vdb" && dmsetup mknodes
@@ -103,8 +105,10 @@ record)
     umount $data
     dmsetup --noudevsync remove lw
     say "SCENARIO-END 0"
-    PC_AGENT=$agent python3 "$repo/scripts/power_cut.py" --replay /dev/vdb --onto /dev/vdc --cow /dev/vdd \
-        --every "$every" 2>&1 | while read -r l; do say "$l"; done
+    if [ "$replay_in" = guest ]; then
+        PC_AGENT=$agent python3 "$repo/scripts/power_cut.py" --replay /dev/vdb --onto /dev/vdc --cow /dev/vdd \
+            --every "$every" 2>&1 | while read -r l; do say "$l"; done
+    fi
     ;;
 ota)
     say "SCENARIO-START"
@@ -294,17 +298,51 @@ def log_entries(logdev):
                 pos += nsec * ss
 
 
-def replay(logdev, onto, cow, every):
+class DmSnapshot:
+    """A crash state mounted through a throw-away dm snapshot of `onto` (in the VM)."""
+
+    def __init__(self, onto, cow):
+        self.onto, self.cow = onto, cow
+        self.size = int(subprocess.run(["blockdev", "--getsz", onto], check=True, capture_output=True,
+                                       text=True).stdout)
+
+    def mount(self, mnt):
+        subprocess.run(["dmsetup", "--noudevsync", "create", "snap", "--table",
+                        f"0 {self.size} snapshot {self.onto} {self.cow} N 8"], check=True)
+        subprocess.run(["dmsetup", "mknodes"], check=True)
+        return subprocess.run(["mount", "-t", "ext4", "/dev/mapper/snap", mnt], capture_output=True, text=True)
+
+    def release(self):
+        subprocess.run(["dmsetup", "--noudevsync", "remove", "snap"], check=True)
+
+
+class ScratchCopy:
+    """A crash state mounted from a sparse copy of `onto` through a loop device (on this
+    machine: the same checks, at native speed)."""
+
+    def __init__(self, onto, scratch):
+        self.onto, self.scratch = onto, scratch
+
+    def mount(self, mnt):
+        subprocess.run(["cp", "--sparse=always", self.onto, self.scratch], check=True)
+        return subprocess.run(["mount", "-t", "ext4", "-o", "loop", self.scratch, mnt],
+                              capture_output=True, text=True)
+
+    def release(self):
+        pass
+
+
+def replay(logdev, onto, cow, every, where="guest", mnt="/tmp/replay", say=None):
     """Replays `logdev` onto `onto` entry by entry; at each flush or FUA after the "start"
-    mark, checks the disk as a power cut there would leave it (a snapshot takes the
-    writes of mounting and recovering, so the replay goes on from the untouched disk)."""
+    mark, checks the disk as a power cut there would leave it, mounted from a throw-away
+    snapshot (in the VM) or copy (here), which takes the writes of mounting and
+    recovering, so the replay goes on from the untouched disk."""
     agent = os.environ["PC_AGENT"]
-    size = int(subprocess.run(["blockdev", "--getsz", onto], check=True, capture_output=True,
-                              text=True).stdout)
+    say = say or (lambda line: print(line, flush=True))
+    state_of = DmSnapshot(onto, cow) if where == "guest" else ScratchCopy(onto, cow)
     fd = os.open(onto, os.O_RDWR)
     started, points, checked, bad = False, 0, 0, 0
     marks = []
-    mnt = "/tmp/replay"
     os.makedirs(mnt, exist_ok=True)
     t0 = time.monotonic()
     for flags, offset, data in log_entries(logdev):
@@ -322,12 +360,9 @@ def replay(logdev, onto, cow, every):
         if points % every:
             continue
         os.fsync(fd)
-        subprocess.run(["dmsetup", "--noudevsync", "create", "snap", "--table",
-                        f"0 {size} snapshot {onto} {cow} N 8"], check=True)
-        subprocess.run(["dmsetup", "mknodes"], check=True)
-        where = f"crash state {points} (after mark {marks[-1] if marks else '-'})"
+        where_ = f"crash state {points} (after mark {marks[-1] if marks else '-'})"
         try:
-            r = subprocess.run(["mount", "-t", "ext4", "/dev/mapper/snap", mnt], capture_output=True, text=True)
+            r = state_of.mount(mnt)
             if r.returncode != 0:
                 problem = f"FAIL does not mount: {r.stderr.strip()}"
             else:
@@ -344,16 +379,35 @@ def replay(logdev, onto, cow, every):
                     problem = f"after recovery: {after}"
                 subprocess.run(["umount", mnt], check=True)
         finally:
-            subprocess.run(["dmsetup", "--noudevsync", "remove", "snap"], check=True)
+            state_of.release()
         checked += 1
         if problem:
             bad += 1
-            print(f"REPLAY-BAD {where}: {problem}", flush=True)
+            say(f"REPLAY-BAD {where_}: {problem}")
         elif checked % 10 == 0:
-            print(f"REPLAY-PROGRESS {checked} states checked, {bad} bad, "
-                  f"{time.monotonic() - t0:.0f} s", flush=True)
+            say(f"REPLAY-PROGRESS {checked} states checked, {bad} bad, {time.monotonic() - t0:.0f} s")
     os.close(fd)
-    print(f"REPLAY-DONE points={points} checked={checked} bad={bad} s={time.monotonic() - t0:.0f}", flush=True)
+    say(f"REPLAY-DONE points={points} checked={checked} bad={bad} s={time.monotonic() - t0:.0f}")
+    return points, checked, bad
+
+
+def can_loop_mount(vm):
+    """Whether this machine lets us mount an ext4 image through a loop device (root, and
+    loop devices in this container or VM)."""
+    if os.geteuid() != 0:
+        return False
+    img, mnt = os.path.join(vm, "probe.img"), os.path.join(vm, "probe")
+    try:
+        subprocess.run(["truncate", "-s", "8M", img], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", img], check=True)
+        os.makedirs(mnt, exist_ok=True)
+        if subprocess.run(["mount", "-t", "ext4", "-o", "loop", img, mnt], capture_output=True).returncode:
+            return False
+        subprocess.run(["umount", mnt], check=True)
+        return True
+    finally:
+        if os.path.exists(img):
+            os.remove(img)
 
 
 # ---- the host side ----
@@ -560,6 +614,9 @@ def package_url(vm, port, pkg):
 
 def run_replay(args, vm, kernel, accel, agent, rng, res):
     log("scenario replay: three installs recorded with dm-log-writes, every crash state replayed")
+    replay_in = "host" if can_loop_mount(vm) else "guest"
+    log(f"the crash states are checked {'on this machine' if replay_in == 'host' else 'in the VM'}"
+        f"{'' if replay_in == 'host' else ' (this machine cannot loop-mount: slower)'}")
     pkgs, port, http, disk = ota_setup(vm, agent, "replay")
     try:
         onto = os.path.join(vm, "replay-onto.img")
@@ -570,7 +627,8 @@ def run_replay(args, vm, kernel, accel, agent, rng, res):
                 os.remove(f)
             subprocess.run(["truncate", "-s", size, f], check=True)
         plan = {"repo": REPO, "agent": agent, "check": "none", "scenario": "record", "cut": 0,
-                "every": args.every, "url": "", "sha256": "", "version": "", "batches": 0}
+                "every": args.every, "replay_in": replay_in, "url": "", "sha256": "", "version": "",
+                "batches": 0}
         for i, (pkg, digest) in enumerate(pkgs):
             plan.update({f"url{i}": package_url(vm, port, pkg), f"sha{i}": digest, f"version{i}": VERSIONS[i]})
         write_plan(vm, plan)
@@ -579,17 +637,40 @@ def run_replay(args, vm, kernel, accel, agent, rng, res):
             if line.startswith(("REPLAY-", "INSTALLED", "CHECK-FAIL")):
                 log(line)
         lines = boot(vm, kernel, disk, accel, on_line, timeout=4 * 3600, extra=(logdev, onto, cow))
+        installed = [l for l in lines if l.startswith("INSTALLED")]
+        res["installs"] = installed
+        res["replayed_in"] = replay_in
+        if len(installed) != 3 or "SCENARIO-END" not in " ".join(lines):
+            res["bad"].append(f"the recorded run did not complete: {lines[-5:]}")
+            return
+        if replay_in == "host":
+            lines = [l for l in lines if l.startswith("CHECK-FAIL")]
+
+            def say(line):
+                lines.append(line)
+                if not line.startswith("REPLAY-PROGRESS") or line.split()[1].endswith("00"):
+                    log(line)
+            # `ota recover` resumes an interrupted download from the URL in the journal,
+            # which names this machine as the VM sees it: give that address to loopback
+            # for the replay (the HTTP server listens on every address).
+            added = subprocess.run(["ip", "addr", "add", f"{HOST_IP}/32", "dev", "lo"],
+                                   capture_output=True).returncode == 0
+            try:
+                os.environ["PC_AGENT"] = agent
+                replay(logdev, onto, cow, args.every, where="host", mnt=os.path.join(vm, "replay-mnt"),
+                       say=say)
+            finally:
+                if added:
+                    subprocess.run(["ip", "addr", "del", f"{HOST_IP}/32", "dev", "lo"], check=False)
     finally:
         http.kill()
-    done = next((l for l in lines if l.startswith("REPLAY-DONE")), None)
     res["bad"] += [l for l in lines if l.startswith(("REPLAY-BAD", "CHECK-FAIL"))]
-    installed = [l for l in lines if l.startswith("INSTALLED")]
-    if not done or len(installed) != 3:
-        res["bad"].append(f"the recorded run did not complete: {lines[-5:]}")
+    done = next((l for l in lines if l.startswith("REPLAY-DONE")), None)
+    if not done:
+        res["bad"].append(f"the replay did not finish: {lines[-5:]}")
         return
     kv = dict(x.split("=") for x in done.split()[1:])
     res["points"], res["states"], res["seconds"] = int(kv["points"]), int(kv["checked"]), int(kv["s"])
-    res["installs"] = installed
 
 
 def run_ota(args, vm, kernel, accel, agent, rng, res):
