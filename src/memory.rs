@@ -25,6 +25,16 @@ pub fn release_free() {
     }
 }
 
+/// This process's anonymous resident memory (heap, arenas, stacks) in kB, from
+/// /proc/self/status; `None` where there is no such file.
+pub fn anonymous_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Trims after start-up, then every `period`, until `stop`.
 pub async fn release_periodically(period: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + AFTER_START, period);
@@ -44,12 +54,7 @@ mod tests {
     use super::*;
 
     fn rss_anon_kb() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("RssAnon:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("RssAnon in /proc/self/status")
+        anonymous_kb().expect("RssAnon in /proc/self/status")
     }
 
     #[test]

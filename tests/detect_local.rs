@@ -234,6 +234,36 @@ fn jpeg_frames_decode_to_the_pixels_cv2_imread_gives() {
     assert!(compared > 50, "only {compared} detections compared");
 }
 
+/// ONNX Runtime plans a model's memory on its first run and allocates the plan on the
+/// second: both must happen while the model loads, or the robot's first local answer
+/// (often in its first outage, hours after start) grows the agent by that much again.
+#[test]
+fn a_loaded_model_already_holds_all_the_memory_its_runs_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("yolo-bench.onnx");
+    support::make_model("yolo-bench", &model);
+    let img = image(dir.path(), 640, 480, 5);
+    let mut cmd = support::ota::agent();
+    cmd.args(["detect", "--runs", "3", "--model"])
+        .arg(&model)
+        .arg("--image")
+        .arg(&img)
+        .env("ORT_DYLIB_PATH", support::onnxruntime_lib());
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let warm = v["anon_kb_after_warm_up"]
+        .as_i64()
+        .expect("anon_kb_after_warm_up");
+    let grown = v["anon_kb_grown"].as_i64().expect("anon_kb_grown");
+    // The runtime's plan for this 640x640 model is about 12 MB; the image's decode
+    // and the post-processing are far below 4 MB.
+    assert!(
+        grown < 4096,
+        "three runs after the warm-up added {grown} kB to the {warm} kB it held: {v}"
+    );
+}
+
 #[test]
 fn bad_models_and_images_are_refused_with_the_reason() {
     let m = Models::new();

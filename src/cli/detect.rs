@@ -114,8 +114,9 @@ pub fn run(a: DetectArgs) -> Result<(), Failure> {
         }
         Some(n) => {
             let n = n.max(1);
-            // One warm-up run (the first inference allocates).
-            detect_once(&mut model)?;
+            // As the service loads a model.
+            model.warm_up().map_err(Failure::data)?;
+            let warm_kb = crate::memory::anonymous_kb();
             let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..n {
                 let (_, times, decode_ms, total_ms, _) = detect_once(&mut model)?;
@@ -130,10 +131,17 @@ pub fn run(a: DetectArgs) -> Result<(), Failure> {
                 }
             }
             let [d, pre, inf, post, total] = t.map(median);
+            // What the runs added to the memory the warmed-up model holds: a model
+            // must reach its steady size while loading, not at the robot's first
+            // local answer.
+            let grown_kb = warm_kb
+                .zip(crate::memory::anonymous_kb())
+                .map(|(w, now)| now as i64 - w as i64);
             println!(
                 "{}",
                 serde_json::json!({"backend": rt.backend.to_string(), "runs": n, "decode": d,
-                    "pre": pre, "infer": inf, "post": post, "total": total})
+                    "pre": pre, "infer": inf, "post": post, "total": total,
+                    "anon_kb_after_warm_up": warm_kb, "anon_kb_grown": grown_kb})
             );
         }
     }
