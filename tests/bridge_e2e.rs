@@ -46,6 +46,15 @@ ros_type = "sensor_msgs/msg/Image"
 qos = "sensor-data"
 mqtt_topic = "/${productKey}/${deviceName}/user/camera/image"
 image = { format = "jpeg", quality = 70 }
+
+# a second reader of the camera topic (as detection is beside an image rule)
+[[ros_to_mqtt]]
+name = "camera_preview"
+ros_topic = "/camera/image_raw"
+ros_type = "sensor_msgs/msg/Image"
+qos = "sensor-data"
+mqtt_topic = "/${productKey}/${deviceName}/user/camera/preview"
+image = { format = "jpeg", quality = 30 }
 "#;
 
 #[test]
@@ -111,12 +120,13 @@ fn ros_topics_arrive_on_mqtt_as_json() {
         "encoding":"rgb8","step":w*3,"data":base64::engine::general_purpose::STANDARD.encode(&px)}),
     );
 
-    let lines = sub.wait_for("all four topics", Duration::from_secs(20), |l| {
+    let lines = sub.wait_for("all five topics", Duration::from_secs(20), |l| {
         [
             "/pk1/robot-7/user/chatter",
             "/sys/pk1/robot-7/thing/event/property/post",
             "/pk1/robot-7/user/arm/joints",
             "/pk1/robot-7/user/camera/image",
+            "/pk1/robot-7/user/camera/preview",
         ]
         .iter()
         .all(|t| !payloads(l, t).is_empty())
@@ -170,7 +180,8 @@ fn ros_topics_arrive_on_mqtt_as_json() {
         at(10, 10)
     );
     assert!(log.contains("Bridge rules started."), "{log}");
-    // What the camera topic holds in memory is named once, for that topic only.
+    // What the camera topic holds in memory is named once, for that topic only: its
+    // two readers share one cache.
     let large: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("Messages on this topic are large"))

@@ -71,6 +71,9 @@ pub struct DdsTransport {
     clients: Mutex<HashMap<(String, ServiceRmw), Arc<service::Client>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     threads: DdsThreads,
+    /// Topics whose cache size was logged: readers of one topic share its cache, so
+    /// the second reader (an image rule beside detection) says nothing new.
+    large_noted: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Drop for DdsTransport {
@@ -268,6 +271,7 @@ impl DdsTransport {
             clients: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             threads,
+            large_noted: Arc::default(),
         };
         if let Some(r) = relay {
             // Announcements sent since the participant started wait in its socket.
@@ -481,6 +485,7 @@ impl Transport for DdsTransport {
         let topic = fq;
         let ty = type_name.to_string();
         let depth = qos.depth;
+        let large_noted = self.large_noted.clone();
         self.spawn(async move {
             let stream = reader.as_async_stream();
             futures::pin_mut!(stream);
@@ -528,7 +533,13 @@ impl Transport for DdsTransport {
                 let mut cdr = dcc.sample.0;
                 if !noted {
                     noted = true;
-                    if let Some((kept, bytes)) = cache_footprint(cdr.len(), depth) {
+                    let first = large_noted
+                        .lock()
+                        .map(|mut n| n.insert(topic.clone()))
+                        .unwrap_or(true);
+                    if let Some((kept, bytes)) =
+                        cache_footprint(cdr.len(), depth).filter(|_| first)
+                    {
                         tracing::info!(topic = %topic, sample_bytes = cdr.len(), held_mb = (bytes + 500_000) / 1_000_000,
                             "Messages on this topic are large: the DDS transport keeps the last {kept} of them in memory.");
                     }
