@@ -4,7 +4,8 @@
 # power is cut by killing QEMU at a random instant of an OTA install (download, verify,
 # extract, fsyncs, switch, journal writes, commit, rollback) or of a QoS 1 outbox run
 # with broker outages; and every crash state of three recorded installs is replayed
-# from the kernel's dm-log-writes record. Each boot checks what the last cut left. See
+# from the kernel's dm-log-writes record (checked on this machine through loop mounts
+# when it can, as root: minutes instead of hours). Each boot checks what the last cut left. See
 # scripts/power_cut.py for the checks and README.md, "Real power cuts", for the figures.
 #
 # Needs (Debian packages): qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs
