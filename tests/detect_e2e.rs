@@ -178,7 +178,8 @@ impl Robot {
 
     /// Publishes a frame stamped `sec`, then a request with its own deadline.
     fn ask_within(&mut self, id: &str, sec: i64, deadline_ms: u64) {
-        self.peer.write("img", image(320, 240, sec, sec as u8));
+        self.peer
+            .write_acked("img", image(320, 240, sec, sec as u8));
         self.peer.write(
             "req",
             json!({"request_id": id, "scene": "day", "deadline_ms": deadline_ms}),
@@ -191,7 +192,10 @@ impl Robot {
         if let Some(e) = encoding {
             img["encoding"] = json!(e);
         }
-        self.peer.write("img", img);
+        // The frame is the agent's before the request is sent: two topics have no
+        // order between them, and a request that overtook its frame would be answered
+        // from the previous one (fresh enough under frame_max_age).
+        self.peer.write_acked("img", img);
         self.peer.write(
             "req",
             json!({"request_id": id, "scene": "day", "deadline_ms": 0}),
@@ -422,7 +426,7 @@ fn answers_come_from_the_cloud_or_the_local_model_and_the_breaker_opens_and_clos
     cloud.set(Mode::InTime);
     let mut img = image(320, 240, 110, 7);
     img["header"]["stamp"]["sec"] = json!(110);
-    robot.peer.write("img", img);
+    robot.peer.write_acked("img", img);
     robot.peer.write(
         "req",
         json!({"request_id": "r10", "depth_positioning": true}),
@@ -717,7 +721,7 @@ fn the_camera_is_switched_on_for_a_request_and_off_afterwards() {
             .collect()
     };
     // A frame from before the request is not used: the camera was off.
-    robot.peer.write("img", image(320, 240, 1, 1));
+    robot.peer.write_acked("img", image(320, 240, 1, 1));
     robot.peer.write("req", json!({"request_id": "c1"}));
     robot.peer.wait_received("cam", 1, Duration::from_secs(10));
     assert_eq!(switched(&robot), [true]);
@@ -833,7 +837,7 @@ fn the_detect_objects_service_and_action_answer_with_stages_and_cancel() {
     const NAME: &str = "/edge_agent/detect_objects";
 
     // The service: the cloud answers, and the reply carries the answer.
-    robot.peer.write("img", image(320, 240, 401, 1));
+    robot.peer.write_acked("img", image(320, 240, 401, 1));
     robot.peer.call(
         "svc-1",
         NAME,
@@ -861,7 +865,7 @@ fn the_detect_objects_service_and_action_answer_with_stages_and_cancel() {
     assert_eq!(dets[0]["value"]["header"]["stamp"]["sec"], 401);
 
     // No request id: the agent chooses one. The same id again: refused with the reason.
-    robot.peer.write("img", image(320, 240, 402, 2));
+    robot.peer.write_acked("img", image(320, 240, 402, 2));
     robot.peer.call("svc-2", NAME, SRV, json!({"scene": "day"}));
     let reply = event(&robot, "svc-2", Duration::from_secs(30))["value"].clone();
     assert_eq!(reply["success"], true, "{reply}");
@@ -880,7 +884,7 @@ fn the_detect_objects_service_and_action_answer_with_stages_and_cancel() {
     // The action, with a cloud that never answers: feedback for the camera, the cloud
     // and the local model, in that order, then the local model's answer as the result.
     cloud.set(Mode::Never);
-    robot.peer.write("img", image(320, 240, 403, 3));
+    robot.peer.write_acked("img", image(320, 240, 403, 3));
     robot.peer.send_goal(
         "goal-1",
         NAME,
@@ -921,7 +925,7 @@ fn the_detect_objects_service_and_action_answer_with_stages_and_cancel() {
 
     // A goal cancelled while the cloud is asked: cancelled at once (long before its
     // deadline), the goal ends CANCELED and the request is not answered.
-    robot.peer.write("img", image(320, 240, 404, 4));
+    robot.peer.write_acked("img", image(320, 240, 404, 4));
     let asked = Instant::now();
     robot.peer.send_goal(
         "goal-2",
@@ -945,7 +949,7 @@ fn the_detect_objects_service_and_action_answer_with_stages_and_cancel() {
 
     // A goal without a request id is known by its goal id.
     cloud.set(Mode::InTime);
-    robot.peer.write("img", image(320, 240, 405, 5));
+    robot.peer.write_acked("img", image(320, 240, 405, 5));
     robot
         .peer
         .send_goal("goal-3", NAME, ACTION, json!({"scene": "day"}), None);

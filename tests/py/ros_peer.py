@@ -68,6 +68,7 @@ import threading
 import time
 
 from cyclonedds.core import Listener, Policy, Qos
+from cyclonedds.util import duration
 from cyclonedds.domain import DomainParticipant
 from cyclonedds.idl import make_idl_struct
 from cyclonedds.pub import DataWriter
@@ -797,6 +798,11 @@ def main():
                     w.write(value)
                     if cmd.get("interval_ms"):
                         time.sleep(cmd["interval_ms"] / 1000)
+                # "acked": until every matched reader has acknowledged it (reliable
+                # writers), so what is written next on another topic comes after it
+                if cmd.get("acked") and not w.wait_for_acks(duration(seconds=10)):
+                    emit({"error": f"{cmd['id']}: not acknowledged within 10 s"})
+                    continue
                 emit({"ok": cmd["id"], "written": n})
             elif op == "sub":
                 qos = make_qos(cmd.get("qos"))

@@ -133,6 +133,12 @@ impl RosPeer {
         self.cmd(json!({"op":"write","id":id,"value":value}));
     }
 
+    /// Writes and waits until the agent's reader has acknowledged the sample, so a
+    /// message written next on another topic cannot overtake it.
+    pub fn write_acked(&mut self, id: &str, value: Value) {
+        self.cmd(json!({"op":"write","id":id,"value":value,"acked":true}));
+    }
+
     /// Messages received so far on subscription `id`.
     pub fn received(&self, id: &str) -> Vec<Value> {
         let msgs = self.msgs.lock().unwrap();
