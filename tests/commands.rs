@@ -280,6 +280,9 @@ fn an_oversized_command_is_answered_and_the_link_stays_up() {
     );
     let mut agent = Some(spawn_run(&a.config(), &[]));
     wait_subscribed(mq.port, &errors);
+    // This test is about the link, not about the first match: the peer's reader has
+    // matched the agent's writer before the command that must reach it is sent.
+    peer.wait_matched("mode");
     let before = payloads(&errors.snapshot(), ERRORS).len();
     let big = json!({"data": "x".repeat(200_000)}).to_string();
     let path = std::env::temp_dir().join(format!("edge-agent-big-{}.json", std::process::id()));
