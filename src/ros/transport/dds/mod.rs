@@ -533,15 +533,16 @@ impl Transport for DdsTransport {
                 let mut cdr = dcc.sample.0;
                 if !noted {
                     noted = true;
-                    let first = large_noted
-                        .lock()
-                        .map(|mut n| n.insert(topic.clone()))
-                        .unwrap_or(true);
-                    if let Some((kept, bytes)) =
-                        cache_footprint(cdr.len(), depth).filter(|_| first)
-                    {
-                        tracing::info!(topic = %topic, sample_bytes = cdr.len(), held_mb = (bytes + 500_000) / 1_000_000,
-                            "Messages on this topic are large: the DDS transport keeps the last {kept} of them in memory.");
+                    if let Some((kept, bytes)) = cache_footprint(cdr.len(), depth) {
+                        // Said by the topic's first reader only.
+                        let first = large_noted
+                            .lock()
+                            .map(|mut n| n.insert(topic.clone()))
+                            .unwrap_or(true);
+                        if first {
+                            tracing::info!(topic = %topic, sample_bytes = cdr.len(), held_mb = (bytes + 500_000) / 1_000_000,
+                                "Messages on this topic are large: the DDS transport keeps the last {kept} of them in memory.");
+                        }
                     }
                 }
                 // Everything past the transport is little-endian; the rare big-endian
