@@ -332,14 +332,13 @@ class ScratchCopy:
         pass
 
 
-def replay(logdev, onto, cow, every, where="guest", mnt="/tmp/replay", say=None):
+def replay(logdev, onto, cow, every, agent, on="guest", mnt="/tmp/replay", say=None):
     """Replays `logdev` onto `onto` entry by entry; at each flush or FUA after the "start"
     mark, checks the disk as a power cut there would leave it, mounted from a throw-away
     snapshot (in the VM) or copy (here), which takes the writes of mounting and
     recovering, so the replay goes on from the untouched disk."""
-    agent = os.environ["PC_AGENT"]
     say = say or (lambda line: print(line, flush=True))
-    state_of = DmSnapshot(onto, cow) if where == "guest" else ScratchCopy(onto, cow)
+    state_of = DmSnapshot(onto, cow) if on == "guest" else ScratchCopy(onto, cow)
     fd = os.open(onto, os.O_RDWR)
     started, points, checked, bad = False, 0, 0, 0
     marks = []
@@ -360,7 +359,7 @@ def replay(logdev, onto, cow, every, where="guest", mnt="/tmp/replay", say=None)
         if points % every:
             continue
         os.fsync(fd)
-        where_ = f"crash state {points} (after mark {marks[-1] if marks else '-'})"
+        where = f"crash state {points} (after mark {marks[-1] if marks else '-'})"
         try:
             r = state_of.mount(mnt)
             if r.returncode != 0:
@@ -383,12 +382,11 @@ def replay(logdev, onto, cow, every, where="guest", mnt="/tmp/replay", say=None)
         checked += 1
         if problem:
             bad += 1
-            say(f"REPLAY-BAD {where_}: {problem}")
+            say(f"REPLAY-BAD {where}: {problem}")
         elif checked % 10 == 0:
             say(f"REPLAY-PROGRESS {checked} states checked, {bad} bad, {time.monotonic() - t0:.0f} s")
     os.close(fd)
     say(f"REPLAY-DONE points={points} checked={checked} bad={bad} s={time.monotonic() - t0:.0f}")
-    return points, checked, bad
 
 
 def can_loop_mount(vm):
@@ -496,7 +494,7 @@ def main():
     ap.add_argument("--every", type=int, default=1, help="check every Nth crash state of the replay")
     args = ap.parse_args()
     if args.replay:
-        replay(args.replay, args.onto, args.cow, args.every)
+        replay(args.replay, args.onto, args.cow, args.every, os.environ["PC_AGENT"])
         return
     if args.check_ota:
         agent = os.environ.get("PC_AGENT") or "edge-agent"
@@ -656,8 +654,7 @@ def run_replay(args, vm, kernel, accel, agent, rng, res):
             added = subprocess.run(["ip", "addr", "add", f"{HOST_IP}/32", "dev", "lo"],
                                    capture_output=True).returncode == 0
             try:
-                os.environ["PC_AGENT"] = agent
-                replay(logdev, onto, cow, args.every, where="host", mnt=os.path.join(vm, "replay-mnt"),
+                replay(logdev, onto, cow, args.every, agent, on="host", mnt=os.path.join(vm, "replay-mnt"),
                        say=say)
             finally:
                 if added:
