@@ -30,7 +30,7 @@ if ! python3 -c 'import rclpy, rosidl_runtime_py' 2>/dev/null; then
     exit 2
 fi
 if ! ldconfig -p | grep -Eq 'libclang(-[0-9.]+)?\.so'; then  # not libclang-cpp
-    echo "libclang is missing (r2r generates its bindings with it): apt-get install libclang-dev" >&2
+    echo "libclang is missing (rcl's bindings are generated with it): apt-get install libclang-dev" >&2
     exit 2
 fi
 
@@ -43,10 +43,6 @@ set +u
 # shellcheck disable=SC1091
 source "$ws/install/setup.bash"
 set -u
-
-# r2r generates Rust for these packages only: the types the tests' rules name, and what
-# r2r itself uses (parameters, clock, actions).
-export IDL_PACKAGE_FILTER="${IDL_PACKAGE_FILTER:-std_msgs;std_srvs;builtin_interfaces;rcl_interfaces;rosgraph_msgs;action_msgs;unique_identifier_msgs;geometry_msgs;sensor_msgs;vision_msgs;edge_agent_msgs}"
 
 cargo clippy --locked --features rcl --all-targets -- -D warnings
 cargo nextest run --locked --features rcl --test rcl_transport "$@"

@@ -146,6 +146,75 @@ fn invalid(key: &str, value: impl std::fmt::Display, reason: impl Into<String>) 
     }
 }
 
+/// Under the rcl transport: every type a rule names can be loaded in this environment,
+/// and the domain agrees with `ROS_DOMAIN_ID`. Every rule whose type cannot be loaded is
+/// named, not only the first.
+#[cfg(feature = "rcl")]
+fn check_rcl(rules: &rules::Rules, domain_id: u16) -> Result<(), ConfigError> {
+    use crate::ros::registry::TypeName;
+    use crate::ros::transport::rcl;
+    rcl::check_domain(domain_id).map_err(|reason| invalid("ros.domain_id", domain_id, reason))?;
+    let mut named: Vec<(&String, &String, TypeName)> = Vec::new();
+    for r in &rules.outbound {
+        named.push((&r.file, &r.name, r.type_name.clone()));
+    }
+    for r in &rules.inbound {
+        named.push((&r.file, &r.name, r.type_name.clone()));
+    }
+    for r in &rules.services {
+        match &r.target {
+            rules::Target::Call(c) => named.push((&r.file, &r.name, c.type_name.clone())),
+            rules::Target::Set(p) => {
+                for prop in &p.properties {
+                    named.push((&r.file, &r.name, prop.type_name.clone()));
+                }
+            }
+            rules::Target::Goal(g) => {
+                for part in ["SendGoal", "GetResult"] {
+                    named.push((
+                        &r.file,
+                        &r.name,
+                        TypeName {
+                            package: g.type_name.package.clone(),
+                            kind: "action",
+                            name: format!("{}_{part}", g.type_name.name),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    let mut failures: Vec<String> = Vec::new();
+    for (file, name, t) in named {
+        let handle = if matches!(t.kind, "srv" | "action")
+            && !t.name.ends_with("Message")
+            && !t.name.ends_with("_Request")
+            && !t.name.ends_with("_Response")
+        {
+            crate::ros::transport::typesupport::Handle::Service
+        } else {
+            crate::ros::transport::typesupport::Handle::Message
+        };
+        if let Err(reason) = rcl::check_type_as(&t, handle) {
+            let line = format!("{file}: rule '{name}': {t}: {reason}");
+            if !failures.contains(&line) {
+                failures.push(line);
+            }
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(
+        "ros_type",
+        format!("{} rule type(s)", failures.len()),
+        format!(
+            "cannot be loaded here (rcl transport):\n  {}",
+            failures.join("\n  ")
+        ),
+    ))
+}
+
 /// Deserializes TOML text; on error, the dot path of the key it is about (when it is
 /// about one) and the error.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(
@@ -250,30 +319,7 @@ impl AgentConfig {
         )?;
         #[cfg(feature = "rcl")]
         if ros.transport == crate::ros::config::TransportKind::Rcl {
-            let outbound = rules
-                .outbound
-                .iter()
-                .map(|r| (&r.file, &r.name, &r.type_name));
-            let inbound = rules
-                .inbound
-                .iter()
-                .map(|r| (&r.file, &r.name, &r.type_name));
-            for (file, name, t) in outbound.chain(inbound) {
-                crate::ros::transport::rcl::check_type(t).map_err(|reason| {
-                    invalid(&format!("{file}: rule '{name}': ros_type"), t, reason)
-                })?;
-            }
-            if let Some(r) = rules
-                .services
-                .iter()
-                .find(|r| matches!(r.target, rules::Target::Call(_) | rules::Target::Goal(_)))
-            {
-                return Err(invalid(
-                    &format!("{}: rule '{}'", r.file, r.name),
-                    "mqtt_to_service",
-                    "service and action rules need ros.transport = \"dds\" (the rcl transport does not call them yet)",
-                ));
-            }
+            check_rcl(&rules, ros.domain_id)?;
         }
         let hi = self.bridge.health_interval.0;
         if hi < std::time::Duration::from_secs(1) {

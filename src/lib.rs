@@ -4,8 +4,9 @@
 // `unsafe` is denied except, each with its SAFETY note, where the system's C interfaces
 // are the only way: loading ONNX Runtime at run time (src/onnx.rs), mapping OTA files
 // (src/ota/delta.rs), returning
-// the allocator's free pages (src/memory.rs) and blocking signals in the DDS threads
-// (src/ros/transport/dds/threads.rs).
+// the allocator's free pages (src/memory.rs), blocking signals in the DDS threads
+// (src/ros/transport/dds/threads.rs), loading ROS 2 type supports by name
+// (src/ros/transport/typesupport.rs) and rcl itself (src/ros/transport/rcl, feature `rcl`).
 #![deny(unsafe_code)]
 
 /// This build's version: the crate's, or `EDGE_AGENT_VERSION` when the build sets it (a

@@ -337,38 +337,278 @@ fn ros2_launch_starts_the_agent() {
     );
 }
 
+/// A message package built with colcon into `ws` (merged install): its prefix.
+fn build_package(ws: &Path, package: &str, messages: &[(&str, &str)]) -> std::path::PathBuf {
+    let src = ws.join("src").join(package);
+    std::fs::create_dir_all(src.join("msg")).unwrap();
+    for (name, text) in messages {
+        std::fs::write(src.join("msg").join(format!("{name}.msg")), text).unwrap();
+    }
+    let files: Vec<String> = messages
+        .iter()
+        .map(|(n, _)| format!("\"msg/{n}.msg\""))
+        .collect();
+    std::fs::write(
+        src.join("CMakeLists.txt"),
+        format!(
+            "cmake_minimum_required(VERSION 3.8)\nproject({package})\n\
+             find_package(ament_cmake REQUIRED)\nfind_package(rosidl_default_generators REQUIRED)\n\
+             rosidl_generate_interfaces(${{PROJECT_NAME}} {})\n\
+             ament_export_dependencies(rosidl_default_runtime)\nament_package()\n",
+            files.join(" ")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("package.xml"),
+        format!(
+            "<?xml version=\"1.0\"?>\n<package format=\"3\">\n<name>{package}</name>\
+             <version>0.0.1</version><description>test messages</description>\
+             <maintainer email=\"t@example.com\">t</maintainer><license>Apache-2.0</license>\
+             <buildtool_depend>ament_cmake</buildtool_depend>\
+             <buildtool_depend>rosidl_default_generators</buildtool_depend>\
+             <exec_depend>rosidl_default_runtime</exec_depend>\
+             <member_of_group>rosidl_interface_packages</member_of_group>\
+             <export><build_type>ament_cmake</build_type></export>\n</package>\n"
+        ),
+    )
+    .unwrap();
+    let python = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v python3"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let out = Command::new("colcon")
+        .arg("--log-base")
+        .arg(ws.join("log"))
+        .arg("build")
+        .arg("--merge-install")
+        .arg("--base-paths")
+        .arg(ws.join("src"))
+        .arg("--build-base")
+        .arg(ws.join("build"))
+        .arg("--install-base")
+        .arg(ws.join("install"))
+        .arg("--cmake-args")
+        .arg("-DBUILD_TESTING=OFF")
+        .arg(format!("-DPython3_EXECUTABLE={}", python.trim()))
+        .output()
+        .expect("colcon (sourced ROS 2 environment)");
+    assert!(
+        out.status.success(),
+        "colcon build of {package}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ws.join("install")
+}
+
+/// The environment with `prefix` sourced in front of the current one (what its
+/// setup.bash adds for a message package).
+fn with_prefix(prefix: &Path) -> Vec<(String, String)> {
+    let front = |var: &str, dir: std::path::PathBuf| {
+        let old = std::env::var(var).unwrap_or_default();
+        let new = if old.is_empty() {
+            dir.display().to_string()
+        } else {
+            format!("{}:{old}", dir.display())
+        };
+        (var.to_owned(), new)
+    };
+    let mut env = vec![
+        front("AMENT_PREFIX_PATH", prefix.to_owned()),
+        front("LD_LIBRARY_PATH", prefix.join("lib")),
+    ];
+    let python: Vec<std::path::PathBuf> = ["lib", "local/lib"]
+        .iter()
+        .filter_map(|l| std::fs::read_dir(prefix.join(l)).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+        .flat_map(|e| ["site-packages", "dist-packages"].map(|d| e.path().join(d)))
+        .filter(|p| p.is_dir())
+        .collect();
+    for p in python {
+        env.push(front("PYTHONPATH", p));
+    }
+    env
+}
+
 #[test]
-fn check_config_names_a_type_the_binary_was_not_built_with() {
+fn a_message_package_built_after_the_agent_is_bridged_without_rebuilding_it() {
     ros_sourced();
-    let rules = r#"
+    let dom = support::domain();
+    let domain = dom.id;
+    let ws = tempfile::tempdir().unwrap();
+
+    // Rules on types whose definitions the agent has (an interfaces folder) but whose
+    // packages are not installed: check-config names each of them.
+    let defs = ws.path().join("defs");
+    for (pkg, msg) in [
+        ("orchard_field", "Row"),
+        ("orchard_field", "Tree"),
+        ("pick_msgs", "Grip"),
+    ] {
+        std::fs::create_dir_all(defs.join(pkg).join("msg")).unwrap();
+        std::fs::write(
+            defs.join(pkg).join("msg").join(format!("{msg}.msg")),
+            "string id\n",
+        )
+        .unwrap();
+    }
+    let missing = r#"
 [[ros_to_mqtt]]
-name = "odom"
-ros_topic = "/odom"
-ros_type = "nav_msgs/msg/Odometry"
-mqtt_topic = "/${productKey}/${deviceName}/user/odom"
+name = "rows"
+ros_topic = "/rows"
+ros_type = "orchard_field/msg/Row"
+mqtt_topic = "/${productKey}/${deviceName}/user/rows"
+
+[[mqtt_to_ros]]
+name = "grip"
+mqtt_topic = "/${productKey}/${deviceName}/user/cmd/grip"
+ros_topic = "/grip"
+ros_type = "pick_msgs/msg/Grip"
 "#;
-    let bad = agent_dir(1883, 0, rules);
-    let config = bad.config();
-    let out = agent().arg("check-config").arg(&config).output().unwrap();
+    let bad = AgentDir::with_ros(
+        1883,
+        &format!("transport = \"rcl\"\ninterfaces = [\"{}\"]", defs.display()),
+        missing,
+        "",
+    );
+    let out = agent()
+        .arg("check-config")
+        .arg(bad.config())
+        .env("ROS_DOMAIN_ID", "0")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "check-config accepted it: {err}");
+    for needle in [
+        "rule 'rows'",
+        "orchard_field/msg/Row",
+        "package orchard_field is not installed",
+        "rule 'grip'",
+        "pick_msgs/msg/Grip",
+    ] {
+        assert!(err.contains(needle), "{needle} in: {err}");
+    }
+
+    // A disagreeing ros.domain_id is caught by check-config, not only by `run`.
+    let other = AgentDir::with_ros(1883, "transport = \"rcl\"\ndomain_id = 7", RULES, "");
+    let out = agent()
+        .arg("check-config")
+        .arg(other.config())
+        .env("ROS_DOMAIN_ID", "8")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("rule 'odom'")
-            && err.contains("nav_msgs/msg/Odometry")
-            && err.contains("IDL_PACKAGE_FILTER"),
+        !out.status.success() && err.contains("ROS_DOMAIN_ID is 8"),
         "{err}"
     );
 
-    let good = agent_dir(1883, 0, RULES);
-    let ok = good.config();
-    let out = agent().arg("check-config").arg(&ok).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    // A new package, built now, long after the agent: bridged both ways.
+    let tree = "string variety\nfloat32 height_m\nuint32 fruits\nstring[] tags\n";
+    let prefix = build_package(ws.path(), "orchard_test_msgs", &[("Tree", tree)]);
+    let env = with_prefix(&prefix);
+    let rules = r#"
+[[ros_to_mqtt]]
+name = "trees"
+ros_topic = "/trees"
+ros_type = "orchard_test_msgs/msg/Tree"
+mqtt_topic = "/${productKey}/${deviceName}/user/trees"
+
+[[mqtt_to_ros]]
+name = "tree-cmd"
+mqtt_topic = "/${productKey}/${deviceName}/user/cmd/tree"
+ros_topic = "/tree_cmd"
+ros_type = "orchard_test_msgs/msg/Tree"
+"#;
+    let broker = Mosquitto::start(Options::default());
+    let sub = ready_sub(broker.port, "#", "probe/ready", &["-q", "1"]);
+    let dir = agent_dir(broker.port, domain, rules);
+    let out = agent()
+        .arg("check-config")
+        .arg(dir.config())
+        .env("ROS_DOMAIN_ID", domain.to_string())
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("rcl transport"), "{text}");
+    let child = agent()
+        .arg("run")
+        .arg("--config")
+        .arg(dir.config())
+        .env("ROS_DOMAIN_ID", domain.to_string())
+        .env("RUST_LOG", "edge_agent=debug")
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start edge-agent");
+    let agent = Agent::from_child(child);
+    let sent =
+        json!({"variety": "Gala", "height_m": 2.5, "fruits": 140, "tags": ["row-3", "north"]});
+    let _pub = Kill(
+        rclpy(
+            domain,
+            &[
+                "pub",
+                "/trees",
+                "orchard_test_msgs/msg/Tree",
+                &sent.to_string(),
+            ],
+        )
+        .envs(env.iter().cloned())
+        .spawn()
+        .unwrap(),
+    );
+    let lines = sub.wait_for("a tree on MQTT", Duration::from_secs(30), |l| {
+        !payloads(l, "/pk1/robot-7/user/trees").is_empty()
+    });
+    assert_eq!(payloads(&lines, "/pk1/robot-7/user/trees")[0], sent);
+
+    let mut echo = rclpy(
+        domain,
+        &[
+            "echo",
+            "/tree_cmd",
+            "orchard_test_msgs/msg/Tree",
+            "--seconds",
+            "60",
+        ],
+    );
+    let mut child = echo.envs(env.iter().cloned()).spawn().unwrap();
+    let rx = stdout_lines(&mut child);
+    let _echo = Kill(child);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(20)).as_deref(),
+        Ok("ready")
+    );
+    let cmd = json!({"variety": "Fuji", "height_m": 3.0, "fruits": 12, "tags": ["east"]});
+    let mut got = None;
+    for _ in 0..40 {
+        publish(
+            broker.port,
+            "/pk1/robot-7/user/cmd/tree",
+            &cmd.to_string(),
+            &["-q", "1"],
+        );
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            got = Some(serde_json::from_str::<Value>(&line).unwrap());
+            break;
+        }
+    }
+    assert_eq!(got, Some(cmd));
+    let log = agent.stop();
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 #[test]

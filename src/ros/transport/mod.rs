@@ -3,8 +3,10 @@
 //! pure-Rust DDS one by default, rcl later) is decided here.
 
 pub mod dds;
+pub mod params;
 #[cfg(feature = "rcl")]
 pub mod rcl;
+pub mod typesupport;
 
 use std::sync::Arc;
 
@@ -248,4 +250,64 @@ pub trait Transport: Send + Sync {
         data: bool,
         timeout: std::time::Duration,
     ) -> futures::future::BoxFuture<'static, Result<SetBoolReply, TransportError>>;
+}
+
+/// Switches a camera through its `std_srvs/srv/SetBool` service with [`Transport::call`],
+/// sending the request again every 500 ms until a reply or `timeout` (switching on or
+/// off twice is harmless).
+pub(crate) fn set_bool_by_call(
+    transport: &(impl Transport + ?Sized),
+    service: &str,
+    rmw: ServiceRmw,
+    data: bool,
+    timeout: std::time::Duration,
+) -> futures::future::BoxFuture<'static, Result<SetBoolReply, TransportError>> {
+    use crate::ros::codec::{self, DecodeOptions, EncodeOptions};
+    let ty = TypeName {
+        package: "std_srvs".into(),
+        kind: "srv",
+        name: "SetBool".into(),
+    };
+    let reg = params::bundled();
+    let call = |reason: String| TransportError::Call {
+        service: service.to_owned(),
+        reason,
+    };
+    let schemas = reg
+        .schema("std_srvs/srv/SetBool_Request")
+        .and_then(|rq| Ok((rq, reg.schema("std_srvs/srv/SetBool_Response")?)))
+        .map_err(|e| call(e.to_string()));
+    let request = schemas
+        .as_ref()
+        .map_err(|e| call(e.to_string()))
+        .and_then(|(rq, _)| {
+            codec::encode_value(
+                rq,
+                &serde_json::json!({ "data": data }),
+                &EncodeOptions::default(),
+            )
+            .map(Bytes::from)
+            .map_err(|e| call(e.to_string()))
+        });
+    let reply = request.map(|r| transport.call(service, &ty, r, rmw, timeout, true));
+    let service = service.to_owned();
+    Box::pin(async move {
+        let (_, rs) = schemas?;
+        let Some(reply) = reply?.await? else {
+            return Err(TransportError::NoReply {
+                service,
+                ms: timeout.as_millis() as u64,
+            });
+        };
+        let v = codec::decode_to_value(&rs, &reply, &DecodeOptions::default()).map_err(|e| {
+            TransportError::Call {
+                service: service.clone(),
+                reason: format!("the reply: {e}"),
+            }
+        })?;
+        Ok(SetBoolReply {
+            success: v["success"].as_bool().unwrap_or(false),
+            message: v["message"].as_str().unwrap_or_default().to_owned(),
+        })
+    })
 }

@@ -13,7 +13,7 @@
 mod announce;
 pub mod graph;
 mod lo_relay;
-mod params;
+
 mod raw;
 mod service;
 mod threads;
@@ -278,13 +278,7 @@ impl DdsTransport {
             t.spawn(r.run());
         }
         t.spawn(announce::run(dp, publisher, subscriber, announcer, policy));
-        t.serve_parameters(params::Parameters {
-            config_file: opts
-                .config_file
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-        })?;
+        super::params::serve(&t, &t.fq_name, opts.config_file.as_deref())?;
         tracing::info!(node = %t.fq_name, domain = opts.domain_id, "Joined the ROS 2 graph.");
         Ok(t)
     }
@@ -347,24 +341,6 @@ impl DdsTransport {
         self.announcer.add_reader(reader.guid());
         self.announcer.add_writer(writer.guid());
         Ok((reader, writer))
-    }
-
-    fn serve_parameters(&self, p: params::Parameters) -> Result<(), TransportError> {
-        let p = Arc::new(p);
-        for (short, ty) in params::SERVICES {
-            let p = p.clone();
-            let handler: super::ServeFn = Arc::new(move |cdr: Bytes| {
-                let reply = p.answer(short, &cdr);
-                Box::pin(async move { reply })
-            });
-            let ty = TypeName {
-                package: "rcl_interfaces".into(),
-                kind: "srv",
-                name: (*ty).into(),
-            };
-            self.serve(&format!("{}/{short}", self.fq_name), &ty, handler)?;
-        }
-        Ok(())
     }
 
     /// The DDS type names of a service's request and response.
@@ -737,55 +713,7 @@ impl Transport for DdsTransport {
         data: bool,
         timeout: std::time::Duration,
     ) -> futures::future::BoxFuture<'static, Result<SetBoolReply, TransportError>> {
-        let ty = TypeName {
-            package: "std_srvs".into(),
-            kind: "srv",
-            name: "SetBool".into(),
-        };
-        let reg = params::bundled();
-        let call = |reason: String| TransportError::Call {
-            service: service.to_owned(),
-            reason,
-        };
-        let schemas = reg
-            .schema("std_srvs/srv/SetBool_Request")
-            .and_then(|rq| Ok((rq, reg.schema("std_srvs/srv/SetBool_Response")?)))
-            .map_err(|e| call(e.to_string()));
-        let request = schemas
-            .as_ref()
-            .map_err(|e| call(e.to_string()))
-            .and_then(|(rq, _)| {
-                codec::encode_value(
-                    rq,
-                    &serde_json::json!({ "data": data }),
-                    &EncodeOptions::default(),
-                )
-                .map(Bytes::from)
-                .map_err(|e| call(e.to_string()))
-            });
-        // Switching on or off twice is harmless: resend until the server answers.
-        let reply = request.map(|r| self.call(service, &ty, r, rmw, timeout, true));
-        let service = service.to_owned();
-        Box::pin(async move {
-            let (_, rs) = schemas?;
-            let Some(reply) = reply?.await? else {
-                return Err(TransportError::NoReply {
-                    service,
-                    ms: timeout.as_millis() as u64,
-                });
-            };
-            let v =
-                codec::decode_to_value(&rs, &reply, &DecodeOptions::default()).map_err(|e| {
-                    TransportError::Call {
-                        service: service.clone(),
-                        reason: format!("the reply: {e}"),
-                    }
-                })?;
-            Ok(SetBoolReply {
-                success: v["success"].as_bool().unwrap_or(false),
-                message: v["message"].as_str().unwrap_or_default().to_owned(),
-            })
-        })
+        super::set_bool_by_call(self, service, rmw, data, timeout)
     }
 }
 

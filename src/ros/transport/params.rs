@@ -15,7 +15,9 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::{ServeFn, Transport, TransportError};
 use crate::ros::codec::{self, DecodeOptions, EncodeOptions};
+use crate::ros::registry::TypeName;
 use crate::ros::Registry;
 
 /// The six services, by their name under the node.
@@ -41,6 +43,34 @@ pub fn bundled() -> &'static Registry {
         r.add_bundled();
         r
     })
+}
+
+/// Serves the six parameter services of the node `fq_name` on `transport`, with
+/// `config_file` as the `config_file` parameter.
+pub fn serve(
+    transport: &dyn Transport,
+    fq_name: &str,
+    config_file: Option<&std::path::Path>,
+) -> Result<(), TransportError> {
+    let p = std::sync::Arc::new(Parameters {
+        config_file: config_file
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    });
+    for (short, ty) in SERVICES {
+        let p = p.clone();
+        let handler: ServeFn = std::sync::Arc::new(move |cdr: Bytes| {
+            let reply = p.answer(short, &cdr);
+            Box::pin(async move { reply })
+        });
+        let ty = TypeName {
+            package: "rcl_interfaces".into(),
+            kind: "srv",
+            name: (*ty).into(),
+        };
+        transport.serve(&format!("{fq_name}/{short}"), &ty, handler)?;
+    }
+    Ok(())
 }
 
 /// The node's parameters and their values.

@@ -1,0 +1,974 @@
+//! rcl's C objects: the context and node, the thread that waits on them, and the
+//! subscriptions, publishers, services and clients created on the node. Every object
+//! keeps the node alive (an `Arc`) and is finalised before it; the node is finalised, and
+//! rcl shut down, when the last of them is gone.
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CStr, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use r2r_rcl as sys;
+use tokio::sync::mpsc;
+
+use super::{apply_qos, MessageType, ServiceType};
+use crate::ros::transport::{Qos, Sample, ServeFn};
+
+/// rcl's last error on this thread, as text, and cleared.
+fn rcl_error(what: &str, ret: i32) -> String {
+    // SAFETY: rcutils keeps the error state per thread; reading and resetting it is the
+    // documented way to consume it.
+    let text = unsafe {
+        let e = sys::rcutils_get_error_string();
+        let text = CStr::from_ptr(e.str_.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        sys::rcutils_reset_error();
+        text
+    };
+    if text.is_empty() {
+        format!("{what} failed (rcl error {ret})")
+    } else {
+        format!("{what} failed: {text}")
+    }
+}
+
+fn check(ret: sys::rcl_ret_t, what: &str) -> Result<(), String> {
+    if ret == sys::RCL_RET_OK as sys::rcl_ret_t {
+        Ok(())
+    } else {
+        Err(rcl_error(what, ret))
+    }
+}
+
+fn c_string(what: &str, text: &str) -> Result<CString, String> {
+    CString::new(text).map_err(|_| format!("{what} '{text}' contains a NUL byte"))
+}
+
+fn allocator() -> sys::rcutils_allocator_t {
+    // SAFETY: returns a value.
+    unsafe { sys::rcutils_get_default_allocator() }
+}
+
+/// What the wait thread has not taken into its wait set yet.
+#[derive(Default)]
+struct Incoming {
+    subscriptions: Vec<Subscription>,
+    services: Vec<Service>,
+    clients: Vec<Arc<Client>>,
+}
+
+/// The context, the node and the guard condition that wakes the wait thread.
+pub(crate) struct Node {
+    context: *mut sys::rcl_context_t,
+    node: *mut sys::rcl_node_t,
+    guard: *mut sys::rcl_guard_condition_t,
+    /// Which of the three were initialised (a failed start finalises only those).
+    ready: [bool; 3],
+    incoming: Mutex<Incoming>,
+    stop: AtomicBool,
+    stopped: Mutex<Option<String>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+// rcl's objects are used from several threads only where rcl allows it: creating and
+// finalising entities on the node, publishing, sending requests and replies; the wait
+// set belongs to the wait thread alone.
+unsafe impl Send for Node {}
+unsafe impl Sync for Node {}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // SAFETY: every entity holds the node and is gone; each object is finalised once,
+        // only if it was initialised, and freed as the box it was made from.
+        unsafe {
+            if self.ready[2] {
+                sys::rcl_guard_condition_fini(self.guard);
+            }
+            if self.ready[1] {
+                sys::rcl_node_fini(self.node);
+            }
+            if self.ready[0] {
+                sys::rcl_shutdown(self.context);
+                sys::rcl_context_fini(self.context);
+            }
+            drop(Box::from_raw(self.guard));
+            drop(Box::from_raw(self.node));
+            drop(Box::from_raw(self.context));
+        }
+    }
+}
+
+impl Node {
+    /// Initialises rcl with this process's command line (its `--ros-args`), creates the
+    /// node and starts the wait thread. Requests are handled on `runtime`.
+    pub(crate) fn start(
+        name: &str,
+        namespace: &str,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Arc<Self>, String> {
+        let c_name = c_string("The node name", name)?;
+        let c_namespace = c_string("The namespace", namespace)?;
+        let args: Vec<CString> = std::env::args_os()
+            .filter_map(|a| CString::new(a.into_encoded_bytes()).ok())
+            .collect();
+        let argv: Vec<*const std::os::raw::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        // SAFETY: zero-initialised objects, as rcl wants them before init.
+        let mut node = unsafe {
+            Self {
+                context: Box::into_raw(Box::new(sys::rcl_get_zero_initialized_context())),
+                node: Box::into_raw(Box::new(sys::rcl_get_zero_initialized_node())),
+                guard: Box::into_raw(Box::new(sys::rcl_get_zero_initialized_guard_condition())),
+                ready: [false; 3],
+                incoming: Mutex::default(),
+                stop: AtomicBool::new(false),
+                stopped: Mutex::new(None),
+                thread: Mutex::new(None),
+                runtime,
+            }
+        };
+        // SAFETY: the calls follow rcl's documented order; the strings and argv outlive
+        // them (rcl copies what it keeps).
+        unsafe {
+            let mut init = sys::rcl_get_zero_initialized_init_options();
+            check(
+                sys::rcl_init_options_init(&mut init, allocator()),
+                "rcl_init_options_init",
+            )?;
+            let ret = sys::rcl_init(
+                argv.len() as std::os::raw::c_int,
+                argv.as_ptr(),
+                &init,
+                node.context,
+            );
+            sys::rcl_init_options_fini(&mut init);
+            check(ret, "rcl_init")?;
+            node.ready[0] = true;
+            let options = sys::rcl_node_get_default_options();
+            check(
+                sys::rcl_node_init(
+                    node.node,
+                    c_name.as_ptr(),
+                    c_namespace.as_ptr(),
+                    node.context,
+                    &options,
+                ),
+                "creating the node",
+            )?;
+            node.ready[1] = true;
+            check(
+                sys::rcl_guard_condition_init(
+                    node.guard,
+                    node.context,
+                    sys::rcl_guard_condition_get_default_options(),
+                ),
+                "creating a guard condition",
+            )?;
+            node.ready[2] = true;
+        }
+        let node = Arc::new(node);
+        let waiter = node.clone();
+        let thread = std::thread::Builder::new()
+            .name("rcl-wait".into())
+            .spawn(move || wait_loop(&waiter))
+            .map_err(|e| format!("cannot start the rcl thread: {e}"))?;
+        *node.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+        Ok(node)
+    }
+
+    pub(crate) fn fully_qualified_name(&self) -> String {
+        // SAFETY: the node is valid; rcl returns a string it owns.
+        unsafe {
+            let p = sys::rcl_node_get_fully_qualified_name(self.node);
+            if p.is_null() {
+                return String::new();
+            }
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+
+    /// Stops the wait thread; entities it holds are finalised.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    pub(crate) fn stopped(&self) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn wake(&self) {
+        // SAFETY: triggering a guard condition is thread-safe.
+        unsafe {
+            sys::rcl_trigger_guard_condition(self.guard);
+        }
+    }
+
+    fn incoming(&self) -> std::sync::MutexGuard<'_, Incoming> {
+        self.incoming.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn add_subscription(&self, s: Subscription) {
+        self.incoming().subscriptions.push(s);
+        self.wake();
+    }
+
+    pub(crate) fn add_service(&self, s: Service) {
+        self.incoming().services.push(s);
+        self.wake();
+    }
+
+    pub(crate) fn subscription(
+        self: &Arc<Self>,
+        topic: &str,
+        ty: MessageType,
+        qos: Qos,
+        sink: mpsc::Sender<Sample>,
+    ) -> Result<Subscription, String> {
+        let c_topic = c_string("The topic", topic)?;
+        // SAFETY: a zero-initialised subscription, initialised on the valid node with a
+        // type support of a loaded library; finalised by Subscription's drop.
+        unsafe {
+            let mut handle = Box::new(sys::rcl_get_zero_initialized_subscription());
+            let mut options = sys::rcl_subscription_get_default_options();
+            apply_qos(&mut options.qos, qos);
+            check(
+                sys::rcl_subscription_init(
+                    &mut *handle,
+                    self.node,
+                    ty.ts,
+                    c_topic.as_ptr(),
+                    &options,
+                ),
+                "rcl_subscription_init",
+            )?;
+            Ok(Subscription {
+                node: self.clone(),
+                handle,
+                topic: topic.to_owned(),
+                sink,
+                pending: None,
+                closed: false,
+                take_errors: 0,
+            })
+        }
+    }
+
+    pub(crate) fn publisher(
+        self: &Arc<Self>,
+        topic: &str,
+        ty: MessageType,
+        qos: Qos,
+    ) -> Result<Publisher, String> {
+        let c_topic = c_string("The topic", topic)?;
+        // SAFETY: as for subscriptions.
+        unsafe {
+            let mut handle = Box::new(sys::rcl_get_zero_initialized_publisher());
+            let mut options = sys::rcl_publisher_get_default_options();
+            apply_qos(&mut options.qos, qos);
+            check(
+                sys::rcl_publisher_init(&mut *handle, self.node, ty.ts, c_topic.as_ptr(), &options),
+                "rcl_publisher_init",
+            )?;
+            Ok(Publisher {
+                node: self.clone(),
+                handle,
+            })
+        }
+    }
+
+    pub(crate) fn service(
+        self: &Arc<Self>,
+        name: &str,
+        ty: ServiceType,
+        handler: ServeFn,
+    ) -> Result<Service, String> {
+        let c_name = c_string("The service name", name)?;
+        // SAFETY: as for subscriptions.
+        unsafe {
+            let mut handle = Box::new(sys::rcl_get_zero_initialized_service());
+            let options = sys::rcl_service_get_default_options();
+            check(
+                sys::rcl_service_init(&mut *handle, self.node, ty.ts, c_name.as_ptr(), &options),
+                "rcl_service_init",
+            )?;
+            Ok(Service(Arc::new(ServiceShared {
+                node: self.clone(),
+                handle,
+                name: name.to_owned(),
+                ty,
+                handler,
+                send: Mutex::new(()),
+            })))
+        }
+    }
+
+    pub(crate) fn client(
+        self: &Arc<Self>,
+        name: &str,
+        ty: ServiceType,
+    ) -> Result<Arc<Client>, String> {
+        let c_name = c_string("The service name", name)?;
+        // SAFETY: as for subscriptions.
+        let client = unsafe {
+            let mut handle = Box::new(sys::rcl_get_zero_initialized_client());
+            let options = sys::rcl_client_get_default_options();
+            check(
+                sys::rcl_client_init(&mut *handle, self.node, ty.ts, c_name.as_ptr(), &options),
+                "rcl_client_init",
+            )?;
+            Arc::new(Client {
+                node: self.clone(),
+                handle,
+                ty,
+                waiting: Mutex::new(HashMap::new()),
+            })
+        };
+        self.incoming().clients.push(client.clone());
+        self.wake();
+        Ok(client)
+    }
+
+    /// The QoS of every publisher of `topic` on the graph.
+    pub(crate) fn publishers_qos(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<sys::rmw_qos_profile_t>, String> {
+        let c_topic = c_string("The topic", topic)?;
+        // SAFETY: the array is zero-initialised, filled by rcl and finalised with the
+        // allocator that filled it.
+        unsafe {
+            let mut alloc = allocator();
+            let mut infos = sys::rmw_get_zero_initialized_topic_endpoint_info_array();
+            check(
+                sys::rcl_get_publishers_info_by_topic(
+                    self.node,
+                    &mut alloc,
+                    c_topic.as_ptr(),
+                    false,
+                    &mut infos,
+                ),
+                "rcl_get_publishers_info_by_topic",
+            )?;
+            let list = if infos.info_array.is_null() {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(infos.info_array, infos.size)
+                    .iter()
+                    .map(|i| i.qos_profile)
+                    .collect()
+            };
+            sys::rmw_topic_endpoint_info_array_fini(&mut infos, &mut alloc);
+            Ok(list)
+        }
+    }
+}
+
+/// A subscription and where its samples go.
+pub(crate) struct Subscription {
+    node: Arc<Node>,
+    handle: Box<sys::rcl_subscription_t>,
+    topic: String,
+    sink: mpsc::Sender<Sample>,
+    /// A sample taken while the channel was full: the subscription waits for room.
+    pending: Option<Sample>,
+    /// The receiving side is gone: nothing more is taken.
+    closed: bool,
+    take_errors: u64,
+}
+
+unsafe impl Send for Subscription {}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // SAFETY: initialised on this node, finalised once.
+        unsafe {
+            sys::rcl_subscription_fini(&mut *self.handle, self.node.node);
+        }
+    }
+}
+
+impl Subscription {
+    /// Offers the sample that waited for room; whether the subscription may take more.
+    fn offer_pending(&mut self) -> bool {
+        if let Some(sample) = self.pending.take() {
+            match self.sink.try_send(sample) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(s)) => self.pending = Some(s),
+                Err(mpsc::error::TrySendError::Closed(_)) => self.closed = true,
+            }
+        }
+        self.pending.is_none() && !self.closed
+    }
+
+    /// Takes what the middleware holds, until it is empty or the channel is full.
+    fn take(&mut self, buffer: &mut sys::rcl_serialized_message_t) {
+        loop {
+            // SAFETY: the buffer was initialised with the default allocator, and rmw
+            // grows it as needed; the message info is a plain value.
+            let (ret, info) = unsafe {
+                let mut info = sys::rmw_get_zero_initialized_message_info();
+                let ret = sys::rcl_take_serialized_message(
+                    &*self.handle,
+                    buffer,
+                    &mut info,
+                    std::ptr::null_mut(),
+                );
+                (ret, info)
+            };
+            if ret == sys::RCL_RET_SUBSCRIPTION_TAKE_FAILED as sys::rcl_ret_t {
+                return;
+            }
+            if ret != sys::RCL_RET_OK as sys::rcl_ret_t {
+                // A publisher that leaves can make one take fail (its disposal has no
+                // data): nothing is lost, so it is not an error of the agent's.
+                self.take_errors += 1;
+                let why = rcl_error("taking a message", ret);
+                tracing::debug!(topic = %self.topic, count = self.take_errors, "{why}");
+                return;
+            }
+            // SAFETY: rmw wrote buffer_length bytes at buffer.
+            let cdr = unsafe {
+                Bytes::copy_from_slice(std::slice::from_raw_parts(
+                    buffer.buffer,
+                    buffer.buffer_length,
+                ))
+            };
+            let stamp = info.source_timestamp;
+            let sample = Sample {
+                cdr,
+                source_time_ns: (stamp > 0).then_some(stamp),
+            };
+            match self.sink.try_send(sample) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(s)) => {
+                    self.pending = Some(s);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A publisher of serialized messages.
+pub(crate) struct Publisher {
+    node: Arc<Node>,
+    handle: Box<sys::rcl_publisher_t>,
+}
+
+// Publishing is thread-safe in rcl.
+unsafe impl Send for Publisher {}
+unsafe impl Sync for Publisher {}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        // SAFETY: initialised on this node, finalised once.
+        unsafe {
+            sys::rcl_publisher_fini(&mut *self.handle, self.node.node);
+        }
+    }
+}
+
+impl Publisher {
+    pub(crate) fn publish(&self, cdr: &[u8]) -> Result<(), String> {
+        // SAFETY: rcl only reads the borrowed buffer during the call.
+        unsafe {
+            let message = sys::rcl_serialized_message_t {
+                buffer: cdr.as_ptr() as *mut u8,
+                buffer_length: cdr.len(),
+                buffer_capacity: cdr.len(),
+                allocator: allocator(),
+            };
+            check(
+                sys::rcl_publish_serialized_message(&*self.handle, &message, std::ptr::null_mut()),
+                "publishing",
+            )
+        }
+    }
+
+    pub(crate) fn subscription_count(&self) -> usize {
+        let mut n = 0usize;
+        // SAFETY: a valid publisher and a plain out value.
+        let ret = unsafe { sys::rcl_publisher_get_subscription_count(&*self.handle, &mut n) };
+        if ret == sys::RCL_RET_OK as sys::rcl_ret_t {
+            n
+        } else {
+            let _ = rcl_error("counting subscriptions", ret);
+            0
+        }
+    }
+}
+
+/// One message in its C layout, created by its introspection type support and
+/// finalised when dropped.
+struct CMessage {
+    ty: MessageType,
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+// The struct is plain memory owned by this value.
+unsafe impl Send for CMessage {}
+
+impl CMessage {
+    fn new(ty: MessageType) -> Result<Self, String> {
+        if ty.members.is_null() {
+            return Err("the type's introspection is not loaded".into());
+        }
+        // SAFETY: members points at the type's introspection data; the memory is sized
+        // and aligned for the struct (16 is the largest alignment a ROS 2 C type needs)
+        // and initialised by the type's own init function.
+        unsafe {
+            let members = &*ty.members;
+            let layout = std::alloc::Layout::from_size_align(members.size_of_.max(1), 16)
+                .map_err(|e| e.to_string())?;
+            let ptr = std::alloc::alloc_zeroed(layout);
+            if ptr.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            if let Some(init) = members.init_function {
+                init(
+                    ptr as *mut c_void,
+                    sys::rosidl_runtime_c__message_initialization::ROSIDL_RUNTIME_C_MSG_INIT_ALL,
+                );
+            }
+            Ok(Self { ty, ptr, layout })
+        }
+    }
+
+    /// The message read from `cdr` (encapsulation header included) by the RMW.
+    fn from_cdr(ty: MessageType, cdr: &[u8]) -> Result<Self, String> {
+        let m = Self::new(ty)?;
+        // SAFETY: rmw only reads the borrowed buffer; the struct is initialised.
+        unsafe {
+            let message = sys::rcl_serialized_message_t {
+                buffer: cdr.as_ptr() as *mut u8,
+                buffer_length: cdr.len(),
+                buffer_capacity: cdr.len(),
+                allocator: allocator(),
+            };
+            let ret = sys::rmw_deserialize(&message, ty.ts, m.ptr as *mut c_void);
+            if ret != sys::RMW_RET_OK as sys::rmw_ret_t {
+                return Err(rcl_error("reading the message", ret));
+            }
+        }
+        Ok(m)
+    }
+
+    /// The message serialized by the RMW (encapsulation header included).
+    fn to_cdr(&self) -> Result<Bytes, String> {
+        // SAFETY: the buffer is initialised empty with the default allocator, grown by
+        // rmw, copied out and finalised.
+        unsafe {
+            let mut out = sys::rcutils_get_zero_initialized_uint8_array();
+            let alloc = allocator();
+            check(
+                sys::rcutils_uint8_array_init(&mut out, 0, &alloc),
+                "allocating a buffer",
+            )?;
+            let ret = sys::rmw_serialize(self.ptr as *const c_void, self.ty.ts, &mut out);
+            let result = if ret == sys::RMW_RET_OK as sys::rmw_ret_t {
+                Ok(Bytes::copy_from_slice(std::slice::from_raw_parts(
+                    out.buffer,
+                    out.buffer_length,
+                )))
+            } else {
+                Err(rcl_error("writing the message", ret))
+            };
+            sys::rcutils_uint8_array_fini(&mut out);
+            result
+        }
+    }
+
+    fn as_ptr(&self) -> *mut c_void {
+        self.ptr as *mut c_void
+    }
+}
+
+impl Drop for CMessage {
+    fn drop(&mut self) {
+        // SAFETY: the struct was initialised by the type's init function and is
+        // finalised once by its fini function, then freed with its layout.
+        unsafe {
+            if let Some(fini) = (*self.ty.members).fini_function {
+                fini(self.ptr as *mut c_void);
+            }
+            std::alloc::dealloc(self.ptr, self.layout);
+        }
+    }
+}
+
+/// A served service.
+pub(crate) struct Service(Arc<ServiceShared>);
+
+struct ServiceShared {
+    node: Arc<Node>,
+    handle: Box<sys::rcl_service_t>,
+    name: String,
+    ty: ServiceType,
+    handler: ServeFn,
+    /// One reply at a time on this service.
+    send: Mutex<()>,
+}
+
+unsafe impl Send for ServiceShared {}
+unsafe impl Sync for ServiceShared {}
+
+impl Drop for ServiceShared {
+    fn drop(&mut self) {
+        // SAFETY: initialised on this node, finalised once.
+        unsafe {
+            sys::rcl_service_fini(&mut *self.handle, self.node.node);
+        }
+    }
+}
+
+impl Service {
+    /// Takes every waiting request and hands each to the handler on its own task.
+    fn take(&self, runtime: &tokio::runtime::Handle) {
+        let shared = &self.0;
+        loop {
+            let request = match CMessage::new(shared.ty.request) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(service = %shared.name, "{e}");
+                    return;
+                }
+            };
+            // SAFETY: a zeroed request id is a plain value rcl fills.
+            let mut header: sys::rmw_request_id_t = unsafe { std::mem::zeroed() };
+            // SAFETY: the request struct is initialised for this service's request type.
+            let ret =
+                unsafe { sys::rcl_take_request(&*shared.handle, &mut header, request.as_ptr()) };
+            if ret == sys::RCL_RET_SERVICE_TAKE_FAILED as sys::rcl_ret_t {
+                return;
+            }
+            if ret != sys::RCL_RET_OK as sys::rcl_ret_t {
+                let why = rcl_error("taking a request", ret);
+                tracing::debug!(service = %shared.name, "{why}");
+                return;
+            }
+            let cdr = match request.to_cdr() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(service = %shared.name, "A request could not be read: {e}");
+                    continue;
+                }
+            };
+            drop(request);
+            let shared = shared.clone();
+            runtime.spawn(async move {
+                let reply = match (shared.handler)(cdr).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(service = %shared.name, "No reply: {e}");
+                        return;
+                    }
+                };
+                if let Err(e) = shared.reply(header, &reply) {
+                    tracing::warn!(service = %shared.name, "The reply was not sent: {e}");
+                }
+            });
+        }
+    }
+}
+
+impl ServiceShared {
+    fn reply(&self, mut header: sys::rmw_request_id_t, reply: &[u8]) -> Result<(), String> {
+        let response = CMessage::from_cdr(self.ty.response, reply)?;
+        let _one = self.send.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the response struct is initialised for this service's reply type.
+        check(
+            unsafe { sys::rcl_send_response(&*self.handle, &mut header, response.as_ptr()) },
+            "sending the reply",
+        )
+    }
+}
+
+/// A service client; replies are matched to calls by sequence number.
+pub(crate) struct Client {
+    node: Arc<Node>,
+    handle: Box<sys::rcl_client_t>,
+    ty: ServiceType,
+    waiting: Mutex<HashMap<i64, mpsc::Sender<Bytes>>>,
+}
+
+unsafe impl Send for Client {}
+unsafe impl Sync for Client {}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // SAFETY: initialised on this node, finalised once.
+        unsafe {
+            sys::rcl_client_fini(&mut *self.handle, self.node.node);
+        }
+    }
+}
+
+/// Forgets a call's sequence numbers when the call ends, however it ends.
+struct Forget<'a> {
+    client: &'a Client,
+    seqs: Vec<i64>,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .client
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for s in &self.seqs {
+            waiting.remove(s);
+        }
+    }
+}
+
+impl Client {
+    pub(crate) fn server_available(&self) -> Result<bool, String> {
+        let mut available = false;
+        // SAFETY: a valid node and client, a plain out value.
+        check(
+            unsafe {
+                sys::rcl_service_server_is_available(self.node.node, &*self.handle, &mut available)
+            },
+            "looking for the server",
+        )?;
+        Ok(available)
+    }
+
+    fn send(&self, request: &CMessage, tx: &mpsc::Sender<Bytes>) -> Result<i64, String> {
+        // The wait thread looks a reply up under this lock, so the sequence number is
+        // known before any reply to it can be.
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seq = 0i64;
+        // SAFETY: the request struct is initialised for this service's request type.
+        check(
+            unsafe { sys::rcl_send_request(&*self.handle, request.as_ptr(), &mut seq) },
+            "sending the request",
+        )?;
+        waiting.insert(seq, tx.clone());
+        Ok(seq)
+    }
+
+    /// Sends `request` (serialized) and waits for its reply; with `resend`, sends it
+    /// again every 500 ms until then.
+    pub(crate) async fn call(
+        &self,
+        request: Bytes,
+        timeout: Duration,
+        resend: bool,
+    ) -> Result<Option<Bytes>, String> {
+        let message = CMessage::from_cdr(self.ty.request, &request)
+            .map_err(|e| format!("the request: {e}"))?;
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut forget = Forget {
+            client: self,
+            seqs: Vec::new(),
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            forget.seqs.push(self.send(&message, &tx)?);
+            let until = if resend {
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(500))
+            } else {
+                deadline
+            };
+            if let Ok(reply) = tokio::time::timeout_at(until, rx.recv()).await {
+                return Ok(reply);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Takes every waiting reply to the caller that waits for it.
+    fn take(&self) {
+        loop {
+            let Ok(response) = CMessage::new(self.ty.response) else {
+                return;
+            };
+            // SAFETY: a zeroed request id is a plain value rcl fills.
+            let mut header: sys::rmw_request_id_t = unsafe { std::mem::zeroed() };
+            // SAFETY: the response struct is initialised for this service's reply type.
+            let ret =
+                unsafe { sys::rcl_take_response(&*self.handle, &mut header, response.as_ptr()) };
+            if ret == sys::RCL_RET_CLIENT_TAKE_FAILED as sys::rcl_ret_t {
+                return;
+            }
+            if ret != sys::RCL_RET_OK as sys::rcl_ret_t {
+                let why = rcl_error("taking a reply", ret);
+                tracing::debug!("{why}");
+                return;
+            }
+            let waiter = self
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&header.sequence_number);
+            if let Some(tx) = waiter {
+                match response.to_cdr() {
+                    Ok(cdr) => {
+                        let _ = tx.try_send(cdr);
+                    }
+                    Err(e) => tracing::debug!("A reply could not be read: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// How long one wait lasts when nothing waits for room in a channel, and when something
+/// does (the channel is looked at again after it).
+const WAIT: Duration = Duration::from_millis(500);
+const WAIT_FOR_ROOM: Duration = Duration::from_millis(5);
+
+/// The wait thread: waits on everything the node has, hands out what arrives.
+fn wait_loop(node: &Arc<Node>) {
+    let mut subscriptions: Vec<Subscription> = Vec::new();
+    let mut services: Vec<Service> = Vec::new();
+    let mut clients: Vec<Arc<Client>> = Vec::new();
+    // SAFETY: zero-initialised objects, initialised below before use.
+    let mut wait_set = unsafe { sys::rcl_get_zero_initialized_wait_set() };
+    let mut buffer = unsafe { sys::rcutils_get_zero_initialized_uint8_array() };
+    let alloc = allocator();
+    // SAFETY: an empty buffer with the default allocator; rmw grows it.
+    if let Err(e) = check(
+        unsafe { sys::rcutils_uint8_array_init(&mut buffer, 0, &alloc) },
+        "allocating a buffer",
+    ) {
+        *node.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        return;
+    }
+    let mut sized: Option<(usize, usize, usize)> = None;
+    let mut failures = 0u32;
+    while !node.stop.load(Ordering::SeqCst) {
+        {
+            let mut incoming = node.incoming();
+            subscriptions.append(&mut incoming.subscriptions);
+            services.append(&mut incoming.services);
+            clients.append(&mut incoming.clients);
+        }
+        let mut waiting_for_room = false;
+        let mut open: Vec<usize> = Vec::new();
+        for (i, s) in subscriptions.iter_mut().enumerate() {
+            if s.offer_pending() {
+                open.push(i);
+            } else if !s.closed {
+                waiting_for_room = true;
+            }
+        }
+        let counts = (subscriptions.len(), clients.len(), services.len());
+        // SAFETY: the wait set is (re)initialised for the current counts, cleared and
+        // filled with entities that live in the vectors above until the next round.
+        let ret = unsafe {
+            if sized != Some(counts) {
+                if sized.is_some() {
+                    sys::rcl_wait_set_fini(&mut wait_set);
+                    wait_set = sys::rcl_get_zero_initialized_wait_set();
+                }
+                if let Err(e) = check(
+                    sys::rcl_wait_set_init(
+                        &mut wait_set,
+                        counts.0,
+                        1,
+                        0,
+                        counts.1,
+                        counts.2,
+                        0,
+                        node.context,
+                        alloc,
+                    ),
+                    "creating the wait set",
+                ) {
+                    *node.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    sized = None;
+                    break;
+                }
+                sized = Some(counts);
+            }
+            sys::rcl_wait_set_clear(&mut wait_set);
+            sys::rcl_wait_set_add_guard_condition(&mut wait_set, node.guard, std::ptr::null_mut());
+            let mut slots = Vec::with_capacity(open.len());
+            for &i in &open {
+                let mut slot = 0usize;
+                sys::rcl_wait_set_add_subscription(
+                    &mut wait_set,
+                    &*subscriptions[i].handle,
+                    &mut slot,
+                );
+                slots.push((slot, i));
+            }
+            for s in &services {
+                sys::rcl_wait_set_add_service(&mut wait_set, &*s.0.handle, std::ptr::null_mut());
+            }
+            for c in &clients {
+                sys::rcl_wait_set_add_client(&mut wait_set, &*c.handle, std::ptr::null_mut());
+            }
+            let timeout = if waiting_for_room {
+                WAIT_FOR_ROOM
+            } else {
+                WAIT
+            };
+            let ret = sys::rcl_wait(&mut wait_set, timeout.as_nanos() as i64);
+            if ret == sys::RCL_RET_OK as sys::rcl_ret_t {
+                for (slot, i) in slots {
+                    if !(*wait_set.subscriptions.add(slot)).is_null() {
+                        subscriptions[i].take(&mut buffer);
+                    }
+                }
+                for (k, s) in services.iter().enumerate() {
+                    if !(*wait_set.services.add(k)).is_null() {
+                        s.take(&node.runtime);
+                    }
+                }
+                for (k, c) in clients.iter().enumerate() {
+                    if !(*wait_set.clients.add(k)).is_null() {
+                        c.take();
+                    }
+                }
+            }
+            ret
+        };
+        if ret == sys::RCL_RET_OK as sys::rcl_ret_t || ret == sys::RCL_RET_TIMEOUT as sys::rcl_ret_t
+        {
+            failures = 0;
+            continue;
+        }
+        failures += 1;
+        let why = rcl_error("waiting", ret);
+        if failures == 1 {
+            tracing::warn!("rcl could not wait for messages: {why}. Trying again.");
+        }
+        if failures >= 100 {
+            *node.stopped.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(format!("rcl cannot wait for messages: {why}"));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: finalised once, after the last wait.
+    unsafe {
+        if sized.is_some() {
+            sys::rcl_wait_set_fini(&mut wait_set);
+        }
+        sys::rcutils_uint8_array_fini(&mut buffer);
+    }
+}
