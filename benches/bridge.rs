@@ -8,7 +8,11 @@
 //! publisher's rate (the target) and at 0.9 of it (headroom), with the bare rate
 //! measured before and after the 0.8 phase; loss at 10,000 msgs/s; p50/p99
 //! end-to-end latency and the agent's CPU at 1,000 msgs/s; the agent's idle RSS; and for
-//! 640x480 rgb8 images at 30 Hz to JPEG, frames delivered and the agent's CPU.
+//! 640x480 rgb8 images at 30 Hz to JPEG, frames delivered, the agent's CPU and its RSS.
+//!
+//! With `EDGE_AGENT_BENCH_TRANSPORT=rcl` the agent (then an rcl build, `EDGE_AGENT_BIN`)
+//! runs with `transport = "rcl"` on rmw_cyclonedds_cpp (or the `RMW_IMPLEMENTATION` given)
+//! on the loopback interface; everything else is the same.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -332,6 +336,11 @@ fn build_publisher() -> PathBuf {
     bin
 }
 
+/// The transport under test: `dds` (default) or `rcl`.
+fn transport() -> String {
+    std::env::var("EDGE_AGENT_BENCH_TRANSPORT").unwrap_or_else(|_| "dds".into())
+}
+
 fn write_config(dir: &Path, port: u16) -> PathBuf {
     std::fs::write(
         dir.join("rules.toml"),
@@ -359,9 +368,14 @@ image = { format = "jpeg", quality = 80 }
     std::fs::write(
         &cfg,
         format!(
-            "state_dir = \"{}/state\"\n[device]\nproduct_key = \"bench\"\ndevice_name = \"robot\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nwindow = 1000\n[device_log]\nenabled = false\n[ros]\ndomain_id = {}\nonly_networks = [\"127.0.0.1\"]\n[bridge]\nmappings = [\"rules.toml\"]\nhealth_interval = \"1h\"\n[log]\nlevel = \"warn\"\n",
+            "state_dir = \"{}/state\"\n[device]\nproduct_key = \"bench\"\ndevice_name = \"robot\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nwindow = 1000\n[device_log]\nenabled = false\n[ros]\ndomain_id = {}\n{}\n[bridge]\nmappings = [\"rules.toml\"]\nhealth_interval = \"1h\"\n[log]\nlevel = \"warn\"\n",
             dir.display(),
-            domain()
+            domain(),
+            if transport() == "rcl" {
+                "transport = \"rcl\""
+            } else {
+                "only_networks = [\"127.0.0.1\"]"
+            }
         ),
     )
     .expect("config");
@@ -392,10 +406,18 @@ fn main() {
     let bin = std::env::var("EDGE_AGENT_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_edge-agent").to_owned());
     println!("agent binary: {bin}");
+    println!("transport: {}", transport());
     let agent = Kill(
         Command::new(&bin)
             .args(["run", "--config"])
             .arg(&cfg)
+            // The rcl transport takes its domain and interfaces from the RMW's environment.
+            .env("ROS_DOMAIN_ID", domain().to_string())
+            .env("CYCLONEDDS_URI", LOOPBACK)
+            .env(
+                "RMW_IMPLEMENTATION",
+                std::env::var("RMW_IMPLEMENTATION").unwrap_or_else(|_| "rmw_cyclonedds_cpp".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -504,7 +526,7 @@ fn main() {
         println!("at 10,000 msgs/s: {} lost (target 0)", at10k.sent - at10k.delivered);
         println!("at 1,000 msgs/s: p99 {:.2} ms vs {:.2} ms bare: {:+.2} ms added (target <= 0.5); agent CPU {:.1}% of a core (C++ reference 13-18%)", k1_agent.p99, k1_bare.p99, k1_agent.p99 - k1_bare.p99, k1_agent.cpu_pct);
         println!("idle RSS {idle_rss:.1} MB (target <= 16.8 MB, the C++ mqtt_client's), of it {idle_anon:.1} MB anonymous (target <= 8 MB) and {idle_file:.1} MB file-backed; PSS {idle_pss:.1} MB; after the run {rss_after:.1} MB");
-        println!("images 640x480 rgb8 at 30 Hz to JPEG: {frames}/150 delivered, agent CPU {img_cpu:.1}% of a core (target < 100%)");
+        println!("images 640x480 rgb8 at 30 Hz to JPEG: {frames}/150 delivered, agent CPU {img_cpu:.1}% of a core (target < 100%); agent RSS {rss_after:.1} MB with the camera topic bridged");
     });
     drop(agent);
 }
