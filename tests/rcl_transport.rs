@@ -754,3 +754,77 @@ mqtt_topic = "/${productKey}/${deviceName}/user/map_info"
     );
     agent.stop();
 }
+
+#[test]
+fn a_cloud_request_calls_an_rclpy_service_through_rcl() {
+    ros_sourced();
+    let dom = support::domain();
+    let domain = dom.id;
+    let broker = Mosquitto::start(Options::default());
+    let sub = ready_sub(broker.port, "#", "probe/ready", &["-q", "1"]);
+    let rules = r#"
+[[mqtt_to_service]]
+name = "light"
+mqtt_topic = "/${productKey}/${deviceName}/user/service/light"
+ros_service = "/arm/light"
+ros_type = "std_srvs/srv/SetBool"
+"#;
+    let mut server = rclpy(
+        domain,
+        &[
+            "setbool",
+            "/arm/light",
+            "std_srvs/srv/SetBool",
+            "--seconds",
+            "90",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let calls = stdout_lines(&mut server);
+    let _server = Kill(server);
+    assert_eq!(
+        calls.recv_timeout(Duration::from_secs(20)).as_deref(),
+        Ok("ready")
+    );
+    let dir = agent_dir(broker.port, domain, rules);
+    let agent = spawn_agent(&dir.config(), domain, &[]);
+    let reply_topic = "/pk1/robot-7/user/service/light_reply";
+    // The agent subscribes to the request topic once it has started: ask until answered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    let reply = loop {
+        n += 1;
+        let id = format!("l-{n}");
+        publish(
+            broker.port,
+            "/pk1/robot-7/user/service/light",
+            &json!({"id": id, "data": true}).to_string(),
+            &["-q", "1"],
+        );
+        let t = Instant::now() + Duration::from_secs(2);
+        let mut found = None;
+        while Instant::now() < t && found.is_none() {
+            found = payloads(&sub.snapshot(), reply_topic)
+                .into_iter()
+                .find(|r| r["id"] == json!(id));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no reply on {reply_topic}");
+    };
+    assert_eq!(reply["code"], 200, "{reply}");
+    assert_eq!(
+        reply["data"],
+        json!({"success": true, "message": "on"}),
+        "{reply}"
+    );
+    assert_eq!(
+        calls.recv_timeout(Duration::from_secs(5)).as_deref(),
+        Ok("called True")
+    );
+    let log = agent.stop();
+    assert!(!log.contains("ERROR"), "{log}");
+}
