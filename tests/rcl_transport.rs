@@ -828,3 +828,105 @@ ros_type = "std_srvs/srv/SetBool"
     let log = agent.stop();
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+/// The rule's counters in the agent's status file.
+fn rule_counters(dir: &AgentDir, name: &str) -> Value {
+    let text = std::fs::read_to_string(dir.path().join("state/status.json")).unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    v["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == name).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// On rmw_fastrtps (whatever RMW the shell names: Fast DDS hands out the publisher's
+/// sequence numbers, which this is about), a burst the agent cannot take in time
+/// overflows the rule's depth of 1 in the middleware: every message is either taken or
+/// counted as lost, and the loss is logged.
+#[test]
+fn messages_the_middleware_drops_are_counted_and_logged() {
+    ros_sourced();
+    let dom = support::domain();
+    let domain = dom.id;
+    let broker = Mosquitto::start(Options::default());
+    let rules = r#"
+[[ros_to_mqtt]]
+name = "burst"
+ros_topic = "/burst"
+ros_type = "std_msgs/msg/String"
+qos = { reliability = "reliable", depth = 1 }
+mqtt_topic = "/${productKey}/${deviceName}/user/burst"
+"#;
+    let dir = agent_dir(broker.port, domain, rules);
+    let child = agent()
+        .arg("run")
+        .arg("--config")
+        .arg(dir.config())
+        .env("ROS_DOMAIN_ID", domain.to_string())
+        .env("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start edge-agent");
+    let pid = child.id().to_string();
+    let agent = Agent::from_child(child);
+    const N: u64 = 500;
+    let mut burst = rclpy(
+        domain,
+        &[
+            "burst",
+            "/burst",
+            "std_msgs/msg/String",
+            "--count",
+            &N.to_string(),
+        ],
+    );
+    let mut burst = burst
+        .env("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = burst.stdin.take().unwrap();
+    let lines = stdout_lines(&mut burst);
+    let _burst = Kill(burst);
+    let next = |what: &str| {
+        assert_eq!(
+            lines.recv_timeout(Duration::from_secs(30)).as_deref(),
+            Ok(what)
+        )
+    };
+    next("matched");
+    next("one");
+    // The agent has taken the first message: from here on its publisher is known.
+    let wait = |ok: &dyn Fn(&Value) -> bool| {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = rule_counters(&dir, "burst");
+            if ok(&c) {
+                return c;
+            }
+            assert!(Instant::now() < end, "rule counters: {c}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait(&|c| c["received"] == json!(1));
+    // The agent is stopped while the burst is written, so that it lands in the
+    // middleware's history of one all at once.
+    let signal = |s: &str| {
+        assert!(Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    use std::io::Write as _;
+    writeln!(stdin, "go").unwrap();
+    next("done");
+    signal("-CONT");
+    let c =
+        wait(&|c| c["received"].as_u64().unwrap_or(0) + c["lost"].as_u64().unwrap_or(0) == N + 1);
+    assert!(c["lost"].as_u64().unwrap_or(0) > 0, "{c}");
+    let log = agent.stop();
+    assert!(log.contains("lost before the agent took them"), "{log}");
+}

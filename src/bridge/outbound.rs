@@ -296,6 +296,20 @@ pub async fn run(
             }
         };
         RuleStats::inc(&stats.received);
+        if sample.lost_before > 0 {
+            stats
+                .lost
+                .fetch_add(sample.lost_before, std::sync::atomic::Ordering::Relaxed);
+            let what = format!(
+                "{} messages dropped by the ROS middleware before the agent took them",
+                sample.lost_before
+            );
+            if let Verdict::Log { left_out } = stats.log.note("lost", &what) {
+                tracing::warn!(rule = %rule.name, topic = %rule.ros_topic, lost = sample.lost_before,
+                    "Messages of this topic were lost before the agent took them: the rule's depth was exceeded{}.",
+                    loglimit::more(left_out));
+            }
+        }
         match rule.min_interval {
             None => send(&rule, &sample, &link, &stats, v5, &mut scratch).await,
             Some(interval) => {

@@ -19,6 +19,9 @@ pub struct RuleStats {
     pub sent: AtomicU64,
     /// Replaced by a newer value under the rate limit.
     pub rate_dropped: AtomicU64,
+    /// Dropped by the ROS middleware before the agent took them (the rule's depth was
+    /// exceeded), where the RMW makes that known (see `Sample::lost_before`).
+    pub lost: AtomicU64,
     pub errors: AtomicU64,
     /// Cloud commands not carried out because they were older than the rule's max_age.
     pub refused_stale: AtomicU64,
@@ -49,6 +52,8 @@ pub struct RuleSnapshot {
     pub received: u64,
     pub sent: u64,
     pub rate_dropped: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lost: u64,
     pub errors: u64,
     #[serde(skip_serializing_if = "is_zero")]
     pub refused_stale: u64,
@@ -118,6 +123,7 @@ impl RuleStats {
             received: self.received.load(Ordering::Relaxed),
             sent: self.sent.load(Ordering::Relaxed),
             rate_dropped: self.rate_dropped.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             refused_stale: self.refused_stale.load(Ordering::Relaxed),
             refused_too_large: self.refused_too_large.load(Ordering::Relaxed),

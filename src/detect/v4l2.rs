@@ -194,6 +194,7 @@ mod device {
         Ok(Sample {
             cdr,
             source_time_ns: i64::try_from(now.as_nanos()).ok(),
+            lost_before: 0,
         })
     }
 

@@ -3,13 +3,18 @@
     rclpy_peer.py pub TOPIC TYPE JSON [--rate HZ] [--seconds S] [--latched]
     rclpy_peer.py echo TOPIC TYPE [--count N] [--seconds S]
     rclpy_peer.py setbool SERVICE std_srvs/srv/SetBool [--seconds S]
+    rclpy_peer.py burst TOPIC std_msgs/msg/String [--count N]
 
 `pub` publishes the message given as JSON (fields as in `ros2 topic pub`) until killed or
 S seconds pass; with --latched it publishes once, transient-local (as a map or a robot
 description is published), and stays on the graph. `echo` prints each message received as one JSON line, after the line
 `ready`, and exits after N messages or S seconds. `setbool` serves a std_srvs/SetBool
 service (a camera switch): it prints `ready`, then `called <data>` for each call, and
-answers success with the message "on" or "off". TYPE is `pkg/msg/Name`.
+answers success with the message "on" or "off". `burst` (reliable, history 1000) waits
+for a subscriber and prints `matched`, publishes one message and prints `one`, then
+waits for a line on its standard input and publishes N more as fast as it can, prints
+`done`, and stays until killed so that the middleware can deliver them. TYPE is
+`pkg/msg/Name`.
 """
 
 import argparse
@@ -25,7 +30,7 @@ from rosidl_runtime_py.utilities import get_message
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("op", choices=["pub", "echo", "setbool"])
+    ap.add_argument("op", choices=["pub", "echo", "setbool", "burst"])
     ap.add_argument("topic")
     ap.add_argument("type")
     ap.add_argument("json", nargs="?", default="{}")
@@ -53,6 +58,22 @@ def main():
             rclpy.spin_once(node, timeout_sec=0.1)
         return 0
     cls = get_message(a.type)
+    if a.op == "burst":
+        pub = node.create_publisher(cls, a.topic, 1000)
+        while pub.get_subscription_count() == 0:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        print("matched", flush=True)
+        msg = cls()
+        msg.data = "0"
+        pub.publish(msg)
+        print("one", flush=True)
+        sys.stdin.readline()
+        for i in range(1, a.count + 1):
+            msg.data = str(i)
+            pub.publish(msg)
+        print("done", flush=True)
+        while True:
+            rclpy.spin_once(node, timeout_sec=0.1)
     if a.op == "pub":
         msg = cls()
         set_message_fields(msg, json.loads(a.json))

@@ -58,6 +58,10 @@ pub struct Sample {
     pub cdr: Bytes,
     /// Nanoseconds since the epoch, as stamped by the publisher's middleware.
     pub source_time_ns: Option<i64>,
+    /// Messages of the same publisher that the middleware dropped before this one (its
+    /// history was full), known from gaps in the publisher's sequence numbers where the
+    /// RMW hands them out (rmw_fastrtps, rcl transport); 0 when none or unknown.
+    pub lost_before: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

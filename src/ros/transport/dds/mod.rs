@@ -544,6 +544,7 @@ impl Transport for DdsTransport {
                 let sample = Sample {
                     cdr,
                     source_time_ns: dcc.write_options.source_timestamp().and_then(nanos),
+                    lost_before: 0,
                 };
                 if sink.send(sample).await.is_err() {
                     break;

@@ -262,6 +262,7 @@ impl Node {
                 pending: None,
                 closed: false,
                 take_errors: 0,
+                last_seq: HashMap::new(),
             })
         }
     }
@@ -387,6 +388,9 @@ pub(crate) struct Subscription {
     /// The receiving side is gone: nothing more is taken.
     closed: bool,
     take_errors: u64,
+    /// The last sequence number taken from each publisher (by its gid), where the RMW
+    /// hands them out.
+    last_seq: HashMap<Vec<u8>, u64>,
 }
 
 unsafe impl Send for Subscription {}
@@ -400,7 +404,36 @@ impl Drop for Subscription {
     }
 }
 
+/// How many messages of one publisher went missing between the sequence number taken
+/// before (`last`, none for a publisher not seen yet) and `seq`.
+fn missing(last: Option<u64>, seq: u64) -> u64 {
+    match last {
+        Some(l) if seq > l => seq - l - 1,
+        _ => 0,
+    }
+}
+
+/// RMWs that hand out no sequence numbers (rmw_cyclonedds in Humble) say so with this.
+const SEQUENCE_UNSUPPORTED: u64 = u64::MAX;
+
 impl Subscription {
+    /// Messages of this sample's publisher that were dropped before it (the middleware's
+    /// history overflowed), from the gap in the publisher's sequence numbers.
+    fn gap(&mut self, info: &sys::rmw_message_info_t) -> u64 {
+        let seq = info.publication_sequence_number;
+        if seq == SEQUENCE_UNSUPPORTED || seq == 0 {
+            return 0;
+        }
+        if self.last_seq.len() > 1024 {
+            // Publishers come and go: forget them all now and then (the next message of
+            // each is then counted from).
+            self.last_seq.clear();
+        }
+        let gid = info.publisher_gid.data.to_vec();
+        let last = self.last_seq.insert(gid, seq);
+        missing(last, seq)
+    }
+
     /// Offers the sample that waited for room; whether the subscription may take more.
     fn offer_pending(&mut self) -> bool {
         if let Some(sample) = self.pending.take() {
@@ -450,6 +483,7 @@ impl Subscription {
             let sample = Sample {
                 cdr,
                 source_time_ns: (stamp > 0).then_some(stamp),
+                lost_before: self.gap(&info),
             };
             match self.sink.try_send(sample) {
                 Ok(()) => {}
@@ -970,5 +1004,19 @@ fn wait_loop(node: &Arc<Node>) {
             sys::rcl_wait_set_fini(&mut wait_set);
         }
         sys::rcutils_uint8_array_fini(&mut buffer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing;
+
+    #[test]
+    fn gaps_in_a_publishers_sequence_numbers_are_the_messages_lost() {
+        assert_eq!(missing(None, 57), 0, "a publisher seen for the first time");
+        assert_eq!(missing(Some(57), 58), 0);
+        assert_eq!(missing(Some(57), 61), 3);
+        assert_eq!(missing(Some(61), 61), 0, "the same message again");
+        assert_eq!(missing(Some(61), 5), 0, "a publisher that restarted");
     }
 }
