@@ -201,9 +201,7 @@ where
     // expressions, which keeps the binary (and its memory) smaller.
     // The DDS stack warns about every datagram it cannot route (e.g. no multicast on a
     // loopback-only host): not something a technician can act on, so errors only.
-    // r2r (the rcl transport) returns its failures, which the agent logs itself; its own
-    // lines add only noise, such as an ERROR when a publisher leaves the graph.
-    let default: Targets = format!("warn,rustdds=error,r2r=off,edge_agent={level}")
+    let default: Targets = format!("warn,rustdds=error,edge_agent={level}")
         .parse()
         .unwrap_or_default();
     let filter = std::env::var("RUST_LOG")

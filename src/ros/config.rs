@@ -39,7 +39,7 @@ pub struct RosConfig {
 pub enum TransportKind {
     /// RustDDS: DDS over UDP in pure Rust, with the agent's own ROS 2 layer.
     Dds,
-    /// r2r on the robot's rcl and RMW (cargo feature `rcl`).
+    /// The robot's rcl and RMW, through rcl's C interface (cargo feature `rcl`).
     Rcl,
 }
 
