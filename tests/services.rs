@@ -296,7 +296,13 @@ reply_topic = "/sys/${{productKey}}/${{deviceName}}/rrpc/response/${{id}}"
     publish(mq.port, thing, &call.to_string(), &["-q", "1"]);
     let got = replies(&all, "/sys/pk1/robot-7/thing/service/goto_row_reply", 1);
     assert_eq!(got[0]["id"], "123");
-    assert_eq!(got[0]["code"], 200);
+    assert_eq!(
+        got[0]["code"],
+        200,
+        "{}; the server received {:?}",
+        got[0],
+        peer.received("/arm/goto_row")
+    );
     assert_eq!(got[0]["data"]["message"], "at C3");
 
     publish(

@@ -67,6 +67,7 @@ import sys
 import threading
 import time
 
+from cyclonedds.builtin import BuiltinDataReader, BuiltinTopicDcpsSubscription
 from cyclonedds.core import Listener, Policy, Qos
 from cyclonedds.util import duration
 from cyclonedds.domain import DomainParticipant
@@ -259,6 +260,45 @@ class Matched(Listener):
         self.count = status.current_count
 
 
+class ReplyReaders:
+    """The reply readers of the clients this participant has discovered. A service of
+    rmw_cyclonedds waits (up to 5 s) until the calling client's reply reader is matched
+    before it answers, since a volatile reader loses what was written before; the
+    servers here do the same."""
+
+    _of = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def of(cls, dp):
+        with cls._lock:
+            if id(dp) not in cls._of:
+                cls._of[id(dp)] = cls(dp)
+            return cls._of[id(dp)]
+
+    def __init__(self, dp):
+        self.reader = BuiltinDataReader(dp, BuiltinTopicDcpsSubscription)
+        self.known = set()
+        self.lock = threading.Lock()
+
+    def wait(self, topic, client, timeout=5.0):
+        """Waits for the reply reader on `topic` of the client whose id is `client` (a
+        Cyclone-format id starts with 4 bytes of the client participant's GUID prefix)."""
+        want = (topic, int(client).to_bytes(8, "little")[:4])
+        until = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                for s in self.reader.take(64):
+                    name, key = getattr(s, "topic_name", None), getattr(s, "key", None)
+                    if name is not None and key is not None:
+                        self.known.add((name, key.bytes[8:12]))
+                if want in self.known:
+                    return True
+            if time.monotonic() > until:
+                return False
+            time.sleep(0.005)
+
+
 def serve_set_bool(dp, cmd):
     qos = Qos(Policy.Reliability.Reliable(max_blocking_time=100_000_000), Policy.Durability.Volatile,
               Policy.History.KeepLast(10))
@@ -269,6 +309,7 @@ def serve_set_bool(dp, cmd):
     name = cmd["service"].lstrip("/")
     reader = DataReader(dp, Topic(dp, f"rq/{name}Request", req_t, qos=qos), qos=qos)
     writer = DataWriter(dp, Topic(dp, f"rr/{name}Reply", rep_t, qos=qos), qos=qos)
+    readers = ReplyReaders.of(dp)
 
     def serve():
         while True:
@@ -276,6 +317,7 @@ def serve_set_bool(dp, cmd):
                 if is_invalid(r):
                     continue
                 emit({"event": "msg", "id": cmd["id"], "value": {"data": bool(r.data)}})
+                readers.wait(f"rr/{name}Reply", r.client)
                 writer.write(rep_t(client=r.client, seq=r.seq, success=bool(cmd.get("success", True)),
                                    message=cmd.get("message", "")))
             time.sleep(0.005)
@@ -293,6 +335,7 @@ def serve_any(dp, types, cmd):
     name = cmd["service"].lstrip("/")
     reader = DataReader(dp, Topic(dp, f"rq/{name}Request", rq_t, qos=qos), qos=qos)
     writer = DataWriter(dp, Topic(dp, f"rr/{name}Reply", rp_t, qos=qos), qos=qos)
+    readers = ReplyReaders.of(dp)
     fields = [f for f, _ in types.ts.fielddefs[rp][1]]
     calls = [0]
 
@@ -317,6 +360,7 @@ def serve_any(dp, types, cmd):
                     response["calls"] = calls[0]
                 if cmd.get("delay_ms"):
                     time.sleep(cmd["delay_ms"] / 1000)
+                readers.wait(f"rr/{name}Reply", r.client)
                 writer.write(types.make(rp, response, head={"client": r.client, "seq": r.seq}))
             time.sleep(0.002)
 
@@ -376,6 +420,7 @@ def serve_action(dp, types, cmd):
     send_goal, get_result, cancel_goal = (endpoint("send_goal", sg_rq, sg_rp), endpoint("get_result", gr_rq, gr_rp),
                                           endpoint("cancel_goal", cg_rq, cg_rp))
     feedback = DataWriter(dp, Topic(dp, f"rt/{name}feedback", fb_msg, qos=qos), qos=qos)
+    readers = ReplyReaders.of(dp)
     goals, waiting, lock = {}, [], threading.Lock()
     steps, step_ms = int(cmd.get("steps", 3)), cmd.get("step_ms", 100)
 
@@ -405,6 +450,7 @@ def serve_action(dp, types, cmd):
                     with lock:
                         goals[uid] = {"status": 2, "result": None, "canceled": False}
                     threading.Thread(target=run, args=(uid,), daemon=True).start()
+                readers.wait(f"rr/{name}send_goalReply", q.client)
                 w.write(sg_rp(client=q.client, seq=q.seq, accepted=accept, stamp=time_t(sec=0, nanosec=0)))
             r, w = get_result
             for q in r.take(16):
@@ -420,6 +466,7 @@ def serve_action(dp, types, cmd):
                         result = types.make(result_name, {}) if g is None else g["result"]
                 if done:
                     waiting.remove(q)
+                    readers.wait(f"rr/{name}get_resultReply", q.client)
                     w.write(gr_rp(client=q.client, seq=q.seq, status=status, result=result))
             r, w = cancel_goal
             for q in r.take(16):
@@ -436,6 +483,7 @@ def serve_action(dp, types, cmd):
                         g["canceled"] = True
                         code, canceling = 0, [q.goal_info]
                 emit({"event": "msg", "id": cmd["id"] + "/cancel", "value": {"return_code": code}})
+                readers.wait(f"rr/{name}cancel_goalReply", q.client)
                 w.write(cg_rp(client=q.client, seq=q.seq, return_code=code, goals_canceling=canceling))
             time.sleep(0.002)
 
