@@ -338,24 +338,42 @@ fn ros2_launch_starts_the_agent() {
 }
 
 /// A message package built with colcon into `ws` (merged install): its prefix.
-fn build_package(ws: &Path, package: &str, messages: &[(&str, &str)]) -> std::path::PathBuf {
+/// Builds a ROS 2 interface package from `files` (`msg/Tree.msg`, `action/Pick.action`:
+/// path and text) with colcon into `ws`; `depends`: the interface packages it uses.
+fn build_package(
+    ws: &Path,
+    package: &str,
+    files: &[(&str, &str)],
+    depends: &[&str],
+) -> std::path::PathBuf {
     let src = ws.join("src").join(package);
-    std::fs::create_dir_all(src.join("msg")).unwrap();
-    for (name, text) in messages {
-        std::fs::write(src.join("msg").join(format!("{name}.msg")), text).unwrap();
+    for (path, text) in files {
+        let file = src.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
     }
-    let files: Vec<String> = messages
+    let listed: Vec<String> = files.iter().map(|(p, _)| format!("\"{p}\"")).collect();
+    let finds: String = depends
         .iter()
-        .map(|(n, _)| format!("\"msg/{n}.msg\""))
+        .map(|d| format!("find_package({d} REQUIRED)\n"))
+        .collect();
+    let deps = if depends.is_empty() {
+        String::new()
+    } else {
+        format!(" DEPENDENCIES {}", depends.join(" "))
+    };
+    let xml_deps: String = depends
+        .iter()
+        .map(|d| format!("<depend>{d}</depend>"))
         .collect();
     std::fs::write(
         src.join("CMakeLists.txt"),
         format!(
             "cmake_minimum_required(VERSION 3.8)\nproject({package})\n\
              find_package(ament_cmake REQUIRED)\nfind_package(rosidl_default_generators REQUIRED)\n\
-             rosidl_generate_interfaces(${{PROJECT_NAME}} {})\n\
+             {finds}rosidl_generate_interfaces(${{PROJECT_NAME}} {}{deps})\n\
              ament_export_dependencies(rosidl_default_runtime)\nament_package()\n",
-            files.join(" ")
+            listed.join(" ")
         ),
     )
     .unwrap();
@@ -366,7 +384,7 @@ fn build_package(ws: &Path, package: &str, messages: &[(&str, &str)]) -> std::pa
              <version>0.0.1</version><description>test messages</description>\
              <maintainer email=\"t@example.com\">t</maintainer><license>Apache-2.0</license>\
              <buildtool_depend>ament_cmake</buildtool_depend>\
-             <buildtool_depend>rosidl_default_generators</buildtool_depend>\
+             <buildtool_depend>rosidl_default_generators</buildtool_depend>{xml_deps}\
              <exec_depend>rosidl_default_runtime</exec_depend>\
              <member_of_group>rosidl_interface_packages</member_of_group>\
              <export><build_type>ament_cmake</build_type></export>\n</package>\n"
@@ -512,7 +530,12 @@ ros_type = "pick_msgs/msg/Grip"
 
     // A new package, built now, long after the agent: bridged both ways.
     let tree = "string variety\nfloat32 height_m\nuint32 fruits\nstring[] tags\n";
-    let prefix = build_package(ws.path(), "orchard_test_msgs", &[("Tree", tree)]);
+    let prefix = build_package(
+        ws.path(),
+        "orchard_test_msgs",
+        &[("msg/Tree.msg", tree)],
+        &[],
+    );
     let env = with_prefix(&prefix);
     let rules = r#"
 [[ros_to_mqtt]]
@@ -825,6 +848,155 @@ ros_type = "std_srvs/srv/SetBool"
         calls.recv_timeout(Duration::from_secs(5)).as_deref(),
         Ok("called True")
     );
+    let log = agent.stop();
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+/// A cloud goal runs an rclpy action server's action through rcl (a package of
+/// actions built now): accepted, its feedback forwarded, its result the reply, the
+/// cloud's retry answered from the stored reply; a second goal is cancelled from the
+/// cloud and ends canceled.
+#[test]
+fn a_cloud_goal_runs_an_rclpy_action_through_rcl() {
+    ros_sourced();
+    let dom = support::domain();
+    let domain = dom.id;
+    let ws = tempfile::tempdir().unwrap();
+    let pick = std::fs::read_to_string(
+        support::repo().join("tests/fixtures/interfaces/orchard_test_srvs/action/PickApple.action"),
+    )
+    .unwrap();
+    let prefix = build_package(
+        ws.path(),
+        "orchard_test_srvs",
+        &[("action/PickApple.action", &pick)],
+        &["geometry_msgs", "action_msgs"],
+    );
+    let env = with_prefix(&prefix);
+    let mut server = rclpy(
+        domain,
+        &[
+            "action",
+            "/arm/pick_apple",
+            "orchard_test_srvs/action/PickApple",
+            r#"{"picked": true, "log": ["reached", "gripped"]}"#,
+            // 20 feedback messages, 4 s: time for the cancel below.
+            "--count",
+            "20",
+            "--seconds",
+            "120",
+        ],
+    )
+    .envs(env.iter().cloned())
+    .spawn()
+    .unwrap();
+    let goals = stdout_lines(&mut server);
+    let _server = Kill(server);
+    assert_eq!(
+        goals.recv_timeout(Duration::from_secs(20)).as_deref(),
+        Ok("ready")
+    );
+
+    let broker = Mosquitto::start(Options::default());
+    let sub = ready_sub(broker.port, "#", "probe/ready", &["-q", "1"]);
+    let rules = r#"
+[[mqtt_to_action]]
+name = "pick"
+mqtt_topic = "/${productKey}/${deviceName}/user/action/pick"
+ros_action = "/arm/pick_apple"
+ros_type = "orchard_test_srvs/action/PickApple"
+feedback_max_rate_hz = 100
+"#;
+    let dir = agent_dir(broker.port, domain, rules);
+    let child = agent()
+        .arg("run")
+        .arg("--config")
+        .arg(dir.config())
+        .env("ROS_DOMAIN_ID", domain.to_string())
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start edge-agent");
+    let agent = Agent::from_child(child);
+    let topic = "/pk1/robot-7/user/action/pick";
+    let errors = "/pk1/robot-7/user/cmd/error";
+    // Subscribed once a request without an id is refused on the error topic.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let before = payloads(&sub.snapshot(), errors).len();
+        publish(broker.port, topic, r#"{"probe": true}"#, &["-q", "1"]);
+        let t = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < t && payloads(&sub.snapshot(), errors).len() == before {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if payloads(&sub.snapshot(), errors).len() > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent never subscribed");
+    }
+
+    let goal = json!({"id": "g-1", "target": {"x": 1.0, "y": 2.0, "z": 3.0}, "grip_force": 0.5});
+    publish(broker.port, topic, &goal.to_string(), &["-q", "1"]);
+    let reply_topic = format!("{topic}_reply");
+    let lines = sub.wait_for("the goal's result", Duration::from_secs(60), |l| {
+        !payloads(l, &reply_topic).is_empty()
+    });
+    assert_eq!(
+        payloads(&lines, &reply_topic)[0],
+        json!({"id": "g-1", "code": 200, "message": "succeeded",
+               "data": {"status": "succeeded", "result": {"picked": true, "log": ["reached", "gripped"]}}}),
+    );
+    let first = goals.recv_timeout(Duration::from_secs(5)).unwrap();
+    let sent: Value = serde_json::from_str(first.strip_prefix("goal ").unwrap()).unwrap();
+    assert_eq!(
+        sent,
+        json!({"target": {"x": 1.0, "y": 2.0, "z": 3.0}, "grip_force": 0.5})
+    );
+    let feedback = payloads(&lines, &format!("{topic}_feedback"));
+    assert!(
+        feedback.contains(&json!({"id": "g-1", "status": "accepted"})),
+        "{feedback:?}"
+    );
+    let progress: Vec<f64> = feedback
+        .iter()
+        .filter_map(|f| f["feedback"]["progress"].as_f64())
+        .collect();
+    assert!(!progress.is_empty(), "{feedback:?}");
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+
+    // The cloud's retry: the stored result, no second goal.
+    publish(broker.port, topic, &goal.to_string(), &["-q", "1"]);
+    let lines = sub.wait_for("the stored reply", Duration::from_secs(30), |l| {
+        payloads(l, &reply_topic).len() >= 2
+    });
+    let replies = payloads(&lines, &reply_topic);
+    assert_eq!(replies[1], replies[0]);
+
+    // A long goal, cancelled from the cloud.
+    let slow = json!({"id": "g-2", "grip_force": 0.2});
+    publish(broker.port, topic, &slow.to_string(), &["-q", "1"]);
+    let second = goals.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(second.starts_with("goal "), "{second}");
+    let cancel = format!("{topic}/cancel");
+    publish(broker.port, &cancel, r#"{"id": "g-2"}"#, &["-q", "1"]);
+    let lines = sub.wait_for(
+        "the cancelled goal's result",
+        Duration::from_secs(30),
+        |l| payloads(l, &reply_topic).iter().any(|r| r["id"] == "g-2"),
+    );
+    let answer = payloads(&lines, &format!("{cancel}_reply"));
+    assert_eq!(answer[0]["message"], "canceling", "{answer:?}");
+    let done = payloads(&lines, &reply_topic)
+        .into_iter()
+        .find(|r| r["id"] == "g-2")
+        .unwrap();
+    assert_eq!(done["data"]["status"], "canceled", "{done}");
+    assert_eq!(
+        goals.recv_timeout(Duration::from_secs(5)).as_deref(),
+        Ok("canceled")
+    );
+    assert!(goals.try_recv().is_err(), "a goal was sent twice");
     let log = agent.stop();
     assert!(!log.contains("ERROR"), "{log}");
 }

@@ -4,6 +4,7 @@
     rclpy_peer.py echo TOPIC TYPE [--count N] [--seconds S]
     rclpy_peer.py setbool SERVICE std_srvs/srv/SetBool [--seconds S]
     rclpy_peer.py burst TOPIC std_msgs/msg/String [--count N]
+    rclpy_peer.py action ACTION pkg/action/T RESULT_JSON [--count STEPS] [--seconds S]
 
 `pub` publishes the message given as JSON (fields as in `ros2 topic pub`) until killed or
 S seconds pass; with --latched it publishes once, transient-local (as a map or a robot
@@ -13,8 +14,11 @@ service (a camera switch): it prints `ready`, then `called <data>` for each call
 answers success with the message "on" or "off". `burst` (reliable, history 1000) waits
 for a subscriber and prints `matched`, publishes one message and prints `one`, then
 waits for a line on its standard input and publishes N more as fast as it can, prints
-`done`, and stays until killed so that the middleware can deliver them. TYPE is
-`pkg/msg/Name`.
+`done`, and stays until killed so that the middleware can deliver them. `action` serves
+an action: it prints `ready`, then `goal <goal as JSON>` for each goal it accepts; each
+goal sends STEPS feedback messages (`progress` k/STEPS and `stage` "step k", 200 ms apart)
+and succeeds with RESULT_JSON, or ends canceled (printing `canceled`) when a cancel comes
+first. TYPE is `pkg/msg/Name` (or `pkg/action/Name`).
 """
 
 import argparse
@@ -30,7 +34,7 @@ from rosidl_runtime_py.utilities import get_message
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("op", choices=["pub", "echo", "setbool", "burst"])
+    ap.add_argument("op", choices=["pub", "echo", "setbool", "burst", "action"])
     ap.add_argument("topic")
     ap.add_argument("type")
     ap.add_argument("json", nargs="?", default="{}")
@@ -57,6 +61,8 @@ def main():
         while time.monotonic() < end:
             rclpy.spin_once(node, timeout_sec=0.1)
         return 0
+    if a.op == "action":
+        return serve_action(node, a, end)
     cls = get_message(a.type)
     if a.op == "burst":
         pub = node.create_publisher(cls, a.topic, 1000)
@@ -101,6 +107,45 @@ def main():
             rclpy.spin_once(node, timeout_sec=0.1)
     node.destroy_node()
     rclpy.shutdown()
+    return 0
+
+
+def serve_action(node, a, end):
+    from rclpy.action import ActionServer, CancelResponse, GoalResponse
+    from rclpy.callback_groups import ReentrantCallbackGroup
+    from rclpy.executors import MultiThreadedExecutor
+    from rosidl_runtime_py.utilities import get_action
+
+    cls = get_action(a.type)
+    steps = a.count
+
+    def on_goal(goal):
+        print("goal " + json.dumps(message_to_ordereddict(goal)), flush=True)
+        return GoalResponse.ACCEPT
+
+    def execute(handle):
+        for k in range(steps):
+            if handle.is_cancel_requested:
+                handle.canceled()
+                print("canceled", flush=True)
+                return cls.Result()
+            fb = cls.Feedback()
+            set_message_fields(fb, {"progress": (k + 1) / steps, "stage": f"step {k + 1}"})
+            handle.publish_feedback(fb)
+            time.sleep(0.2)
+        handle.succeed()
+        result = cls.Result()
+        set_message_fields(result, json.loads(a.json))
+        return result
+
+    ActionServer(node, cls, a.topic, execute, goal_callback=on_goal,
+                 cancel_callback=lambda _: CancelResponse.ACCEPT,
+                 callback_group=ReentrantCallbackGroup())
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    print("ready", flush=True)
+    while time.monotonic() < end:
+        executor.spin_once(timeout_sec=0.1)
     return 0
 
 

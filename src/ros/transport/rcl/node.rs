@@ -72,6 +72,8 @@ pub(crate) struct Node {
     stopped: Mutex<Option<String>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     runtime: tokio::runtime::Handle,
+    /// Cancelled when the node stops: ends the subscriptions' tasks.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 // rcl's objects are used from several threads only where rcl allows it: creating and
@@ -128,6 +130,7 @@ impl Node {
                 stopped: Mutex::new(None),
                 thread: Mutex::new(None),
                 runtime,
+                closing: tokio_util::sync::CancellationToken::new(),
             }
         };
         // SAFETY: the calls follow rcl's documented order; the strings and argv outlive
@@ -193,6 +196,7 @@ impl Node {
     /// Stops the wait thread; entities it holds are finalised.
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.closing.cancel();
         self.wake();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = thread {
@@ -220,7 +224,28 @@ impl Node {
         self.incoming.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn add_subscription(&self, s: Subscription) {
+    /// Starts taking `s`'s messages: on a task woken by the RMW when one arrives (one
+    /// thread hop fewer than through the wait thread), or, where the RMW has no such
+    /// callback, through the wait thread.
+    pub(crate) fn add_subscription(&self, mut s: Subscription) {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        // SAFETY: the callback only notifies; `wake` is kept by the subscription, which
+        // removes the callback before it is finalised and before `wake` is dropped.
+        let ret = unsafe {
+            sys::rcl_subscription_set_on_new_message_callback(
+                &*s.handle,
+                Some(on_new_message),
+                Arc::as_ptr(&wake).cast::<c_void>(),
+            )
+        };
+        if ret == sys::RCL_RET_OK as sys::rcl_ret_t {
+            s.wake = Some(wake.clone());
+            let closing = self.closing.clone();
+            self.runtime.spawn(pump(s, wake, closing));
+            return;
+        }
+        let why = rcl_error("setting a message callback", ret);
+        tracing::debug!(topic = %s.topic, "{why}; the wait thread takes its messages");
         self.incoming().subscriptions.push(s);
         self.wake();
     }
@@ -263,6 +288,7 @@ impl Node {
                 closed: false,
                 take_errors: 0,
                 last_seq: HashMap::new(),
+                wake: None,
             })
         }
     }
@@ -390,16 +416,103 @@ pub(crate) struct Subscription {
     take_errors: u64,
     /// The last sequence number taken from each publisher (by its gid), where the RMW
     /// hands them out.
-    last_seq: HashMap<Vec<u8>, u64>,
+    last_seq: HashMap<[u8; GID_SIZE], u64>,
+    /// What the RMW's new-message callback notifies, when one is set.
+    wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 unsafe impl Send for Subscription {}
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        // SAFETY: initialised on this node, finalised once.
+        // SAFETY: initialised on this node, finalised once; the callback is removed
+        // first, so the RMW no longer uses `wake` (dropped after this).
         unsafe {
+            if self.wake.is_some() {
+                sys::rcl_subscription_set_on_new_message_callback(
+                    &*self.handle,
+                    None,
+                    std::ptr::null(),
+                );
+            }
             sys::rcl_subscription_fini(&mut *self.handle, self.node.node);
+        }
+    }
+}
+
+/// The bytes of a publisher's gid.
+const GID_SIZE: usize = sys::RMW_GID_STORAGE_SIZE as usize;
+
+/// Called by the RMW (on its own thread) when messages arrive for a subscription.
+unsafe extern "C" fn on_new_message(user_data: *const c_void, _count: usize) {
+    // SAFETY: `user_data` is the subscription's `Notify`, alive while the callback is set.
+    if let Some(wake) = unsafe { user_data.cast::<tokio::sync::Notify>().as_ref() } {
+        wake.notify_one();
+    }
+}
+
+/// A buffer for serialized messages, grown by the RMW as needed.
+struct Buffer(sys::rcl_serialized_message_t);
+
+// The buffer is plain memory owned by this value.
+unsafe impl Send for Buffer {}
+
+impl Buffer {
+    fn new() -> Result<Self, String> {
+        // SAFETY: an empty array with the default allocator.
+        unsafe {
+            let mut b = sys::rcutils_get_zero_initialized_uint8_array();
+            let alloc = allocator();
+            check(
+                sys::rcutils_uint8_array_init(&mut b, 0, &alloc),
+                "allocating a buffer",
+            )?;
+            Ok(Self(b))
+        }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: initialised in new, finalised once.
+        unsafe {
+            sys::rcutils_uint8_array_fini(&mut self.0);
+        }
+    }
+}
+
+/// Moves a subscription's messages to its channel, each when there is room for it: what
+/// the channel cannot take stays in the RMW's history, whose depth decides what is kept.
+async fn pump(
+    mut sub: Subscription,
+    wake: Arc<tokio::sync::Notify>,
+    closing: tokio_util::sync::CancellationToken,
+) {
+    let mut buffer = match Buffer::new() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(topic = %sub.topic, "{e}. Nothing is taken from this topic.");
+            return;
+        }
+    };
+    let sink = sub.sink.clone();
+    loop {
+        let permit = tokio::select! {
+            p = sink.reserve() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = closing.cancelled() => return,
+        };
+        match sub.take_one(&mut buffer.0) {
+            Some(sample) => permit.send(sample),
+            None => {
+                drop(permit);
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = closing.cancelled() => return,
+                }
+            }
         }
     }
 }
@@ -429,8 +542,7 @@ impl Subscription {
             // each is then counted from).
             self.last_seq.clear();
         }
-        let gid = info.publisher_gid.data.to_vec();
-        let last = self.last_seq.insert(gid, seq);
+        let last = self.last_seq.insert(info.publisher_gid.data, seq);
         missing(last, seq)
     }
 
@@ -446,45 +558,49 @@ impl Subscription {
         self.pending.is_none() && !self.closed
     }
 
+    /// Takes one message, if the middleware holds one.
+    fn take_one(&mut self, buffer: &mut sys::rcl_serialized_message_t) -> Option<Sample> {
+        // SAFETY: the buffer was initialised with the default allocator, and rmw grows
+        // it as needed; the message info is a plain value.
+        let (ret, info) = unsafe {
+            let mut info = sys::rmw_get_zero_initialized_message_info();
+            let ret = sys::rcl_take_serialized_message(
+                &*self.handle,
+                buffer,
+                &mut info,
+                std::ptr::null_mut(),
+            );
+            (ret, info)
+        };
+        if ret == sys::RCL_RET_SUBSCRIPTION_TAKE_FAILED as sys::rcl_ret_t {
+            return None;
+        }
+        if ret != sys::RCL_RET_OK as sys::rcl_ret_t {
+            // A publisher that leaves can make one take fail (its disposal has no data):
+            // nothing is lost, so it is not an error of the agent's.
+            self.take_errors += 1;
+            let why = rcl_error("taking a message", ret);
+            tracing::debug!(topic = %self.topic, count = self.take_errors, "{why}");
+            return None;
+        }
+        // SAFETY: rmw wrote buffer_length bytes at buffer.
+        let cdr = unsafe {
+            Bytes::copy_from_slice(std::slice::from_raw_parts(
+                buffer.buffer,
+                buffer.buffer_length,
+            ))
+        };
+        let stamp = info.source_timestamp;
+        Some(Sample {
+            cdr,
+            source_time_ns: (stamp > 0).then_some(stamp),
+            lost_before: self.gap(&info),
+        })
+    }
+
     /// Takes what the middleware holds, until it is empty or the channel is full.
     fn take(&mut self, buffer: &mut sys::rcl_serialized_message_t) {
-        loop {
-            // SAFETY: the buffer was initialised with the default allocator, and rmw
-            // grows it as needed; the message info is a plain value.
-            let (ret, info) = unsafe {
-                let mut info = sys::rmw_get_zero_initialized_message_info();
-                let ret = sys::rcl_take_serialized_message(
-                    &*self.handle,
-                    buffer,
-                    &mut info,
-                    std::ptr::null_mut(),
-                );
-                (ret, info)
-            };
-            if ret == sys::RCL_RET_SUBSCRIPTION_TAKE_FAILED as sys::rcl_ret_t {
-                return;
-            }
-            if ret != sys::RCL_RET_OK as sys::rcl_ret_t {
-                // A publisher that leaves can make one take fail (its disposal has no
-                // data): nothing is lost, so it is not an error of the agent's.
-                self.take_errors += 1;
-                let why = rcl_error("taking a message", ret);
-                tracing::debug!(topic = %self.topic, count = self.take_errors, "{why}");
-                return;
-            }
-            // SAFETY: rmw wrote buffer_length bytes at buffer.
-            let cdr = unsafe {
-                Bytes::copy_from_slice(std::slice::from_raw_parts(
-                    buffer.buffer,
-                    buffer.buffer_length,
-                ))
-            };
-            let stamp = info.source_timestamp;
-            let sample = Sample {
-                cdr,
-                source_time_ns: (stamp > 0).then_some(stamp),
-                lost_before: self.gap(&info),
-            };
+        while let Some(sample) = self.take_one(buffer) {
             match self.sink.try_send(sample) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(s)) => {
@@ -881,16 +997,14 @@ fn wait_loop(node: &Arc<Node>) {
     let mut clients: Vec<Arc<Client>> = Vec::new();
     // SAFETY: zero-initialised objects, initialised below before use.
     let mut wait_set = unsafe { sys::rcl_get_zero_initialized_wait_set() };
-    let mut buffer = unsafe { sys::rcutils_get_zero_initialized_uint8_array() };
     let alloc = allocator();
-    // SAFETY: an empty buffer with the default allocator; rmw grows it.
-    if let Err(e) = check(
-        unsafe { sys::rcutils_uint8_array_init(&mut buffer, 0, &alloc) },
-        "allocating a buffer",
-    ) {
-        *node.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-        return;
-    }
+    let mut buffer = match Buffer::new() {
+        Ok(b) => b,
+        Err(e) => {
+            *node.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            return;
+        }
+    };
     let mut sized: Option<(usize, usize, usize)> = None;
     let mut failures = 0u32;
     while !node.stop.load(Ordering::SeqCst) {
@@ -965,7 +1079,7 @@ fn wait_loop(node: &Arc<Node>) {
             if ret == sys::RCL_RET_OK as sys::rcl_ret_t {
                 for (slot, i) in slots {
                     if !(*wait_set.subscriptions.add(slot)).is_null() {
-                        subscriptions[i].take(&mut buffer);
+                        subscriptions[i].take(&mut buffer.0);
                     }
                 }
                 for (k, s) in services.iter().enumerate() {
@@ -1003,7 +1117,6 @@ fn wait_loop(node: &Arc<Node>) {
         if sized.is_some() {
             sys::rcl_wait_set_fini(&mut wait_set);
         }
-        sys::rcutils_uint8_array_fini(&mut buffer);
     }
 }
 
