@@ -130,6 +130,17 @@ EOF
     echo "$WORK/agent-$1.toml"
 }
 
+# listed KIND LINE: whether `ros2 KIND list -t` prints LINE (leaving its output in `out`).
+# The ros2 daemon learns the graph as discovery goes: asked until it knows, 20 s at most.
+listed() {
+    for _ in $(seq 20); do
+        out=$(timeout 30 ros2 "$1" list -t 2>&1)
+        echo "$out" | grep -qF "$2" && return 0
+        sleep 1
+    done
+    return 1
+}
+
 run_case() {  # run_case RMW DOMAIN LOOPBACK(0/1)
     local rmw=$1 domain=$2 lo=$3 tag="$1 $([ "$3" = 1 ] && echo loopback || echo network)"
     export RMW_IMPLEMENTATION=$rmw ROS_DOMAIN_ID=$domain
@@ -142,21 +153,10 @@ run_case() {  # run_case RMW DOMAIN LOOPBACK(0/1)
     local cam=$!
     for _ in $(seq 100); do grep -q "Detection service ready" "$log" && break; sleep 0.1; done
     local out
-    # The ros2 daemon learns the graph as discovery goes: ask until it knows, 20 s at most.
-    local found=1
-    for _ in $(seq 20); do
-        out=$(timeout 30 ros2 service list -t 2>&1)
-        echo "$out" | grep -q "/edge_agent/detect_objects \[edge_agent_msgs/srv/DetectObjects\]" && { found=0; break; }
-        sleep 1
-    done
-    check "$tag: ros2 service list names the service and its type" $found "$out"
-    found=1
-    for _ in $(seq 20); do
-        out=$(timeout 30 ros2 action list -t 2>&1)
-        echo "$out" | grep -q "/edge_agent/detect_objects \[edge_agent_msgs/action/DetectObjects\]" && { found=0; break; }
-        sleep 1
-    done
-    check "$tag: ros2 action list names the action and its type" $found "$out"
+    listed service "/edge_agent/detect_objects [edge_agent_msgs/srv/DetectObjects]"
+    check "$tag: ros2 service list names the service and its type" $? "$out"
+    listed action "/edge_agent/detect_objects [edge_agent_msgs/action/DetectObjects]"
+    check "$tag: ros2 action list names the action and its type" $? "$out"
     if [ "$TRANSPORT" = dds ] && [ "$rmw" = rmw_fastrtps_cpp ] && [ "$lo" = 0 ]; then
         # The large reply is fragmented: the agent says what will go wrong.
         timeout 15 ros2 service call /edge_agent/detect_objects edge_agent_msgs/srv/DetectObjects \

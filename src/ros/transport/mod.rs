@@ -127,6 +127,17 @@ pub enum TransportError {
     Call { service: String, reason: String },
 }
 
+impl TransportError {
+    /// Makes "cannot create `what` on `topic`" errors from their reasons.
+    pub fn create<'a>(what: &'static str, topic: &'a str) -> impl Fn(String) -> Self + 'a {
+        move |reason| Self::Create {
+            what,
+            topic: topic.to_owned(),
+            reason,
+        }
+    }
+}
+
 /// A publisher of raw CDR on one topic.
 pub trait RawPublisher: Send + Sync {
     /// `cdr` is a full serialized message (header included), as the codec makes it.

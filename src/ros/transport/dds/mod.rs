@@ -86,14 +86,6 @@ impl Drop for DdsTransport {
     }
 }
 
-fn create<'a>(what: &'static str, topic: &'a str) -> impl Fn(String) -> TransportError + 'a {
-    move |reason| TransportError::Create {
-        what,
-        topic: topic.to_owned(),
-        reason,
-    }
-}
-
 /// A ROS 2 name as the node sees it: absolute, relative to its namespace, or private
 /// (`~/…`, under the node's own name). Each part: letters, digits and `_`, not
 /// starting with a digit.
@@ -314,7 +306,7 @@ impl DdsTransport {
         reply_type: &str,
         server: bool,
     ) -> Result<(RawReader, RawWriter), TransportError> {
-        let err = create(
+        let err = TransportError::create(
             if server {
                 "a service"
             } else {
@@ -448,7 +440,7 @@ impl Transport for DdsTransport {
         sink: mpsc::Sender<Sample>,
     ) -> Result<(), TransportError> {
         let fq = self.resolve(topic)?;
-        let err = create("a subscription", topic);
+        let err = TransportError::create("a subscription", topic);
         let dds_qos = to_qos(qos);
         let t = self
             .topic(&format!("rt{fq}"), &type_name.dds_name(), &dds_qos)
@@ -562,7 +554,7 @@ impl Transport for DdsTransport {
         qos: Qos,
     ) -> Result<Arc<dyn RawPublisher>, TransportError> {
         let fq = self.resolve(topic)?;
-        let err = create("a publisher", topic);
+        let err = TransportError::create("a publisher", topic);
         let dds_qos = to_qos(qos);
         let dds_topic = format!("rt{fq}");
         let t = self

@@ -272,11 +272,7 @@ impl Transport for RclTransport {
         qos: Qos,
         sink: mpsc::Sender<Sample>,
     ) -> Result<(), TransportError> {
-        let create = |reason: String| TransportError::Create {
-            what: "a subscription",
-            topic: topic.to_owned(),
-            reason,
-        };
+        let create = TransportError::create("a subscription", topic);
         let ty = message_type(type_name, false).map_err(|e| create(e.to_string()))?;
         let sub: Subscription = self
             .node
@@ -293,11 +289,7 @@ impl Transport for RclTransport {
         _schema: Arc<MsgSchema>,
         qos: Qos,
     ) -> Result<Arc<dyn RawPublisher>, TransportError> {
-        let create = |reason: String| TransportError::Create {
-            what: "a publisher",
-            topic: topic.to_owned(),
-            reason,
-        };
+        let create = TransportError::create("a publisher", topic);
         let ty = message_type(type_name, false).map_err(|e| create(e.to_string()))?;
         let publisher = self.node.publisher(topic, ty, qos).map_err(create)?;
         Ok(Arc::new(RclPublisher {
@@ -359,11 +351,7 @@ impl Transport for RclTransport {
     }
 
     fn serve(&self, service: &str, srv: &TypeName, handler: ServeFn) -> Result<(), TransportError> {
-        let create = |reason: String| TransportError::Create {
-            what: "a service",
-            topic: service.to_owned(),
-            reason,
-        };
+        let create = TransportError::create("a service", service);
         let ty = service_type(srv).map_err(|e| create(e.to_string()))?;
         let s: Service = self.node.service(service, ty, handler).map_err(create)?;
         self.node.add_service(s);
