@@ -9,7 +9,7 @@
 //! [`RESULT_KEPT`] after a goal ends (ROS 2's default `result_timeout`), for clients that
 //! ask late.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,11 @@ use super::transport::{Durability, Qos, RawPublisher, Reliability, Transport, Tr
 pub const RESULT_KEPT: Duration = Duration::from_secs(900);
 /// At most this many finished goals are kept; the oldest go first.
 pub const FINISHED_KEPT: usize = 256;
+/// Feedback sent this soon after a goal's acceptance while no reader of the feedback
+/// topic is matched waits for one (in order), then goes out anyway. A client's feedback
+/// reader is made before its goal is sent, but the server's side of that match can come
+/// after the goal; feedback published before it is lost to that client.
+pub const FEEDBACK_HOLD: Duration = Duration::from_secs(2);
 
 /// action_msgs/msg/GoalStatus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +88,17 @@ struct Inner {
     goals: Mutex<HashMap<String, Known>>,
     feedback: Arc<dyn RawPublisher>,
     status: Arc<dyn RawPublisher>,
+    /// Feedback waiting for a reader (see [`FEEDBACK_HOLD`]).
+    held: Mutex<Held>,
+    hold: Duration,
+}
+
+/// Feedback messages waiting for a matched reader, oldest first, each with the time it
+/// goes out regardless; `flushing`: a task is sending them.
+#[derive(Default)]
+struct Held {
+    queue: VecDeque<(Instant, Bytes)>,
+    flushing: bool,
 }
 
 /// One accepted goal, for whoever carries it out. Dropped without [`Goal::finish`], it
@@ -105,9 +121,17 @@ impl Goal {
 
     /// A handle that publishes this goal's feedback, for whoever reports progress.
     pub fn feedback_sender(&self) -> FeedbackSender {
+        let accepted = self
+            .inner
+            .goals
+            .lock()
+            .ok()
+            .and_then(|g| g.get(&self.key).map(|k| k.accepted))
+            .unwrap_or_else(Instant::now);
         FeedbackSender {
             inner: self.inner.clone(),
             id: self.id.clone(),
+            accepted,
         }
     }
 
@@ -157,25 +181,66 @@ impl Drop for Goal {
 pub struct FeedbackSender {
     inner: Arc<Inner>,
     id: Value,
+    accepted: Instant,
 }
 
 impl FeedbackSender {
-    /// Publishes one feedback message (the action's `_Feedback` type, as JSON).
+    /// Publishes one feedback message (the action's `_Feedback` type, as JSON). Soon
+    /// after the goal's acceptance, with no reader matched yet, it waits for one (see
+    /// [`FEEDBACK_HOLD`]); feedback always goes out in the order it was sent.
     pub fn send(&self, feedback: Value) {
         let msg = json!({"goal_id": self.id, "feedback": feedback});
-        match encode_value(
+        let cdr = match encode_value(
             &self.inner.schemas.feedback,
             &msg,
             &EncodeOptions::default(),
         ) {
-            Ok(cdr) => {
-                if let Err(e) = self.inner.feedback.publish(&Bytes::from(cdr)) {
-                    tracing::debug!(action = %self.inner.name, error = %e, "Action feedback not published.");
+            Ok(cdr) => Bytes::from(cdr),
+            Err(e) => {
+                tracing::error!(action = %self.inner.name, error = %e, "Action feedback cannot be encoded.");
+                return;
+            }
+        };
+        let until = self.accepted + self.inner.hold;
+        {
+            let mut held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+            let wait = !held.queue.is_empty()
+                || (Instant::now() < until && self.inner.feedback.subscription_count() == 0);
+            if wait {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    held.queue.push_back((until, cdr));
+                    if !held.flushing {
+                        held.flushing = true;
+                        rt.spawn(flush_held(self.inner.clone()));
+                    }
+                    return;
                 }
             }
-            Err(e) => {
-                tracing::error!(action = %self.inner.name, error = %e, "Action feedback cannot be encoded.")
+        }
+        self.inner.publish_feedback(&cdr);
+    }
+}
+
+/// Sends held feedback once a reader is matched, or when its time is up.
+async fn flush_held(inner: Arc<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut held = inner.held.lock().unwrap_or_else(|p| p.into_inner());
+        let matched = inner.feedback.subscription_count() > 0;
+        while let Some((until, _)) = held.queue.front() {
+            if !matched && Instant::now() < *until {
+                break;
             }
+            if let Some((_, cdr)) = held.queue.pop_front() {
+                if !matched {
+                    tracing::debug!(action = %inner.name, "Action feedback sent with no reader matched.");
+                }
+                inner.publish_feedback(&cdr);
+            }
+        }
+        if held.queue.is_empty() {
+            held.flushing = false;
+            return;
         }
     }
 }
@@ -203,6 +268,12 @@ fn stamp_ns(stamp: &Value) -> i128 {
 }
 
 impl Inner {
+    fn publish_feedback(&self, cdr: &Bytes) {
+        if let Err(e) = self.feedback.publish(cdr) {
+            tracing::debug!(action = %self.name, error = %e, "Action feedback not published.");
+        }
+    }
+
     fn set_status(&self, key: &str, status: Status, result: Option<Value>) {
         let Ok(mut goals) = self.goals.lock() else {
             return;
@@ -418,6 +489,8 @@ pub fn serve(
         goals: Mutex::default(),
         feedback: feedback_pub,
         status: status_pub,
+        held: Mutex::default(),
+        hold: FEEDBACK_HOLD,
     });
     // An empty status to start with: a client that has it knows this server's
     // writers have matched its readers (feedback sent before that is not delivered).
@@ -474,9 +547,15 @@ pub fn serve(
 mod tests {
     use super::*;
 
-    /// A publisher that keeps what it is given.
+    /// A publisher that keeps what it is given, with as many matched readers as said.
     #[derive(Default)]
-    struct Kept(Mutex<Vec<Bytes>>);
+    struct Kept(Mutex<Vec<Bytes>>, std::sync::atomic::AtomicUsize);
+
+    impl Kept {
+        fn readers(n: usize) -> Arc<Self> {
+            Arc::new(Self(Mutex::default(), n.into()))
+        }
+    }
 
     impl RawPublisher for Kept {
         fn publish(&self, cdr: &Bytes) -> Result<(), TransportError> {
@@ -484,16 +563,20 @@ mod tests {
             Ok(())
         }
         fn subscription_count(&self) -> usize {
-            1
+            self.1.load(std::sync::atomic::Ordering::SeqCst)
         }
     }
 
     fn server() -> (Arc<Inner>, Arc<Kept>, Arc<Kept>) {
+        server_with(Kept::readers(1), Duration::from_secs(2))
+    }
+
+    fn server_with(feedback: Arc<Kept>, hold: Duration) -> (Arc<Inner>, Arc<Kept>, Arc<Kept>) {
         let mut reg = Registry::default();
         reg.add_bundled();
         let s = |n: &str| reg.schema(n).unwrap();
         let a = "edge_agent_msgs/action/DetectObjects";
-        let (feedback, status) = (Arc::new(Kept::default()), Arc::new(Kept::default()));
+        let status = Kept::readers(1);
         let inner = Arc::new(Inner {
             name: "/detect".into(),
             schemas: Schemas {
@@ -503,6 +586,8 @@ mod tests {
             goals: Mutex::default(),
             feedback: feedback.clone(),
             status: status.clone(),
+            held: Mutex::default(),
+            hold,
         });
         (inner, feedback, status)
     }
@@ -516,6 +601,58 @@ mod tests {
 
     fn cancel_one(inner: &Inner, n: u8) -> Value {
         inner.cancel(&json!({"goal_info": {"goal_id": uuid(n), "stamp": {"sec": 0, "nanosec": 0}}}))
+    }
+
+    /// Waits (10 s at most) until `kept` holds `n` messages.
+    async fn kept(kept: &Kept, n: usize) -> Vec<Bytes> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = kept.0.lock().unwrap().clone();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn early_feedback_waits_for_a_reader_and_keeps_its_order() {
+        let feedback = Kept::readers(0);
+        let (inner, feedback, _) = server_with(feedback, Duration::from_secs(60));
+        let (tx, mut rx) = mpsc::channel(4);
+        inner.send_goal(&json!({"goal_id": uuid(1), "goal": {}}), &tx);
+        let goal = rx.recv().await.unwrap();
+        goal.feedback(json!({"stage": "camera"}));
+        goal.feedback(json!({"stage": "local"}));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(feedback.0.lock().unwrap().is_empty(), "sent with no reader");
+        // A reader is matched: both go out, in order.
+        feedback.1.store(1, std::sync::atomic::Ordering::SeqCst);
+        let got = kept(&feedback, 2).await;
+        let stage = |b: &Bytes| {
+            let s = inner.schemas.feedback.clone();
+            decode_to_value(&s, b, &DecodeOptions::default()).unwrap()["feedback"]["stage"].clone()
+        };
+        assert_eq!(
+            got.iter().map(stage).collect::<Vec<_>>(),
+            ["camera", "local"]
+        );
+        // Later feedback goes out at once.
+        goal.feedback(json!({"stage": "done"}));
+        assert_eq!(feedback.0.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn early_feedback_goes_out_when_its_time_is_up() {
+        let (inner, feedback, _) = server_with(Kept::readers(0), Duration::from_millis(100));
+        let (tx, mut rx) = mpsc::channel(4);
+        inner.send_goal(&json!({"goal_id": uuid(1), "goal": {}}), &tx);
+        let goal = rx.recv().await.unwrap();
+        goal.feedback(json!({"stage": "camera"}));
+        assert_eq!(kept(&feedback, 1).await.len(), 1);
+        // Past its hold, with still no reader: at once.
+        goal.feedback(json!({"stage": "local"}));
+        assert_eq!(feedback.0.lock().unwrap().len(), 2);
     }
 
     #[tokio::test]
