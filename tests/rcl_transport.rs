@@ -1102,3 +1102,65 @@ mqtt_topic = "/${productKey}/${deviceName}/user/burst"
     let log = agent.stop();
     assert!(log.contains("lost before the agent took them"), "{log}");
 }
+
+/// A burst on a deep rule (taken in batches while it lasts) reaches MQTT whole and in
+/// order.
+#[test]
+fn a_burst_on_a_deep_rule_arrives_whole_and_in_order() {
+    ros_sourced();
+    let dom = support::domain();
+    let domain = dom.id;
+    let broker = Mosquitto::start(Options::default());
+    let sub = ready_sub(broker.port, "#", "probe/ready", &["-q", "1"]);
+    let rules = r#"
+[[ros_to_mqtt]]
+name = "burst"
+ros_topic = "/burst"
+ros_type = "std_msgs/msg/String"
+qos = { reliability = "reliable", depth = 1000 }
+mqtt_topic = "/${productKey}/${deviceName}/user/burst"
+mqtt_qos = 1
+"#;
+    let dir = agent_dir(broker.port, domain, rules);
+    let agent = spawn_agent(&dir.config(), domain, &[]);
+    const N: usize = 3000;
+    let mut burst = rclpy(
+        domain,
+        &[
+            "burst",
+            "/burst",
+            "std_msgs/msg/String",
+            "--count",
+            &N.to_string(),
+        ],
+    )
+    .stdin(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = burst.stdin.take().unwrap();
+    let lines = stdout_lines(&mut burst);
+    let _burst = Kill(burst);
+    for what in ["matched", "one"] {
+        assert_eq!(
+            lines.recv_timeout(Duration::from_secs(30)).as_deref(),
+            Ok(what)
+        );
+    }
+    let topic = "/pk1/robot-7/user/burst";
+    sub.wait_for("the first message", Duration::from_secs(30), |l| {
+        !payloads(l, topic).is_empty()
+    });
+    use std::io::Write as _;
+    writeln!(stdin, "go").unwrap();
+    let got = sub.wait_for("the whole burst", Duration::from_secs(60), |l| {
+        payloads(l, topic).len() > N
+    });
+    let data: Vec<String> = payloads(&got, topic)
+        .iter()
+        .map(|v| v["data"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..=N).map(|i| i.to_string()).collect();
+    assert_eq!(data, expected);
+    let log = agent.stop();
+    assert!(!log.contains("ERROR"), "{log}");
+}

@@ -289,6 +289,7 @@ impl Node {
                 take_errors: 0,
                 last_seq: HashMap::new(),
                 wake: None,
+                depth: qos.depth,
             })
         }
     }
@@ -419,6 +420,8 @@ pub(crate) struct Subscription {
     last_seq: HashMap<[u8; GID_SIZE], u64>,
     /// What the RMW's new-message callback notifies, when one is set.
     wake: Option<Arc<tokio::sync::Notify>>,
+    /// The history depth the RMW keeps for this subscription.
+    depth: usize,
 }
 
 unsafe impl Send for Subscription {}
@@ -481,8 +484,26 @@ impl Drop for Buffer {
     }
 }
 
+/// At most this many messages are taken in one go, once there is room for all of them.
+const BATCH: usize = 64;
+/// While messages come at [`BUSY_RATE`] or faster, they are taken this often, in
+/// batches, instead of at each arrival (each wake-up costs more than the messages it
+/// hands on).
+const COALESCE: Duration = Duration::from_millis(1);
+/// Messages per second from which a subscription counts as busy, measured over
+/// [`RATE_WINDOW`].
+const BUSY_RATE: u32 = 4000;
+const RATE_WINDOW: Duration = Duration::from_millis(20);
+/// Batches are taken only where the RMW's history holds this many: a shallow one could
+/// overflow in between.
+const COALESCE_DEPTH: usize = 100;
+
 /// Moves a subscription's messages to its channel, each when there is room for it: what
 /// the channel cannot take stays in the RMW's history, whose depth decides what is kept.
+/// A full channel is filled again only once it has room for a batch, so that a consumer
+/// that lags does not wake this task for every message. A message is taken as soon as
+/// it arrives, unless the subscription is busy and its history deep: then every
+/// [`COALESCE`].
 async fn pump(
     mut sub: Subscription,
     wake: Arc<tokio::sync::Notify>,
@@ -496,22 +517,49 @@ async fn pump(
         }
     };
     let sink = sub.sink.clone();
+    let batch = BATCH.min(sink.max_capacity());
+    let may_coalesce = sub.depth >= COALESCE_DEPTH;
+    let (mut window, mut in_window, mut busy) = (std::time::Instant::now(), 0u32, false);
     loop {
-        let permit = tokio::select! {
-            p = sink.reserve() => match p {
+        let permits = tokio::select! {
+            p = sink.reserve_many(batch) => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
             _ = closing.cancelled() => return,
         };
-        match sub.take_one(&mut buffer.0) {
-            Some(sample) => permit.send(sample),
-            None => {
-                drop(permit);
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = closing.cancelled() => return,
+        let mut taken = 0u32;
+        let mut drained = false;
+        for permit in permits {
+            match sub.take_one(&mut buffer.0) {
+                Some(sample) => {
+                    permit.send(sample);
+                    taken += 1;
                 }
+                None => {
+                    drained = true;
+                    break;
+                }
+            }
+        }
+        in_window += taken;
+        let elapsed = window.elapsed();
+        if elapsed >= RATE_WINDOW {
+            busy = f64::from(in_window) >= f64::from(BUSY_RATE) * elapsed.as_secs_f64();
+            (window, in_window) = (std::time::Instant::now(), 0);
+        }
+        if !drained {
+            continue;
+        }
+        if may_coalesce && busy && taken > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(COALESCE) => {}
+                _ = closing.cancelled() => return,
+            }
+        } else {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = closing.cancelled() => return,
             }
         }
     }
