@@ -29,7 +29,8 @@ pub const FINISHED_KEPT: usize = 256;
 /// Feedback sent this soon after a goal's acceptance while no reader of the feedback
 /// topic is matched waits for one (in order), then goes out anyway. A client's feedback
 /// reader is made before its goal is sent, but the server's side of that match can come
-/// after the goal; feedback published before it is lost to that client.
+/// after the goal; feedback published before it is lost to that client. A result asked
+/// for meanwhile waits for the feedback: clients drop a goal's feedback after its result.
 pub const FEEDBACK_HOLD: Duration = Duration::from_secs(2);
 
 /// action_msgs/msg/GoalStatus.
@@ -91,6 +92,8 @@ struct Inner {
     /// Feedback waiting for a reader (see [`FEEDBACK_HOLD`]).
     held: Mutex<Held>,
     hold: Duration,
+    /// Notified when the held feedback has gone out.
+    flushed: tokio::sync::Notify,
 }
 
 /// Feedback messages waiting for a matched reader, oldest first, each with the time it
@@ -240,6 +243,7 @@ async fn flush_held(inner: Arc<Inner>) {
         }
         if held.queue.is_empty() {
             held.flushing = false;
+            inner.flushed.notify_waiters();
             return;
         }
     }
@@ -424,6 +428,23 @@ impl Inner {
             }
         };
         let _ = done.wait_for(|d| *d).await;
+        // Held feedback goes first: a client forgets a goal's feedback once it has
+        // the result.
+        loop {
+            let flushed = self.flushed.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            if self
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .queue
+                .is_empty()
+            {
+                break;
+            }
+            flushed.await;
+        }
         let Ok(goals) = self.goals.lock() else {
             return json!({"status": Status::Unknown as i8});
         };
@@ -491,6 +512,7 @@ pub fn serve(
         status: status_pub,
         held: Mutex::default(),
         hold: FEEDBACK_HOLD,
+        flushed: tokio::sync::Notify::new(),
     });
     // An empty status to start with: a client that has it knows this server's
     // writers have matched its readers (feedback sent before that is not delivered).
@@ -588,6 +610,7 @@ mod tests {
             status: status.clone(),
             held: Mutex::default(),
             hold,
+            flushed: tokio::sync::Notify::new(),
         });
         (inner, feedback, status)
     }
@@ -621,13 +644,23 @@ mod tests {
         let (inner, feedback, _) = server_with(feedback, Duration::from_secs(60));
         let (tx, mut rx) = mpsc::channel(4);
         inner.send_goal(&json!({"goal_id": uuid(1), "goal": {}}), &tx);
-        let goal = rx.recv().await.unwrap();
+        let mut goal = rx.recv().await.unwrap();
         goal.feedback(json!({"stage": "camera"}));
         goal.feedback(json!({"stage": "local"}));
+        let fb = goal.feedback_sender();
+        // The goal ends; its result waits for its feedback.
+        goal.finished = true;
+        inner.set_status(&goal.key, Status::Succeeded, Some(json!({"success": true})));
+        let result = {
+            let inner = inner.clone();
+            tokio::spawn(async move { inner.result(&json!({"goal_id": uuid(1)})).await })
+        };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(feedback.0.lock().unwrap().is_empty(), "sent with no reader");
-        // A reader is matched: both go out, in order.
+        assert!(!result.is_finished(), "the result went before its feedback");
+        // A reader is matched: both go out, in order, and then the result.
         feedback.1.store(1, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(result.await.unwrap()["status"], Status::Succeeded as i8);
         let got = kept(&feedback, 2).await;
         let stage = |b: &Bytes| {
             let s = inner.schemas.feedback.clone();
@@ -638,7 +671,7 @@ mod tests {
             ["camera", "local"]
         );
         // Later feedback goes out at once.
-        goal.feedback(json!({"stage": "done"}));
+        fb.send(json!({"stage": "done"}));
         assert_eq!(feedback.0.lock().unwrap().len(), 3);
     }
 
