@@ -32,6 +32,8 @@ pub const FINISHED_KEPT: usize = 256;
 /// after the goal; feedback published before it is lost to that client. A result asked
 /// for meanwhile waits for the feedback: clients drop a goal's feedback after its result.
 pub const FEEDBACK_HOLD: Duration = Duration::from_secs(2);
+/// How long a result waits for its goal's feedback to be acknowledged by the readers.
+const FEEDBACK_ACK: Duration = Duration::from_millis(500);
 
 /// action_msgs/msg/GoalStatus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,6 +446,15 @@ impl Inner {
                 break;
             }
             flushed.await;
+        }
+        // ...and has reached its readers: the result comes on another topic, which
+        // could overtake it.
+        let feedback = self.feedback.clone();
+        let acked = tokio::task::spawn_blocking(move || feedback.wait_acknowledged(FEEDBACK_ACK))
+            .await
+            .unwrap_or(false);
+        if !acked {
+            tracing::debug!(action = %self.name, "A goal's feedback was not acknowledged before its result.");
         }
         let Ok(goals) = self.goals.lock() else {
             return json!({"status": Status::Unknown as i8});

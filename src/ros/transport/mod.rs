@@ -144,6 +144,12 @@ pub trait RawPublisher: Send + Sync {
     fn publish(&self, cdr: &Bytes) -> Result<(), TransportError>;
     /// How many subscriptions on the graph match this publisher.
     fn subscription_count(&self) -> usize;
+    /// Waits (blocking, up to `timeout`) until every matched reliable reader has
+    /// acknowledged what was published; whether they all did.
+    fn wait_acknowledged(&self, timeout: std::time::Duration) -> bool {
+        let _ = timeout;
+        true
+    }
 }
 
 /// How the robot's ROS 2 middleware carries service calls.

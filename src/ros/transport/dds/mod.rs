@@ -428,6 +428,10 @@ impl RawPublisher for DdsPublisher {
         // Readers of other participants this writer has been matched with for a moment.
         self.matches.settled(&self.writer, MATCH_SETTLE)
     }
+
+    fn wait_acknowledged(&self, timeout: std::time::Duration) -> bool {
+        matches!(self.writer.wait_for_acknowledgments(timeout), Ok(true))
+    }
 }
 
 impl Transport for DdsTransport {

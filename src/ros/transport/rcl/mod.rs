@@ -261,6 +261,10 @@ impl RawPublisher for RclPublisher {
     fn subscription_count(&self) -> usize {
         self.publisher.subscription_count()
     }
+
+    fn wait_acknowledged(&self, timeout: Duration) -> bool {
+        self.publisher.wait_acknowledged(timeout)
+    }
 }
 
 impl Transport for RclTransport {

@@ -700,6 +700,19 @@ impl Publisher {
         }
     }
 
+    /// Waits until every matched reliable reader has acknowledged what was published
+    /// (where the RMW can tell; else at once).
+    pub(crate) fn wait_acknowledged(&self, timeout: Duration) -> bool {
+        let ns = i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX);
+        // SAFETY: a valid publisher; rcl blocks this thread at most `timeout`.
+        let ret = unsafe { sys::rcl_publisher_wait_for_all_acked(&*self.handle, ns) };
+        if ret == sys::RCL_RET_OK as sys::rcl_ret_t {
+            return true;
+        }
+        let _ = rcl_error("waiting for acknowledgements", ret);
+        ret == sys::RCL_RET_UNSUPPORTED as sys::rcl_ret_t
+    }
+
     pub(crate) fn subscription_count(&self) -> usize {
         let mut n = 0usize;
         // SAFETY: a valid publisher and a plain out value.
