@@ -391,16 +391,17 @@ pub const MATCH_SETTLE: std::time::Duration = std::time::Duration::from_millis(5
 pub const SERVICE_SETTLE: std::time::Duration = std::time::Duration::from_millis(1500);
 
 impl DdsPublisher {
-    /// Waits (blocking) for every matched reader to acknowledge what was written.
-    fn wait_acknowledged(&self) {
-        let wait = || self.writer.wait_for_acknowledgments(MATCH_SETTLE);
+    /// Waits (blocking, up to [`MATCH_SETTLE`]) for every matched reader, a new one
+    /// among them, to acknowledge what was written.
+    fn wait_new_reader_acknowledged(&self) {
+        let wait = || RawPublisher::wait_acknowledged(self, MATCH_SETTLE);
         let acked = match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(wait)
             }
             _ => wait(),
         };
-        if !matches!(acked, Ok(true)) {
+        if !acked {
             tracing::debug!(
                 topic = &self.dds_topic[2..],
                 "A new subscriber has not acknowledged the first message yet."
@@ -419,7 +420,7 @@ impl RawPublisher for DdsPublisher {
                 reason: format!("{e:?}"),
             })?;
         if self.matches.take_new() {
-            self.wait_acknowledged();
+            self.wait_new_reader_acknowledged();
         }
         Ok(())
     }

@@ -239,9 +239,8 @@ impl Node {
             )
         };
         if ret == sys::RCL_RET_OK as sys::rcl_ret_t {
-            s.wake = Some(wake.clone());
-            let closing = self.closing.clone();
-            self.runtime.spawn(pump(s, wake, closing));
+            s.wake = Some(wake);
+            self.runtime.spawn(pump(s, self.closing.clone()));
             return;
         }
         let why = rcl_error("setting a message callback", ret);
@@ -504,11 +503,10 @@ const COALESCE_DEPTH: usize = 100;
 /// that lags does not wake this task for every message. A message is taken as soon as
 /// it arrives, unless the subscription is busy and its history deep: then every
 /// [`COALESCE`].
-async fn pump(
-    mut sub: Subscription,
-    wake: Arc<tokio::sync::Notify>,
-    closing: tokio_util::sync::CancellationToken,
-) {
+async fn pump(mut sub: Subscription, closing: tokio_util::sync::CancellationToken) {
+    let Some(wake) = sub.wake.clone() else {
+        return;
+    };
     let mut buffer = match Buffer::new() {
         Ok(b) => b,
         Err(e) => {
