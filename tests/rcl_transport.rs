@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::agent::{agent, payloads, Agent, AgentDir};
+use support::agent::{agent, assert_goal_feedback, payloads, wait_subscribed, Agent, AgentDir};
 use support::mosquitto::{publish, ready_sub, Mosquitto, Options};
 
 const RULES: &str = r#"
@@ -106,7 +106,9 @@ fn echo(domain: u16, topic: &str, type_name: &str) -> (Kill, mpsc::Receiver<Stri
     (Kill(child), rx)
 }
 
-fn spawn_agent(config: &Path, domain: u16, extra: &[&str]) -> Agent {
+/// `edge-agent run` on `config` with `extra` arguments, in `domain`, logging at debug,
+/// with `env` on top of this process's environment.
+fn spawn_agent(config: &Path, domain: u16, extra: &[&str], env: &[(String, String)]) -> Agent {
     let child = agent()
         .arg("run")
         .arg("--config")
@@ -114,6 +116,7 @@ fn spawn_agent(config: &Path, domain: u16, extra: &[&str]) -> Agent {
         .args(extra)
         .env("ROS_DOMAIN_ID", domain.to_string())
         .env("RUST_LOG", "edge_agent=debug")
+        .envs(env.iter().cloned())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -150,7 +153,7 @@ fn standard_and_custom_types_cross_both_ways() {
     let sub = ready_sub(broker.port, "#", "probe/ready", &["-q", "1"]);
     let dir = agent_dir(broker.port, domain, RULES);
     let config = dir.config();
-    let agent = spawn_agent(&config, domain, &[]);
+    let agent = spawn_agent(&config, domain, &[], &[]);
 
     // ROS 2 -> MQTT: a standard and an edge_agent_msgs type from rclpy.
     let _chatter = Kill(
@@ -266,6 +269,7 @@ fn node_name_namespace_and_config_file_parameter() {
             "--log-level",
             "warn",
         ],
+        &[],
     );
     let nodes = ros2_until(domain, &["node", "list"], |t| {
         t.contains("/picker07/cloud_link")
@@ -565,18 +569,7 @@ ros_type = "orchard_test_msgs/msg/Tree"
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let child = agent()
-        .arg("run")
-        .arg("--config")
-        .arg(dir.config())
-        .env("ROS_DOMAIN_ID", domain.to_string())
-        .env("RUST_LOG", "edge_agent=debug")
-        .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start edge-agent");
-    let agent = Agent::from_child(child);
+    let agent = spawn_agent(&dir.config(), domain, &[], &env);
     let sent =
         json!({"variety": "Gala", "height_m": 2.5, "fruits": 140, "tags": ["row-3", "north"]});
     let _pub = Kill(
@@ -765,7 +758,7 @@ mqtt_topic = "/${productKey}/${deviceName}/user/map_info"
     });
     assert!(info.contains("Publisher count: 1"), "{info}");
     let dir = agent_dir(broker.port, domain, rules);
-    let agent = spawn_agent(&dir.config(), domain, &[]);
+    let agent = spawn_agent(&dir.config(), domain, &[], &[]);
     let lines = sub.wait_for(
         "the latched message on MQTT",
         Duration::from_secs(30),
@@ -811,7 +804,7 @@ ros_type = "std_srvs/srv/SetBool"
         Ok("ready")
     );
     let dir = agent_dir(broker.port, domain, rules);
-    let agent = spawn_agent(&dir.config(), domain, &[]);
+    let agent = spawn_agent(&dir.config(), domain, &[], &[]);
     let reply_topic = "/pk1/robot-7/user/service/light_reply";
     // The agent subscribes to the request topic once it has started: ask until answered.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -908,33 +901,15 @@ ros_type = "orchard_test_srvs/action/PickApple"
 feedback_max_rate_hz = 100
 "#;
     let dir = agent_dir(broker.port, domain, rules);
-    let child = agent()
-        .arg("run")
-        .arg("--config")
-        .arg(dir.config())
-        .env("ROS_DOMAIN_ID", domain.to_string())
-        .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start edge-agent");
-    let agent = Agent::from_child(child);
+    let agent = spawn_agent(&dir.config(), domain, &[], &env);
     let topic = "/pk1/robot-7/user/action/pick";
-    let errors = "/pk1/robot-7/user/cmd/error";
-    // Subscribed once a request without an id is refused on the error topic.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let before = payloads(&sub.snapshot(), errors).len();
-        publish(broker.port, topic, r#"{"probe": true}"#, &["-q", "1"]);
-        let t = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < t && payloads(&sub.snapshot(), errors).len() == before {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if payloads(&sub.snapshot(), errors).len() > before {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the agent never subscribed");
-    }
+    wait_subscribed(
+        broker.port,
+        &sub,
+        topic,
+        "/pk1/robot-7/user/cmd/error",
+        Duration::from_secs(30),
+    );
 
     let goal = json!({"id": "g-1", "target": {"x": 1.0, "y": 2.0, "z": 3.0}, "grip_force": 0.5});
     publish(broker.port, topic, &goal.to_string(), &["-q", "1"]);
@@ -953,17 +928,7 @@ feedback_max_rate_hz = 100
         sent,
         json!({"target": {"x": 1.0, "y": 2.0, "z": 3.0}, "grip_force": 0.5})
     );
-    let feedback = payloads(&lines, &format!("{topic}_feedback"));
-    assert!(
-        feedback.contains(&json!({"id": "g-1", "status": "accepted"})),
-        "{feedback:?}"
-    );
-    let progress: Vec<f64> = feedback
-        .iter()
-        .filter_map(|f| f["feedback"]["progress"].as_f64())
-        .collect();
-    assert!(!progress.is_empty(), "{feedback:?}");
-    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+    assert_goal_feedback(&payloads(&lines, &format!("{topic}_feedback")), "g-1");
 
     // The cloud's retry: the stored result, no second goal.
     publish(broker.port, topic, &goal.to_string(), &["-q", "1"]);
@@ -1001,6 +966,57 @@ feedback_max_rate_hz = 100
     assert!(!log.contains("ERROR"), "{log}");
 }
 
+/// An rclpy `burst` publisher (tests/py/rclpy_peer.py) of `n` more messages on
+/// `/burst`: once started, a subscriber is matched and its first message is out.
+struct Burst {
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+    _child: Kill,
+}
+
+impl Burst {
+    fn start(domain: u16, n: usize, env: &[(String, String)]) -> Self {
+        let mut child = rclpy(
+            domain,
+            &[
+                "burst",
+                "/burst",
+                "std_msgs/msg/String",
+                "--count",
+                &n.to_string(),
+            ],
+        )
+        .envs(env.iter().cloned())
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = stdout_lines(&mut child);
+        let burst = Self {
+            stdin,
+            lines,
+            _child: Kill(child),
+        };
+        burst.next("matched");
+        burst.next("one");
+        burst
+    }
+
+    /// Asserts the publisher's next line.
+    fn next(&self, what: &str) {
+        assert_eq!(
+            self.lines.recv_timeout(Duration::from_secs(30)).as_deref(),
+            Ok(what)
+        );
+    }
+
+    /// Writes the other messages, as fast as it can.
+    fn go(&mut self) {
+        use std::io::Write as _;
+        writeln!(self.stdin, "go").unwrap();
+    }
+}
+
 /// The rule's counters in the agent's status file.
 fn rule_counters(dir: &AgentDir, name: &str) -> Value {
     let text = std::fs::read_to_string(dir.path().join("state/status.json")).unwrap_or_default();
@@ -1030,45 +1046,14 @@ qos = { reliability = "reliable", depth = 1 }
 mqtt_topic = "/${productKey}/${deviceName}/user/burst"
 "#;
     let dir = agent_dir(broker.port, domain, rules);
-    let child = agent()
-        .arg("run")
-        .arg("--config")
-        .arg(dir.config())
-        .env("ROS_DOMAIN_ID", domain.to_string())
-        .env("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start edge-agent");
-    let pid = child.id().to_string();
-    let agent = Agent::from_child(child);
+    let fastrtps = [(
+        "RMW_IMPLEMENTATION".to_owned(),
+        "rmw_fastrtps_cpp".to_owned(),
+    )];
+    let agent = spawn_agent(&dir.config(), domain, &[], &fastrtps);
+    let pid = agent.pid().to_string();
     const N: u64 = 500;
-    let mut burst = rclpy(
-        domain,
-        &[
-            "burst",
-            "/burst",
-            "std_msgs/msg/String",
-            "--count",
-            &N.to_string(),
-        ],
-    );
-    let mut burst = burst
-        .env("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = burst.stdin.take().unwrap();
-    let lines = stdout_lines(&mut burst);
-    let _burst = Kill(burst);
-    let next = |what: &str| {
-        assert_eq!(
-            lines.recv_timeout(Duration::from_secs(30)).as_deref(),
-            Ok(what)
-        )
-    };
-    next("matched");
-    next("one");
+    let mut burst = Burst::start(domain, N as usize, &fastrtps);
     // The agent has taken the first message: from here on its publisher is known.
     let wait = |ok: &dyn Fn(&Value) -> bool| {
         let end = Instant::now() + Duration::from_secs(30);
@@ -1092,9 +1077,8 @@ mqtt_topic = "/${productKey}/${deviceName}/user/burst"
             .success())
     };
     signal("-STOP");
-    use std::io::Write as _;
-    writeln!(stdin, "go").unwrap();
-    next("done");
+    burst.go();
+    burst.next("done");
     signal("-CONT");
     let c =
         wait(&|c| c["received"].as_u64().unwrap_or(0) + c["lost"].as_u64().unwrap_or(0) == N + 1);
@@ -1122,36 +1106,14 @@ mqtt_topic = "/${productKey}/${deviceName}/user/burst"
 mqtt_qos = 1
 "#;
     let dir = agent_dir(broker.port, domain, rules);
-    let agent = spawn_agent(&dir.config(), domain, &[]);
+    let agent = spawn_agent(&dir.config(), domain, &[], &[]);
     const N: usize = 3000;
-    let mut burst = rclpy(
-        domain,
-        &[
-            "burst",
-            "/burst",
-            "std_msgs/msg/String",
-            "--count",
-            &N.to_string(),
-        ],
-    )
-    .stdin(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut stdin = burst.stdin.take().unwrap();
-    let lines = stdout_lines(&mut burst);
-    let _burst = Kill(burst);
-    for what in ["matched", "one"] {
-        assert_eq!(
-            lines.recv_timeout(Duration::from_secs(30)).as_deref(),
-            Ok(what)
-        );
-    }
+    let mut burst = Burst::start(domain, N, &[]);
     let topic = "/pk1/robot-7/user/burst";
     sub.wait_for("the first message", Duration::from_secs(30), |l| {
         !payloads(l, topic).is_empty()
     });
-    use std::io::Write as _;
-    writeln!(stdin, "go").unwrap();
+    burst.go();
     let got = sub.wait_for("the whole burst", Duration::from_secs(60), |l| {
         payloads(l, topic).len() > N
     });

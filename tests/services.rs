@@ -13,7 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::agent::{payloads, Agent, AgentDir};
+use support::agent::{assert_goal_feedback, payloads, Agent, AgentDir};
 use support::mosquitto::{publish, ready_sub, Mosquitto, Options, Sub};
 use support::ros_peer::RosPeer;
 
@@ -70,22 +70,9 @@ fn watch(port: u16, v5: bool) -> Sub {
     ready_sub(port, "#", "/probe/watch", args)
 }
 
-/// Waits until the agent answers on the rule's request topic: a request without an id
-/// is refused on the error topic.
+/// Waits until the agent answers on the rule's request topic.
 fn wait_subscribed(port: u16, all: &Sub, request_topic: &str) {
-    let deadline = Instant::now() + T;
-    loop {
-        let before = payloads(&all.snapshot(), ERRORS).len();
-        publish(port, request_topic, r#"{"probe": true}"#, &["-q", "1"]);
-        let t = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < t {
-            if payloads(&all.snapshot(), ERRORS).len() > before {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(Instant::now() < deadline, "the agent never subscribed");
-    }
+    support::agent::wait_subscribed(port, all, request_topic, ERRORS, T);
 }
 
 /// The replies on `topic` once there are `n`.
@@ -565,17 +552,10 @@ fn a_cloud_goal_runs_the_action_with_feedback_and_its_result_is_the_reply() {
     );
     // The acceptance and the feedback (which may come before the server's answer to
     // the goal reaches the agent).
-    let feedback = payloads(&all.snapshot(), &format!("{PICK}_feedback"));
-    assert!(
-        feedback.contains(&json!({"id": "g-1", "status": "accepted"})),
-        "{feedback:?}"
+    assert_goal_feedback(
+        &payloads(&all.snapshot(), &format!("{PICK}_feedback")),
+        "g-1",
     );
-    let progress: Vec<f64> = feedback
-        .iter()
-        .filter_map(|f| f["feedback"]["progress"].as_f64())
-        .collect();
-    assert!(!progress.is_empty(), "{feedback:?}");
-    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
 
     // The cloud's retry: the stored result, no second goal.
     publish(mq.port, PICK, &goal.to_string(), &["-q", "1"]);

@@ -243,4 +243,46 @@ pub fn payloads(lines: &[String], topic: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Waits (up to `timeout`) until the agent answers on a cloud command's request topic:
+/// a request without an id is refused on the command error topic `errors`.
+pub fn wait_subscribed(
+    port: u16,
+    all: &super::mosquitto::Sub,
+    request_topic: &str,
+    errors: &str,
+    timeout: Duration,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let before = payloads(&all.snapshot(), errors).len();
+        super::mosquitto::publish(port, request_topic, r#"{"probe": true}"#, &["-q", "1"]);
+        let t = std::time::Instant::now() + Duration::from_millis(500);
+        while std::time::Instant::now() < t {
+            if payloads(&all.snapshot(), errors).len() > before {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never subscribed"
+        );
+    }
+}
+
+/// Asserts what a cloud goal's feedback topic carried for goal `id`: its acceptance,
+/// and progress that only goes up.
+pub fn assert_goal_feedback(feedback: &[serde_json::Value], id: &str) {
+    assert!(
+        feedback.contains(&serde_json::json!({"id": id, "status": "accepted"})),
+        "{feedback:?}"
+    );
+    let progress: Vec<f64> = feedback
+        .iter()
+        .filter_map(|f| f["feedback"]["progress"].as_f64())
+        .collect();
+    assert!(!progress.is_empty(), "{feedback:?}");
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+}
+
 pub const SETTLE: Duration = Duration::from_millis(300);
