@@ -73,24 +73,7 @@ fn burst(port: u16, topic: &str, lines: &[String], extra: &[&str]) {
 
 /// Waits until the agent's command subscription is live: a bad command is answered.
 fn wait_subscribed(port: u16, errors: &Sub) {
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let before = payloads(&errors.snapshot(), ERRORS).len();
-        publish(port, CMD, "probe: not JSON", &["-q", "1"]);
-        let got = errors.wait_for("an answer", Duration::from_secs(5), |_| true);
-        let _ = got;
-        let t = std::time::Instant::now() + Duration::from_millis(500);
-        while std::time::Instant::now() < t {
-            if payloads(&errors.snapshot(), ERRORS).len() > before {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent never subscribed"
-        );
-    }
+    support::agent::wait_subscribed(port, errors, CMD, "probe: not JSON", ERRORS, T);
 }
 
 /// Waits for `n` messages on the peer's `mode` subscription; on time-out the agent is

@@ -907,6 +907,7 @@ feedback_max_rate_hz = 100
         broker.port,
         &sub,
         topic,
+        r#"{"probe": true}"#,
         "/pk1/robot-7/user/cmd/error",
         Duration::from_secs(30),
     );

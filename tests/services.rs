@@ -72,7 +72,7 @@ fn watch(port: u16, v5: bool) -> Sub {
 
 /// Waits until the agent answers on the rule's request topic.
 fn wait_subscribed(port: u16, all: &Sub, request_topic: &str) {
-    support::agent::wait_subscribed(port, all, request_topic, ERRORS, T);
+    support::agent::wait_subscribed(port, all, request_topic, r#"{"probe": true}"#, ERRORS, T);
 }
 
 /// The replies on `topic` once there are `n`.

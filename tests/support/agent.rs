@@ -244,18 +244,20 @@ pub fn payloads(lines: &[String], topic: &str) -> Vec<serde_json::Value> {
 }
 
 /// Waits (up to `timeout`) until the agent answers on a cloud command's request topic:
-/// a request without an id is refused on the command error topic `errors`.
+/// `probe`, a request the agent refuses (no id, not JSON), is answered on the command
+/// error topic `errors`.
 pub fn wait_subscribed(
     port: u16,
     all: &super::mosquitto::Sub,
     request_topic: &str,
+    probe: &str,
     errors: &str,
     timeout: Duration,
 ) {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let before = payloads(&all.snapshot(), errors).len();
-        super::mosquitto::publish(port, request_topic, r#"{"probe": true}"#, &["-q", "1"]);
+        super::mosquitto::publish(port, request_topic, probe, &["-q", "1"]);
         let t = std::time::Instant::now() + Duration::from_millis(500);
         while std::time::Instant::now() < t {
             if payloads(&all.snapshot(), errors).len() > before {
